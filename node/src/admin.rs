@@ -1,0 +1,375 @@
+//! The `norn.admin.v1.Admin` service: the replicated test map, status, and fault injection.
+//! Requests for a shard this node does not lead are forwarded to the leader (at most two hops);
+//! while a shard has no leader the call is retried inside the cluster until its deadline.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use norn_raft::{GroupId, GroupStatus, NodeId, ProposeError, RaftNode, Role};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::config::NodeConfig;
+use crate::kv::{self, KvCommand, KvResult};
+use crate::metrics::Metrics;
+use crate::pb::admin_client::AdminClient;
+use crate::pb::admin_server::Admin;
+use crate::pb::*;
+use crate::placement;
+
+/// Forwarding stops after this many hops.
+const HOPS_MAX: u32 = 2;
+/// Gap between retries while a shard elects a leader.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// Metadata key carrying the leader's client address on `Unavailable`.
+pub const LEADER_HINT: &str = "norn-leader-addr";
+
+/// The admin service of one node.
+#[derive(Clone)]
+pub struct AdminService {
+    raft: RaftNode,
+    config: Arc<NodeConfig>,
+    clients: Arc<Mutex<HashMap<String, AdminClient<Channel>>>>,
+    metrics: Metrics,
+}
+
+/// Where a request for a shard should go next.
+enum Next {
+    Local,
+    Forward(String),
+    /// No leader known yet: wait and retry.
+    Wait,
+}
+
+enum Failure {
+    /// Worth retrying after a pause.
+    Retry(Status),
+    /// Final.
+    Fail(Status),
+}
+
+impl AdminService {
+    /// The service for `raft`.
+    pub fn new(raft: RaftNode, config: Arc<NodeConfig>, metrics: Metrics) -> Self {
+        Self { raft, config, clients: Arc::default(), metrics }
+    }
+
+    fn client(&self, addr: &str) -> Result<AdminClient<Channel>, Status> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("bad member address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let c = AdminClient::new(ch);
+        clients.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn shard_of(&self, key: &[u8]) -> GroupId {
+        placement::shard_of(&[key], self.config.shards)
+    }
+
+    fn member_addr(&self, id: NodeId) -> Option<String> {
+        self.config.members.iter().find(|m| m.id == id).map(|m| m.client_addr.clone())
+    }
+
+    fn next_for(&self, shard: GroupId, attempt: usize) -> Next {
+        if self.raft.group_ids().binary_search(&shard).is_ok() {
+            return Next::Local;
+        }
+        let ids: Vec<NodeId> = self.config.members.iter().map(|m| m.id).collect();
+        let reps = placement::replicas(shard, &ids, self.config.replicas);
+        match reps.get(attempt % reps.len().max(1)).and_then(|id| self.member_addr(*id)) {
+            Some(addr) => Next::Forward(addr),
+            None => Next::Wait,
+        }
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(self.config.raft.propose_timeout_ms)
+    }
+
+    fn not_leader(&self, err: &ProposeError, hops: u32) -> Result<Next, Failure> {
+        match err {
+            ProposeError::NotLeader { leader: Some((_, info)), .. } if hops < HOPS_MAX => {
+                Ok(Next::Forward(info.client_addr.clone()))
+            }
+            ProposeError::NotLeader { leader: Some((id, info)), group } => {
+                let mut s = Status::unavailable(format!(
+                    "node {} is not the leader of shard {group}; node {id} at {} is",
+                    self.raft.id(),
+                    info.client_addr
+                ));
+                if let Ok(v) = info.client_addr.parse() {
+                    s.metadata_mut().insert(LEADER_HINT, v);
+                }
+                Err(Failure::Fail(s))
+            }
+            ProposeError::NotLeader { group, leader: None } | ProposeError::NoQuorum(group, _) => {
+                Err(Failure::Retry(Status::unavailable(format!(
+                    "shard {group} has no leader reachable from node {}; retry shortly",
+                    self.raft.id()
+                ))))
+            }
+            ProposeError::Timeout(g, t) => Err(Failure::Fail(Status::unavailable(format!(
+                "shard {g}: no quorum answered within {t:?}; the write may or may not have been applied"
+            )))),
+            ProposeError::NoSuchGroup(g) => {
+                Err(Failure::Fail(Status::internal(format!("shard {g} vanished from node {}", self.raft.id()))))
+            }
+            ProposeError::Stopped(g, why) => Err(Failure::Fail(Status::unavailable(format!(
+                "shard {g} is stopped on node {}: {why}; check the node's log and disk",
+                self.raft.id()
+            )))),
+        }
+    }
+
+    async fn try_put(&self, req: &PutRequest, shard: GroupId, attempt: usize) -> Result<PutResponse, Failure> {
+        let addr = match self.next_for(shard, attempt) {
+            Next::Wait => return Err(Failure::Retry(Status::unavailable("no replica address known"))),
+            Next::Forward(addr) => addr,
+            Next::Local => {
+                let cmd = KvCommand::Put { key: req.key.clone(), value: req.value.clone() };
+                let payload = postcard::to_stdvec(&cmd).map_err(|e| Failure::Fail(Status::internal(e.to_string())))?;
+                let started = tokio::time::Instant::now();
+                match self.raft.propose(shard, payload).await {
+                    Ok(bytes) => {
+                        self.metrics.observe_propose(started.elapsed());
+                        return match postcard::from_bytes::<KvResult>(&bytes) {
+                            Ok(KvResult::Applied { index, timestamp_ms }) => {
+                                Ok(PutResponse { shard, index, leader: self.raft.id(), timestamp_ms })
+                            }
+                            Ok(other) => Err(Failure::Fail(Status::internal(format!("shard {shard}: {other:?}")))),
+                            Err(e) => Err(Failure::Fail(Status::internal(format!("undecodable response: {e}")))),
+                        };
+                    }
+                    Err(e) => match self.not_leader(&e, req.hops)? {
+                        Next::Forward(addr) => addr,
+                        _ => return Err(Failure::Retry(Status::unavailable("no leader"))),
+                    },
+                }
+            }
+        };
+        if req.hops >= HOPS_MAX {
+            return Err(Failure::Fail(Status::unavailable(format!("shard {shard}: forwarded too many times"))));
+        }
+        let mut fwd = req.clone();
+        fwd.hops += 1;
+        match self.client(&addr).map_err(Failure::Fail)?.put(fwd).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unavailable && !s.message().contains("may or may not") => {
+                Err(Failure::Retry(s))
+            }
+            Err(s) => Err(Failure::Fail(s)),
+        }
+    }
+
+    async fn try_get(&self, req: &GetRequest, shard: GroupId, attempt: usize) -> Result<GetResponse, Failure> {
+        let local = ReadConsistency::try_from(req.consistency).unwrap_or(ReadConsistency::Linearizable)
+            == ReadConsistency::Local;
+        let addr = match self.next_for(shard, attempt) {
+            Next::Wait => return Err(Failure::Retry(Status::unavailable("no replica address known"))),
+            Next::Forward(addr) => addr,
+            Next::Local => {
+                let ready = if local { Ok(()) } else { self.raft.read_index(shard).await };
+                match ready {
+                    Ok(()) => {
+                        let v = self
+                            .raft
+                            .read_local(shard, &kv::state_key(&req.key))
+                            .map_err(|e| Failure::Fail(Status::internal(e.to_string())))?;
+                        return Ok(GetResponse {
+                            shard,
+                            found: v.is_some(),
+                            value: v.unwrap_or_default(),
+                            served_by: self.raft.id(),
+                        });
+                    }
+                    Err(e) => match self.not_leader(&e, req.hops)? {
+                        Next::Forward(addr) => addr,
+                        _ => return Err(Failure::Retry(Status::unavailable("no leader"))),
+                    },
+                }
+            }
+        };
+        if req.hops >= HOPS_MAX {
+            return Err(Failure::Fail(Status::unavailable(format!("shard {shard}: forwarded too many times"))));
+        }
+        let mut fwd = req.clone();
+        fwd.hops += 1;
+        match self.client(&addr).map_err(Failure::Fail)?.get(fwd).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unavailable => Err(Failure::Retry(s)),
+            Err(s) => Err(Failure::Fail(s)),
+        }
+    }
+
+    /// This node's status message.
+    pub fn node_status(&self) -> NodeStatusResponse {
+        let (wal_syncs, durable_writes) = self.raft.sync_counts();
+        let mut partitioned_from: Vec<u64> = self.raft.transport().blocked().into_iter().collect();
+        partitioned_from.sort_unstable();
+        NodeStatusResponse {
+            node_id: self.raft.id(),
+            client_addr: self.config.client_addr.clone(),
+            raft_addr: self.config.raft_addr.clone(),
+            shards: self.raft.status().into_iter().map(shard_status).collect(),
+            wal_syncs,
+            durable_writes,
+            shard_count: self.config.shards,
+            partitioned_from,
+        }
+    }
+}
+
+/// The wire form of a group's status.
+pub fn shard_status(s: GroupStatus) -> ShardStatus {
+    ShardStatus {
+        shard: s.group,
+        role: match s.role {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Failed => "failed",
+        }
+        .into(),
+        term: s.term,
+        leader: s.leader.unwrap_or(0),
+        last_log_index: s.last_log_index,
+        committed_index: s.committed_index,
+        applied_index: s.applied_index,
+        snapshot_index: s.snapshot_index,
+        purged_index: s.purged_index,
+        members: s.members,
+        snapshots_installed: s.snapshots_installed,
+        fatal: s.fatal.unwrap_or_default(),
+    }
+}
+
+async fn with_retries<T, F, Fut>(deadline: tokio::time::Instant, mut attempt: F) -> Result<T, Status>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let mut n = 0;
+    loop {
+        match attempt(n).await {
+            Ok(v) => return Ok(v),
+            Err(Failure::Fail(s)) => return Err(s),
+            Err(Failure::Retry(s)) => {
+                if tokio::time::Instant::now() + RETRY_BACKOFF >= deadline {
+                    return Err(s);
+                }
+                tokio::time::sleep(RETRY_BACKOFF).await;
+                n += 1;
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        if req.key.is_empty() {
+            return Err(Status::invalid_argument("key must not be empty"));
+        }
+        let shard = self.shard_of(&req.key);
+        let span = tracing::debug_span!("put", shard, hops = req.hops);
+        let _e = span.enter();
+        with_retries(self.deadline(), |n| self.try_put(&req, shard, n)).await.map(Response::new)
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let req = request.into_inner();
+        if req.key.is_empty() {
+            return Err(Status::invalid_argument("key must not be empty"));
+        }
+        if ReadConsistency::try_from(req.consistency).is_err() {
+            return Err(Status::invalid_argument(format!("unknown consistency {}", req.consistency)));
+        }
+        let shard = self.shard_of(&req.key);
+        with_retries(self.deadline(), |n| self.try_get(&req, shard, n)).await.map(Response::new)
+    }
+
+    async fn node_status(&self, _: Request<NodeStatusRequest>) -> Result<Response<NodeStatusResponse>, Status> {
+        Ok(Response::new(AdminService::node_status(self)))
+    }
+
+    async fn cluster_status(
+        &self,
+        _: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        let mut nodes = Vec::new();
+        for m in &self.config.members {
+            if m.id == self.raft.id() {
+                nodes.push(NodeHealth {
+                    node_id: m.id,
+                    client_addr: m.client_addr.clone(),
+                    reachable: true,
+                    error: String::new(),
+                    status: Some(AdminService::node_status(self)),
+                });
+                continue;
+            }
+            let result = match self.client(&m.client_addr) {
+                Err(s) => Err(s),
+                Ok(mut c) => {
+                    let mut r = Request::new(NodeStatusRequest {});
+                    r.set_timeout(Duration::from_secs(2));
+                    match tokio::time::timeout(Duration::from_secs(2), c.node_status(r)).await {
+                        Ok(r) => r.map(Response::into_inner),
+                        Err(_) => Err(Status::deadline_exceeded("no answer within 2s")),
+                    }
+                }
+            };
+            nodes.push(match result {
+                Ok(s) => NodeHealth {
+                    node_id: m.id,
+                    client_addr: m.client_addr.clone(),
+                    reachable: true,
+                    error: String::new(),
+                    status: Some(s),
+                },
+                Err(e) => NodeHealth {
+                    node_id: m.id,
+                    client_addr: m.client_addr.clone(),
+                    reachable: false,
+                    error: e.message().to_string(),
+                    status: None,
+                },
+            });
+        }
+        Ok(Response::new(ClusterStatusResponse { nodes, shard_count: self.config.shards }))
+    }
+
+    async fn set_partition(
+        &self,
+        request: Request<SetPartitionRequest>,
+    ) -> Result<Response<SetPartitionResponse>, Status> {
+        if !self.config.enable_fault_injection {
+            return Err(Status::failed_precondition(
+                "fault injection is disabled on this node; start it with --enable-fault-injection (tests only)",
+            ));
+        }
+        let blocked: HashSet<NodeId> = request.into_inner().blocked_nodes.into_iter().collect();
+        tracing::warn!(?blocked, "fault injection: cutting raft links");
+        self.raft.transport().set_blocked(blocked);
+        Ok(Response::new(SetPartitionResponse {}))
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        request: Request<TriggerSnapshotRequest>,
+    ) -> Result<Response<TriggerSnapshotResponse>, Status> {
+        let shard = request.into_inner().shard;
+        self.raft.trigger_snapshot(shard).await.map_err(|e| Status::not_found(e.to_string()))?;
+        Ok(Response::new(TriggerSnapshotResponse {}))
+    }
+}

@@ -1,0 +1,179 @@
+//! `norn bench raft`: commit throughput and latency of a local 3-node cluster with fsync on.
+//!
+//! The nodes run in this process (so the numbers measure Raft, group commit and the disk rather
+//! than a client's gRPC stack) but talk to each other over real TCP and write to real RocksDB
+//! directories with every acknowledged append fsynced on a quorum.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use norn_raft::{RaftNode, Role};
+
+use crate::kv::KvCommand;
+use crate::local_cluster::{lay_out, ClusterSpec, Ports};
+use crate::server::{start, RunningNode};
+
+/// Benchmark settings.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Nodes in the cluster.
+    pub nodes: usize,
+    /// Shards.
+    pub shards: u32,
+    /// Concurrent proposer counts to measure, one row each.
+    pub proposers: Vec<usize>,
+    /// Measured time per row.
+    pub duration: Duration,
+    /// Value size in bytes.
+    pub value_bytes: usize,
+}
+
+/// One row of the result table.
+#[derive(Clone, Debug)]
+pub struct BenchRow {
+    /// Concurrent proposers.
+    pub proposers: usize,
+    /// Commits in the measured window.
+    pub commits: u64,
+    /// Commits per second.
+    pub commits_per_sec: f64,
+    /// Median latency.
+    pub p50: Duration,
+    /// 99th percentile latency.
+    pub p99: Duration,
+    /// WAL syncs on the whole cluster per commit.
+    pub syncs_per_commit: f64,
+}
+
+/// Median time of one 4 KiB write + fsync in `dir`.
+pub fn measure_fsync(dir: &Path, samples: usize) -> anyhow::Result<Duration> {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    let block = vec![0xabu8; 4096];
+    let mut times = Vec::with_capacity(samples);
+    for _ in 0..samples.max(1) {
+        #[allow(clippy::disallowed_methods)] // benchmark: wall time is what we measure
+        let t = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        times.push(t.elapsed());
+    }
+    let _ = std::fs::remove_file(&path);
+    times.sort_unstable();
+    Ok(times[times.len() / 2])
+}
+
+fn leaders(nodes: &[RunningNode]) -> Vec<(u32, RaftNode)> {
+    let mut out = Vec::new();
+    for n in nodes {
+        for s in n.raft.status() {
+            if s.role == Role::Leader {
+                out.push((s.group, n.raft.clone()));
+            }
+        }
+    }
+    out.sort_by_key(|(g, _)| *g);
+    out
+}
+
+/// Runs the benchmark and returns the fsync median and one row per proposer count.
+pub async fn run(opts: &BenchOptions) -> anyhow::Result<(Duration, Vec<BenchRow>)> {
+    let dir = tempfile::Builder::new().prefix("norn-bench-").tempdir_in(std::env::current_dir()?)?;
+    let fsync = measure_fsync(dir.path(), 200)?;
+    let spec = ClusterSpec {
+        nodes: opts.nodes,
+        data_dir: dir.path().to_path_buf(),
+        ports: Ports::Free,
+        shards: opts.shards,
+        raft: norn_raft::RaftOptions { snapshot_logs_since_last: 100_000, ..Default::default() },
+        fault_injection: false,
+    };
+    let layout = lay_out(&spec)?;
+    let mut nodes = Vec::new();
+    for n in &layout.nodes {
+        let mut cfg = crate::config::NodeConfig::load(&n.config)?;
+        cfg.metrics_addr = None;
+        nodes.push(start(cfg).await?);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut by_shard = leaders(&nodes);
+    while by_shard.len() < opts.shards as usize {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "shards without leader after 60s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        by_shard = leaders(&nodes);
+    }
+    let by_shard = Arc::new(by_shard);
+    let value = vec![7u8; opts.value_bytes];
+    let mut rows = Vec::new();
+    for &p in &opts.proposers {
+        let syncs_before: u64 = nodes.iter().map(|n| n.raft.sync_counts().0).sum();
+        #[allow(clippy::disallowed_methods)] // benchmark: wall time is what we measure
+        let started = Instant::now();
+        let stop_at = started + opts.duration;
+        let mut tasks = Vec::new();
+        for i in 0..p {
+            let by_shard = by_shard.clone();
+            let value = value.clone();
+            tasks.push(tokio::spawn(async move {
+                let (shard, node) = &by_shard[i % by_shard.len()];
+                let mut hist = Histogram::<u64>::new(3).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut n = 0u64;
+                #[allow(clippy::disallowed_methods)]
+                while Instant::now() < stop_at {
+                    let cmd = KvCommand::Put { key: format!("bench-{i}-{n}").into_bytes(), value: value.clone() };
+                    let payload = postcard::to_stdvec(&cmd)?;
+                    #[allow(clippy::disallowed_methods)]
+                    let t = Instant::now();
+                    node.propose(*shard, payload).await?;
+                    hist.record(t.elapsed().as_micros() as u64)?;
+                    n += 1;
+                }
+                anyhow::Ok((n, hist))
+            }));
+        }
+        let mut total = 0;
+        let mut hist = Histogram::<u64>::new(3).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for t in tasks {
+            let (n, h) = t.await??;
+            total += n;
+            hist.add(&h).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let elapsed = started.elapsed();
+        let syncs_after: u64 = nodes.iter().map(|n| n.raft.sync_counts().0).sum();
+        rows.push(BenchRow {
+            proposers: p,
+            commits: total,
+            commits_per_sec: total as f64 / elapsed.as_secs_f64(),
+            p50: Duration::from_micros(hist.value_at_quantile(0.5)),
+            p99: Duration::from_micros(hist.value_at_quantile(0.99)),
+            syncs_per_commit: (syncs_after - syncs_before) as f64 / total.max(1) as f64,
+        });
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+    Ok((fsync, rows))
+}
+
+/// Renders the result as a Markdown table.
+pub fn table(fsync: Duration, rows: &[BenchRow]) -> String {
+    let mut s = format!("fsync (4 KiB write + fdatasync, median of 200): {:.3} ms\n\n", fsync.as_secs_f64() * 1e3);
+    s.push_str("| proposers | commits | commits/s | p50 ms | p99 ms | WAL syncs per commit (cluster) |\n");
+    s.push_str("|---:|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} |\n",
+            r.proposers,
+            r.commits,
+            r.commits_per_sec,
+            r.p50.as_secs_f64() * 1e3,
+            r.p99.as_secs_f64() * 1e3,
+            r.syncs_per_commit
+        ));
+    }
+    s
+}

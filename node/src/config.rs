@@ -1,0 +1,176 @@
+//! Node configuration: a TOML file (`norn server --config FILE`), every key also settable by a
+//! flag. Documented in `docs/configuration.md`.
+
+use std::path::{Path, PathBuf};
+
+use norn_raft::{NodeId, NodeInfo, RaftOptions};
+use serde::{Deserialize, Serialize};
+
+/// Upper bound on the shard count (BRIEF §1).
+pub const SHARDS_MAX: u32 = 512;
+
+/// One member of the initial cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Node id (1-based).
+    pub id: NodeId,
+    /// Peer (Raft) address.
+    pub raft_addr: String,
+    /// Client (gRPC API) address.
+    pub client_addr: String,
+}
+
+impl Member {
+    /// The address record replicated in Raft membership.
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo { raft_addr: self.raft_addr.clone(), client_addr: self.client_addr.clone() }
+    }
+}
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id; must appear in `members`.
+    pub node_id: NodeId,
+    /// Where the node keeps its RocksDB.
+    pub data_dir: PathBuf,
+    /// Client gRPC address to listen on.
+    #[serde(default = "default_client_addr")]
+    pub client_addr: String,
+    /// Peer (Raft) address to listen on.
+    #[serde(default = "default_raft_addr")]
+    pub raft_addr: String,
+    /// Prometheus `/metrics` address; none to disable.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
+    /// Number of shards (fixed at cluster creation).
+    #[serde(default = "default_shards")]
+    pub shards: u32,
+    /// Replicas per shard (3 in clusters of 3 or more nodes).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// The initial members.
+    pub members: Vec<Member>,
+    /// Accept fault-injection calls (tests and chaos runs only).
+    #[serde(default)]
+    pub enable_fault_injection: bool,
+    /// Raft timings.
+    #[serde(default)]
+    pub raft: RaftOptions,
+}
+
+fn default_client_addr() -> String {
+    "127.0.0.1:7233".into()
+}
+fn default_raft_addr() -> String {
+    "127.0.0.1:7234".into()
+}
+fn default_shards() -> u32 {
+    16
+}
+fn default_replicas() -> usize {
+    3
+}
+
+/// A configuration that cannot run.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl NodeConfig {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let cfg: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The TOML text of this configuration.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| ConfigError(e.to_string()))
+    }
+
+    /// Checks the configuration for mistakes an operator can fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.shards == 0 || self.shards > SHARDS_MAX {
+            return Err(ConfigError(format!("shards must be 1..={SHARDS_MAX}, got {}", self.shards)));
+        }
+        if self.members.is_empty() {
+            return Err(ConfigError("members is empty: list every initial node".into()));
+        }
+        let mut ids: Vec<_> = self.members.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.members.len() {
+            return Err(ConfigError("members lists a node id twice".into()));
+        }
+        if ids.contains(&0) {
+            return Err(ConfigError("node ids start at 1".into()));
+        }
+        let me = self
+            .members
+            .iter()
+            .find(|m| m.id == self.node_id)
+            .ok_or_else(|| ConfigError(format!("node_id {} is not in members", self.node_id)))?;
+        if me.raft_addr != self.raft_addr {
+            return Err(ConfigError(format!(
+                "raft_addr {} differs from this node's entry in members ({})",
+                self.raft_addr, me.raft_addr
+            )));
+        }
+        if self.replicas == 0 {
+            return Err(ConfigError("replicas must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// This node's address record.
+    pub fn me(&self) -> NodeInfo {
+        NodeInfo { raft_addr: self.raft_addr.clone(), client_addr: self.client_addr.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> NodeConfig {
+        NodeConfig {
+            node_id: 1,
+            data_dir: "d".into(),
+            client_addr: "127.0.0.1:1".into(),
+            raft_addr: "127.0.0.1:2".into(),
+            metrics_addr: None,
+            shards: 16,
+            replicas: 3,
+            members: vec![Member { id: 1, raft_addr: "127.0.0.1:2".into(), client_addr: "127.0.0.1:1".into() }],
+            enable_fault_injection: false,
+            raft: RaftOptions::default(),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = cfg();
+        let back: NodeConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(back.members, c.members);
+        back.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_what_cannot_run() {
+        let mut c = cfg();
+        c.shards = 0;
+        assert!(c.validate().is_err());
+        let mut c = cfg();
+        c.node_id = 9;
+        assert!(c.validate().is_err());
+        let mut c = cfg();
+        c.members.push(c.members[0].clone());
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<NodeConfig>("node_id = 1\nbogus = 2").is_err());
+    }
+}

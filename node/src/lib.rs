@@ -1,0 +1,27 @@
+//! The `norn` node: configuration, shard placement, the services on the client port, and the
+//! operator commands (`server`, `dev`, `cluster up/down/status`, `bench raft`).
+//!
+//! Layout:
+//! - [`config`]: the TOML configuration, validated before anything starts.
+//! - [`placement`]: which nodes hold which shard, and the stable key hash.
+//! - [`kv`]: the replicated test map (the state machine until the history engine lands).
+//! - [`admin`]: the `norn.admin.v1.Admin` service (routing, forwarding, status, faults).
+//! - [`server`]: starts a node and serves its ports.
+//! - [`local_cluster`]: starts and stops local clusters of `norn` processes.
+//! - [`bench`]: `norn bench raft`.
+//! - [`metrics`]: Prometheus metrics.
+
+pub mod admin;
+pub mod bench;
+pub mod config;
+pub mod kv;
+pub mod local_cluster;
+pub mod metrics;
+pub mod placement;
+pub mod server;
+
+/// Generated admin protocol.
+pub mod pb {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("norn.admin.v1");
+}

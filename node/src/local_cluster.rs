@@ -1,0 +1,257 @@
+//! Local clusters of real `norn` processes on one machine: used by `norn cluster up/down` and by
+//! the process tests. Node `i` (1-based) gets client port `base + i - 1`, peer port
+//! `base + 100 + i - 1` and metrics port `base + 200 + i - 1`, and keeps its data, config and
+//! log under `DIR/node-i/`. `DIR/cluster.json` records what `norn cluster down` must stop.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use norn_raft::RaftOptions;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Member, NodeConfig};
+use crate::pb::admin_client::AdminClient;
+use crate::pb::{ClusterStatusRequest, ClusterStatusResponse};
+
+/// How ports are chosen.
+#[derive(Clone, Debug)]
+pub enum Ports {
+    /// Consecutive ranges from a base port (see the module docs).
+    Base(u16),
+    /// Free ports picked by the OS (tests).
+    Free,
+}
+
+/// What cluster to lay out.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Number of nodes (1, 3 or 5 are typical).
+    pub nodes: usize,
+    /// Root directory.
+    pub data_dir: PathBuf,
+    /// Port choice.
+    pub ports: Ports,
+    /// Shard count.
+    pub shards: u32,
+    /// Raft timings.
+    pub raft: RaftOptions,
+    /// Allow fault injection calls.
+    pub fault_injection: bool,
+}
+
+/// One node as recorded in `cluster.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeEntry {
+    /// Node id.
+    pub id: u64,
+    /// Process id while running.
+    pub pid: Option<u32>,
+    /// Client address.
+    pub client_addr: String,
+    /// Peer address.
+    pub raft_addr: String,
+    /// Metrics address.
+    pub metrics_addr: String,
+    /// Config file.
+    pub config: PathBuf,
+    /// Log file.
+    pub log: PathBuf,
+}
+
+/// The contents of `cluster.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterFile {
+    /// Every node.
+    pub nodes: Vec<NodeEntry>,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Writes every node's config file and returns the layout (nothing started yet).
+pub fn lay_out(spec: &ClusterSpec) -> anyhow::Result<ClusterFile> {
+    if spec.nodes == 0 {
+        bail!("a cluster needs at least one node");
+    }
+    let mut addrs = Vec::new();
+    for i in 0..spec.nodes {
+        let (c, r, m) = match spec.ports {
+            Ports::Base(p) => {
+                let at = |off: usize| -> anyhow::Result<u16> {
+                    u16::try_from(usize::from(p) + off + i).context("port out of range: lower --base-port")
+                };
+                (at(0)?, at(100)?, at(200)?)
+            }
+            Ports::Free => (free_port()?, free_port()?, free_port()?),
+        };
+        addrs.push((format!("127.0.0.1:{c}"), format!("127.0.0.1:{r}"), format!("127.0.0.1:{m}")));
+    }
+    let members: Vec<Member> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (c, r, _))| Member { id: i as u64 + 1, raft_addr: r.clone(), client_addr: c.clone() })
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, (c, r, m)) in addrs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let dir = spec.data_dir.join(format!("node-{id}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let cfg = NodeConfig {
+            node_id: id,
+            data_dir: dir.join("data"),
+            client_addr: c.clone(),
+            raft_addr: r.clone(),
+            metrics_addr: Some(m.clone()),
+            shards: spec.shards,
+            replicas: 3,
+            members: members.clone(),
+            enable_fault_injection: spec.fault_injection,
+            raft: spec.raft.clone(),
+        };
+        let config = dir.join("norn.toml");
+        std::fs::write(&config, cfg.to_toml()?).with_context(|| format!("write {}", config.display()))?;
+        nodes.push(NodeEntry {
+            id,
+            pid: None,
+            client_addr: c.clone(),
+            raft_addr: r.clone(),
+            metrics_addr: m.clone(),
+            config,
+            log: dir.join("norn.log"),
+        });
+    }
+    Ok(ClusterFile { nodes })
+}
+
+/// Starts one node process, detached in its own process group, logging to its log file.
+pub fn spawn(binary: &Path, node: &NodeEntry) -> anyhow::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&node.log)
+        .with_context(|| format!("open {}", node.log.display()))?;
+    let err = log.try_clone()?;
+    Command::new(binary)
+        .arg("server")
+        .arg("--config")
+        .arg(&node.config)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("start {}", binary.display()))
+}
+
+/// Polls `client_addr` until every shard has a leader that every reachable node agrees on,
+/// and all nodes are reachable, or `timeout` passes.
+pub async fn wait_ready(client_addrs: &[String], timeout: Duration) -> anyhow::Result<ClusterStatusResponse> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    loop {
+        for addr in client_addrs {
+            match status(addr).await {
+                Ok(s) => match unready(&s) {
+                    None => return Ok(s),
+                    Some(why) => last = why,
+                },
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("cluster not ready after {timeout:?}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Why the cluster is not ready, or `None` if every node answers and every shard has a leader.
+pub fn unready(s: &ClusterStatusResponse) -> Option<String> {
+    for n in &s.nodes {
+        if !n.reachable {
+            return Some(format!("node {} unreachable: {}", n.node_id, n.error));
+        }
+    }
+    for shard in 0..s.shard_count {
+        let leaders: Vec<u64> = s
+            .nodes
+            .iter()
+            .filter_map(|n| n.status.as_ref())
+            .flat_map(|st| st.shards.iter().filter(|x| x.shard == shard && x.role == "leader").map(move |_| st.node_id))
+            .collect();
+        if leaders.len() != 1 {
+            return Some(format!("shard {shard} has leaders {leaders:?}"));
+        }
+    }
+    None
+}
+
+/// Asks one node for the cluster status.
+pub async fn status(addr: &str) -> anyhow::Result<ClusterStatusResponse> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("connect to {addr}"))?;
+    Ok(AdminClient::new(ch).cluster_status(ClusterStatusRequest {}).await?.into_inner())
+}
+
+/// Sends `signal` to a process id; false if it does not exist.
+pub fn signal(pid: u32, signal: Signal) -> bool {
+    i32::try_from(pid).map(|p| kill(Pid::from_raw(p), signal).is_ok()).unwrap_or(false)
+}
+
+/// True while the process exists.
+pub fn alive(pid: u32) -> bool {
+    i32::try_from(pid).map(|p| kill(Pid::from_raw(p), None).is_ok()).unwrap_or(false)
+}
+
+/// Reads `DIR/cluster.json`.
+pub fn read_file(dir: &Path) -> anyhow::Result<ClusterFile> {
+    let path = dir.join("cluster.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "read {} (was the cluster started with `norn cluster up --data-dir {}`?)",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
+}
+
+/// Writes `DIR/cluster.json`.
+pub fn write_file(dir: &Path, file: &ClusterFile) -> anyhow::Result<()> {
+    let path = dir.join("cluster.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(file)?).with_context(|| format!("write {}", path.display()))
+}
+
+/// Stops every recorded node: SIGTERM, then SIGKILL after `grace`.
+pub async fn down(dir: &Path, grace: Duration) -> anyhow::Result<usize> {
+    let mut file = read_file(dir)?;
+    let pids: Vec<u32> = file.nodes.iter().filter_map(|n| n.pid).filter(|p| alive(*p)).collect();
+    for p in &pids {
+        signal(*p, Signal::SIGTERM);
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while pids.iter().any(|p| alive(*p)) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for p in &pids {
+        if alive(*p) {
+            signal(*p, Signal::SIGKILL);
+        }
+    }
+    for n in &mut file.nodes {
+        n.pid = None;
+    }
+    write_file(dir, &file)?;
+    Ok(pids.len())
+}

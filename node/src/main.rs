@@ -1,0 +1,442 @@
+//! The `norn` command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use norn_node::config::{Member, NodeConfig};
+use norn_node::local_cluster::{self, ClusterSpec, Ports};
+use norn_node::pb::admin_client::AdminClient;
+use norn_node::pb::{GetRequest, PutRequest, ReadConsistency};
+use norn_raft::RaftOptions;
+
+#[derive(Parser)]
+#[command(name = "norn", version, about = "Norn: a Temporal-compatible durable workflow server in one binary")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one node of a cluster.
+    Server(ServerArgs),
+    /// Run a single-node development server (data in ./norn-data, client port 7233).
+    Dev {
+        /// Data directory.
+        #[arg(long, default_value = "norn-data")]
+        data_dir: PathBuf,
+        /// Client port.
+        #[arg(long, default_value_t = 7233)]
+        port: u16,
+        /// Shards.
+        #[arg(long, default_value_t = 16)]
+        shards: u32,
+    },
+    /// Start, stop and inspect local clusters.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Read and write the replicated test map.
+    #[command(subcommand)]
+    Kv(KvCmd),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// TOML configuration file (see docs/configuration.md). Flags override its keys.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's id.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Client gRPC address.
+    #[arg(long)]
+    client_addr: Option<String>,
+    /// Peer (Raft) address.
+    #[arg(long)]
+    raft_addr: Option<String>,
+    /// Prometheus metrics address.
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Shard count (fixed at cluster creation).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Initial members as `ID=RAFT_ADDR/CLIENT_ADDR`, repeated or comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    member: Vec<String>,
+    /// Minimum election timeout (ms).
+    #[arg(long)]
+    election_timeout_ms_min: Option<u64>,
+    /// Maximum election timeout (ms).
+    #[arg(long)]
+    election_timeout_ms_max: Option<u64>,
+    /// Heartbeat interval (ms).
+    #[arg(long)]
+    heartbeat_interval_ms: Option<u64>,
+    /// Entries between snapshots.
+    #[arg(long)]
+    snapshot_logs_since_last: Option<u64>,
+    /// Accept fault-injection calls (tests only).
+    #[arg(long)]
+    enable_fault_injection: bool,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Start a local cluster of separate processes and wait until every shard has a leader.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value = "norn-cluster")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 7233)]
+        base_port: u16,
+        #[arg(long, default_value_t = 16)]
+        shards: u32,
+        /// Accept fault-injection calls (tests only).
+        #[arg(long)]
+        enable_fault_injection: bool,
+    },
+    /// Stop a local cluster started with `cluster up`.
+    Down {
+        #[arg(long, default_value = "norn-cluster")]
+        data_dir: PathBuf,
+    },
+    /// Every shard's leader, term, commit and applied index per node, and each node's health.
+    Status {
+        #[arg(long, default_value = "127.0.0.1:7233")]
+        address: String,
+        /// `table` or `json`.
+        #[arg(long, default_value = "table")]
+        output: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Raft commit throughput and latency on a local 3-node cluster with fsync on.
+    Raft {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 16)]
+        shards: u32,
+        /// Proposer counts, one table row each.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+        proposers: Vec<usize>,
+        /// Seconds measured per row.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Value size in bytes.
+        #[arg(long, default_value_t = 128)]
+        value_bytes: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvCmd {
+    /// Write a key (acknowledged once a quorum has it on disk).
+    Put {
+        key: String,
+        value: String,
+        #[arg(long, default_value = "127.0.0.1:7233")]
+        address: String,
+    },
+    /// Read a key (linearizable unless --local).
+    Get {
+        key: String,
+        #[arg(long, default_value = "127.0.0.1:7233")]
+        address: String,
+        #[arg(long)]
+        local: bool,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NORN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+}
+
+fn parse_member(s: &str) -> anyhow::Result<Member> {
+    let (id, addrs) = s.split_once('=').context("member must be ID=RAFT_ADDR/CLIENT_ADDR")?;
+    let (raft_addr, client_addr) = addrs.split_once('/').context("member must be ID=RAFT_ADDR/CLIENT_ADDR")?;
+    Ok(Member {
+        id: id.trim().parse().context("member id")?,
+        raft_addr: raft_addr.into(),
+        client_addr: client_addr.into(),
+    })
+}
+
+fn server_config(a: ServerArgs) -> anyhow::Result<NodeConfig> {
+    let mut cfg = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?;
+            toml::from_str::<NodeConfig>(&text).with_context(|| format!("parse {}", p.display()))?
+        }
+        None => NodeConfig {
+            node_id: a.node_id.context("--node-id or --config is required")?,
+            data_dir: a.data_dir.clone().context("--data-dir or --config is required")?,
+            client_addr: "127.0.0.1:7233".into(),
+            raft_addr: "127.0.0.1:7234".into(),
+            metrics_addr: None,
+            shards: 16,
+            replicas: 3,
+            members: Vec::new(),
+            enable_fault_injection: false,
+            raft: RaftOptions::default(),
+        },
+    };
+    if let Some(v) = a.node_id {
+        cfg.node_id = v;
+    }
+    if let Some(v) = a.data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = a.client_addr {
+        cfg.client_addr = v;
+    }
+    if let Some(v) = a.raft_addr {
+        cfg.raft_addr = v;
+    }
+    if let Some(v) = a.metrics_addr {
+        cfg.metrics_addr = Some(v);
+    }
+    if let Some(v) = a.shards {
+        cfg.shards = v;
+    }
+    if !a.member.is_empty() {
+        cfg.members = a.member.iter().map(|m| parse_member(m)).collect::<anyhow::Result<_>>()?;
+    }
+    if cfg.members.is_empty() {
+        cfg.members =
+            vec![Member { id: cfg.node_id, raft_addr: cfg.raft_addr.clone(), client_addr: cfg.client_addr.clone() }];
+    }
+    if let Some(v) = a.election_timeout_ms_min {
+        cfg.raft.election_timeout_ms_min = v;
+    }
+    if let Some(v) = a.election_timeout_ms_max {
+        cfg.raft.election_timeout_ms_max = v;
+    }
+    if let Some(v) = a.heartbeat_interval_ms {
+        cfg.raft.heartbeat_interval_ms = v;
+    }
+    if let Some(v) = a.snapshot_logs_since_last {
+        cfg.raft.snapshot_logs_since_last = v;
+    }
+    cfg.enable_fault_injection |= a.enable_fault_injection;
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn print_status(s: &norn_node::pb::ClusterStatusResponse) {
+    println!("{:<6} {:<22} {:<10} DETAIL", "NODE", "ADDRESS", "HEALTH");
+    for n in &s.nodes {
+        let detail = match &n.status {
+            Some(st) => format!(
+                "{} shards, {} leading, {} WAL syncs",
+                st.shards.len(),
+                st.shards.iter().filter(|x| x.role == "leader").count(),
+                st.wal_syncs
+            ),
+            None => n.error.clone(),
+        };
+        println!("{:<6} {:<22} {:<10} {}", n.node_id, n.client_addr, if n.reachable { "up" } else { "DOWN" }, detail);
+    }
+    println!();
+    println!("{:<6} {:<7} {:<6} PER NODE (role commit/applied)", "SHARD", "LEADER", "TERM");
+    for shard in 0..s.shard_count {
+        let mut leader = "-".to_string();
+        let mut term = 0;
+        let mut per = Vec::new();
+        for n in &s.nodes {
+            let Some(st) = &n.status else { continue };
+            if let Some(x) = st.shards.iter().find(|x| x.shard == shard) {
+                if x.role == "leader" {
+                    leader = n.node_id.to_string();
+                }
+                term = term.max(x.term);
+                per.push(format!("n{}:{} {}/{}", n.node_id, &x.role[..1], x.committed_index, x.applied_index));
+            }
+        }
+        println!("{:<6} {:<7} {:<6} {}", shard, leader, term, per.join("  "));
+    }
+}
+
+async fn admin(address: &str) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("connect to {address}: is a norn node running there?"))?;
+    Ok(AdminClient::new(ch))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Server(a) => {
+            let cfg = server_config(a)?;
+            norn_node::server::run(cfg, shutdown_signal()).await
+        }
+        Cmd::Dev { data_dir, port, shards } => {
+            let client = format!("127.0.0.1:{port}");
+            let raft = format!("127.0.0.1:{}", port.checked_add(1).context("port too high")?);
+            let cfg = NodeConfig {
+                node_id: 1,
+                data_dir,
+                client_addr: client.clone(),
+                raft_addr: raft.clone(),
+                metrics_addr: None,
+                shards,
+                replicas: 1,
+                members: vec![Member { id: 1, raft_addr: raft, client_addr: client.clone() }],
+                enable_fault_injection: false,
+                raft: RaftOptions {
+                    election_timeout_ms_min: 150,
+                    election_timeout_ms_max: 300,
+                    heartbeat_interval_ms: 50,
+                    ..Default::default()
+                },
+            };
+            println!("norn dev: data in {}, client port {client}", cfg.data_dir.display());
+            norn_node::server::run(cfg, shutdown_signal()).await
+        }
+        Cmd::Cluster(ClusterCmd::Up { nodes, data_dir, base_port, shards, enable_fault_injection }) => {
+            let spec = ClusterSpec {
+                nodes,
+                data_dir: data_dir.clone(),
+                ports: Ports::Base(base_port),
+                shards,
+                raft: RaftOptions::default(),
+                fault_injection: enable_fault_injection,
+            };
+            if let Ok(old) = local_cluster::read_file(&data_dir) {
+                anyhow::ensure!(
+                    !old.nodes.iter().filter_map(|n| n.pid).any(local_cluster::alive),
+                    "a cluster is already running from {}; run `norn cluster down --data-dir {}` first",
+                    data_dir.display(),
+                    data_dir.display()
+                );
+            }
+            let mut file = local_cluster::lay_out(&spec)?;
+            let binary = std::env::current_exe()?;
+            for n in &mut file.nodes {
+                let child = local_cluster::spawn(&binary, n)?;
+                n.pid = Some(child.id());
+            }
+            local_cluster::write_file(&data_dir, &file)?;
+            let addrs: Vec<String> = file.nodes.iter().map(|n| n.client_addr.clone()).collect();
+            let status = local_cluster::wait_ready(&addrs, Duration::from_secs(60)).await?;
+            println!("norn cluster of {nodes} nodes is up ({shards} shards, every shard has a leader)");
+            for n in &file.nodes {
+                println!(
+                    "  node {}: client {}  peer {}  metrics http://{}/metrics  log {}",
+                    n.id,
+                    n.client_addr,
+                    n.raft_addr,
+                    n.metrics_addr,
+                    n.log.display()
+                );
+            }
+            let leaders = status.nodes.iter().map(|n| {
+                let c = n.status.as_ref().map(|s| s.shards.iter().filter(|x| x.role == "leader").count()).unwrap_or(0);
+                format!("node {}: {c}", n.node_id)
+            });
+            println!("  shard leaders per node: {}", leaders.collect::<Vec<_>>().join(", "));
+            println!("stop it with: norn cluster down --data-dir {}", data_dir.display());
+            Ok(())
+        }
+        Cmd::Cluster(ClusterCmd::Down { data_dir }) => {
+            let n = local_cluster::down(&data_dir, Duration::from_secs(10)).await?;
+            println!("stopped {n} node(s)");
+            Ok(())
+        }
+        Cmd::Cluster(ClusterCmd::Status { address, output }) => {
+            let s = local_cluster::status(&address).await?;
+            match output.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&status_json(&s))?),
+                "table" => print_status(&s),
+                other => anyhow::bail!("unknown --output {other}: use table or json"),
+            }
+            Ok(())
+        }
+        Cmd::Bench(BenchCmd::Raft { nodes, shards, proposers, seconds, value_bytes }) => {
+            let opts = norn_node::bench::BenchOptions {
+                nodes,
+                shards,
+                proposers,
+                duration: Duration::from_secs(seconds),
+                value_bytes,
+            };
+            let (fsync, rows) = norn_node::bench::run(&opts).await?;
+            print!("{}", norn_node::bench::table(fsync, &rows));
+            Ok(())
+        }
+        Cmd::Kv(KvCmd::Put { key, value, address }) => {
+            let r = admin(&address)
+                .await?
+                .put(PutRequest { key: key.into_bytes(), value: value.into_bytes(), hops: 0 })
+                .await?
+                .into_inner();
+            println!("ok: shard {} index {} (leader node {})", r.shard, r.index, r.leader);
+            Ok(())
+        }
+        Cmd::Kv(KvCmd::Get { key, address, local }) => {
+            let consistency = if local { ReadConsistency::Local } else { ReadConsistency::Linearizable };
+            let r = admin(&address)
+                .await?
+                .get(GetRequest { key: key.into_bytes(), consistency: consistency as i32, hops: 0 })
+                .await?
+                .into_inner();
+            if r.found {
+                println!("{}", String::from_utf8_lossy(&r.value));
+            } else {
+                println!("(not found)");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn status_json(s: &norn_node::pb::ClusterStatusResponse) -> serde_json::Value {
+    use serde_json::json;
+    json!({
+        "shard_count": s.shard_count,
+        "nodes": s.nodes.iter().map(|n| json!({
+            "node_id": n.node_id,
+            "client_addr": n.client_addr,
+            "reachable": n.reachable,
+            "error": n.error,
+            "wal_syncs": n.status.as_ref().map(|s| s.wal_syncs),
+            "shards": n.status.as_ref().map(|st| st.shards.iter().map(|x| json!({
+                "shard": x.shard, "role": x.role, "term": x.term, "leader": x.leader,
+                "last_log_index": x.last_log_index, "committed_index": x.committed_index,
+                "applied_index": x.applied_index, "snapshot_index": x.snapshot_index,
+                "purged_index": x.purged_index, "members": x.members,
+                "snapshots_installed": x.snapshots_installed, "fatal": x.fatal,
+            })).collect::<Vec<_>>()),
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,161 @@
+//! Starting a node: open the store, start the shard groups this node hosts, serve the peer and
+//! client ports, and stop cleanly on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use norn_raft::{GroupSpec, RaftNode, RaftService, SystemClock, TcpConnector, Transport};
+use norn_storage::{Cf, Engine, RocksEngine, RocksOptions, WriteBatch};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin::AdminService;
+use crate::config::NodeConfig;
+use crate::kv::KvStateMachine;
+use crate::metrics::Metrics;
+use crate::pb::admin_server::AdminServer;
+use crate::placement;
+
+/// Key in the `local` column family holding the shard count fixed at cluster creation.
+const SHARDS_KEY: &[u8] = b"cluster/shards";
+
+/// The groups this node hosts.
+pub fn group_specs(config: &NodeConfig) -> Vec<GroupSpec> {
+    let ids: Vec<_> = config.members.iter().map(|m| m.id).collect();
+    (0..config.shards)
+        .filter_map(|shard| {
+            let reps = placement::replicas(shard, &ids, config.replicas);
+            if !reps.contains(&config.node_id) {
+                return None;
+            }
+            let members = reps
+                .iter()
+                .filter_map(|id| config.members.iter().find(|m| m.id == *id).map(|m| (*id, m.info())))
+                .collect();
+            Some(GroupSpec { id: shard, members, bootstrap: reps.first() == Some(&config.node_id) })
+        })
+        .collect()
+}
+
+/// Refuses to start with a shard count other than the one the data directory was created with.
+fn check_identity(engine: &dyn Engine, config: &NodeConfig) -> anyhow::Result<()> {
+    match engine.get(Cf::Local, SHARDS_KEY)? {
+        Some(v) => {
+            let stored = <[u8; 4]>::try_from(v.as_slice())
+                .map(u32::from_be_bytes)
+                .map_err(|_| anyhow::anyhow!("corrupt shard count in {}", config.data_dir.display()))?;
+            anyhow::ensure!(
+                stored == config.shards,
+                "the data in {} was created with {stored} shards but the configuration says {}; the shard count is fixed at cluster creation",
+                config.data_dir.display(),
+                config.shards
+            );
+        }
+        None => {
+            let mut b = WriteBatch::new();
+            b.put(Cf::Local, SHARDS_KEY, config.shards.to_be_bytes());
+            engine.write(b, true)?;
+        }
+    }
+    Ok(())
+}
+
+/// A started node: its groups and its servers.
+pub struct RunningNode {
+    /// The node's Raft groups.
+    pub raft: RaftNode,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningNode {
+    /// Stops serving and shuts every group down.
+    pub async fn stop(self) {
+        let _ = self.stop_tx.send(true);
+        self.raft.shutdown().await;
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let node_id = config.node_id;
+    let node = start(config).await?;
+    shutdown.await;
+    tracing::info!(node = node_id, "shutting down");
+    node.stop().await;
+    Ok(())
+}
+
+/// Starts a node and returns once its ports are served.
+pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+    config.validate()?;
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
+    let raft_listener = TcpListener::bind(&config.raft_addr)
+        .await
+        .with_context(|| format!("bind peer address {}", config.raft_addr))?;
+    let client_listener = TcpListener::bind(&config.client_addr)
+        .await
+        .with_context(|| format!("bind client address {}", config.client_addr))?;
+    let metrics_listener = match &config.metrics_addr {
+        Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("bind metrics address {a}"))?),
+        None => None,
+    };
+
+    let db_path = config.data_dir.join("db");
+    let engine: Arc<dyn Engine> = Arc::new(
+        RocksEngine::open(&db_path, &RocksOptions::default())
+            .with_context(|| format!("open store in {}", db_path.display()))?,
+    );
+    check_identity(&*engine, &config)?;
+
+    let transport = Arc::new(Transport::new(config.node_id, Arc::new(TcpConnector)));
+    let specs = group_specs(&config);
+    tracing::info!(node = config.node_id, shards = specs.len(), client = %config.client_addr, raft = %config.raft_addr, "starting node");
+    let raft =
+        RaftNode::start(config.node_id, engine, transport, Arc::new(SystemClock), config.raft.clone(), specs, |_| {
+            Box::new(KvStateMachine)
+        })
+        .await?;
+
+    let metrics = Metrics::new(config.node_id)?;
+    let mut tasks = Vec::new();
+    if let Some(l) = metrics_listener {
+        tasks.push(tokio::spawn(metrics.clone().serve(l, raft.clone())));
+    }
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let peer_server = tonic::transport::Server::builder()
+        .add_service(RaftService::server(raft.clone()))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), stopped(stop_rx.clone()));
+    let admin = AdminService::new(raft.clone(), config.clone(), metrics);
+    let client_server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(AdminServer::new(admin).accept_compressed(tonic::codec::CompressionEncoding::Gzip))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), stopped(stop_rx.clone()));
+    let node_id = config.node_id;
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = peer_server.await {
+            tracing::error!(node = node_id, error = %e, "peer server failed");
+        }
+    }));
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = client_server.await {
+            tracing::error!(node = node_id, error = %e, "client server failed");
+        }
+    }));
+    tracing::info!(node = config.node_id, client = %config.client_addr, raft = %config.raft_addr, "node ready");
+    Ok(RunningNode { raft, stop_tx, tasks })
+}

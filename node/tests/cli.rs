@@ -1,0 +1,73 @@
+//! The operator commands as a user types them: `norn cluster up`, `status`, `kv`, `down`.
+
+use std::process::Command;
+
+fn norn(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_norn")).args(args).output().expect("run norn");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// A base port with the client, peer and metrics ranges of 3 nodes free.
+fn free_base() -> u16 {
+    let start = 20_000 + (std::process::id() % 2_000) as u16 * 10;
+    (start..60_000)
+        .step_by(7)
+        .find(|b| {
+            [0u16, 100, 200]
+                .iter()
+                .flat_map(|off| (0..3).map(move |i| b + off + i))
+                .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        })
+        .expect("no free base port")
+}
+
+#[test]
+fn cluster_up_status_kv_and_down_work_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cluster");
+    let data = data.to_str().unwrap();
+    let base = free_base().to_string();
+    let (ok, out) = norn(&["cluster", "up", "--nodes", "3", "--data-dir", data, "--base-port", &base, "--shards", "4"]);
+    let cleanup = scopeguard(data.to_string());
+    assert!(ok, "cluster up failed:\n{out}");
+    assert!(out.contains("every shard has a leader"), "{out}");
+
+    let addr = format!("127.0.0.1:{base}");
+    let (ok, out) = norn(&["cluster", "status", "--address", &addr]);
+    assert!(ok, "{out}");
+    assert_eq!(out.lines().filter(|l| l.contains(" up ")).count(), 3, "three healthy nodes:\n{out}");
+
+    let (ok, out) = norn(&["cluster", "status", "--address", &addr, "--output", "json"]);
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json output");
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 3);
+    let leaders: usize = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["shards"].as_array().unwrap().iter().filter(|s| s["role"] == "leader").count())
+        .sum();
+    assert_eq!(leaders, 4, "one leader per shard");
+
+    let (ok, out) = norn(&["kv", "put", "greeting", "hello", "--address", &addr]);
+    assert!(ok, "{out}");
+    let (ok, out) =
+        norn(&["kv", "get", "greeting", "--address", &format!("127.0.0.1:{}", base.parse::<u16>().unwrap() + 2)]);
+    assert!(ok && out.trim() == "hello", "{out}");
+
+    drop(cleanup);
+    let (ok, out) = norn(&["cluster", "status", "--address", &addr]);
+    assert!(!ok, "status after down should fail to connect: {out}");
+}
+
+struct Down(String);
+impl Drop for Down {
+    fn drop(&mut self) {
+        let (ok, out) = norn(&["cluster", "down", "--data-dir", &self.0]);
+        assert!(ok || std::thread::panicking(), "cluster down failed: {out}");
+    }
+}
+fn scopeguard(dir: String) -> Down {
+    Down(dir)
+}

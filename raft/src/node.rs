@@ -1,0 +1,375 @@
+//! [`RaftNode`]: every Raft group (shard) hosted by one node, over one store, one group-commit
+//! task and one transport.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use norn_storage::{Cf, Engine};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::group_commit::GroupCommit;
+use crate::keys;
+use crate::log_store::LogStore;
+use crate::network::GroupNetworkFactory;
+use crate::state_machine::{ApplyProgress, SmStore, StateMachine};
+use crate::transport::Transport;
+use crate::types::{Command, GroupId, NodeId, NodeInfo, Raft};
+use crate::{codec, Clock};
+
+/// Raft timings and limits, shared by every group of a node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RaftOptions {
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_ms_min: u64,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_ms_max: u64,
+    /// Leader heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log behind a snapshot (for followers that lag a little).
+    pub logs_kept_after_snapshot: u64,
+    /// Snapshot chunk size on the wire.
+    pub snapshot_chunk_bytes: u64,
+    /// How long a proposal waits for commit before it is answered "outcome unknown".
+    pub propose_timeout_ms: u64,
+}
+
+impl Default for RaftOptions {
+    fn default() -> Self {
+        Self {
+            election_timeout_ms_min: 1000,
+            election_timeout_ms_max: 2000,
+            heartbeat_interval_ms: 250,
+            snapshot_logs_since_last: 10_000,
+            logs_kept_after_snapshot: 1_000,
+            snapshot_chunk_bytes: 1 << 20,
+            propose_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl RaftOptions {
+    fn openraft_config(&self) -> Result<openraft::Config, crate::Error> {
+        let c = openraft::Config {
+            cluster_name: "norn".into(),
+            election_timeout_min: self.election_timeout_ms_min,
+            election_timeout_max: self.election_timeout_ms_max,
+            heartbeat_interval: self.heartbeat_interval_ms,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            max_payload_entries: 512,
+            ..Default::default()
+        };
+        c.validate().map_err(|e| crate::Error::Config(e.to_string()))
+    }
+}
+
+/// One group this node hosts.
+#[derive(Clone, Debug)]
+pub struct GroupSpec {
+    /// Shard id.
+    pub id: GroupId,
+    /// The group's voters. Must contain this node.
+    pub members: BTreeMap<NodeId, NodeInfo>,
+    /// This node initializes the group on first start (exactly one member should).
+    pub bootstrap: bool,
+}
+
+/// A group's role on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Leads the group.
+    Leader,
+    /// Follows a leader.
+    Follower,
+    /// Campaigning.
+    Candidate,
+    /// Not a voter.
+    Learner,
+    /// Stopped after a fatal error (see `fatal`).
+    Failed,
+}
+
+/// One group's state on this node, for `norn cluster status` and metrics.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// Shard id.
+    pub group: GroupId,
+    /// This node's role.
+    pub role: Role,
+    /// Current term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Highest index known committed.
+    pub committed_index: u64,
+    /// Highest index applied.
+    pub applied_index: u64,
+    /// Index covered by the latest snapshot.
+    pub snapshot_index: u64,
+    /// Highest purged index.
+    pub purged_index: u64,
+    /// Voters.
+    pub members: Vec<NodeId>,
+    /// Snapshots installed from a leader since this process started.
+    pub snapshots_installed: u64,
+    /// Why the group stopped, if it did.
+    pub fatal: Option<String>,
+}
+
+/// Why a proposal or a linearizable read failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    /// This node does not host the group.
+    #[error("shard {0} is not hosted on this node")]
+    NoSuchGroup(GroupId),
+    /// Another node leads the group (or no leader is known yet).
+    #[error("not the leader of shard {group}; leader is {leader:?}")]
+    NotLeader {
+        /// Shard id.
+        group: GroupId,
+        /// The leader, if known.
+        leader: Option<(NodeId, NodeInfo)>,
+    },
+    /// The proposal may or may not commit: no quorum answered in time.
+    #[error("shard {0}: no quorum within {1:?}; the outcome is unknown")]
+    Timeout(GroupId, Duration),
+    /// This node leads the group but cannot reach a quorum.
+    #[error("shard {0}: leader cannot reach a quorum: {1}")]
+    NoQuorum(GroupId, String),
+    /// The group stopped (storage failure or shutdown).
+    #[error("shard {0} is stopped: {1}")]
+    Stopped(GroupId, String),
+}
+
+struct Group {
+    raft: Raft,
+    progress: Arc<ApplyProgress>,
+    applied_rx: watch::Receiver<u64>,
+}
+
+/// All groups of one node.
+#[derive(Clone)]
+pub struct RaftNode {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    engine: Arc<dyn Engine>,
+    commit: GroupCommit,
+    transport: Arc<Transport>,
+    clock: Arc<dyn Clock>,
+    options: RaftOptions,
+    groups: RwLock<HashMap<GroupId, Arc<Group>>>,
+}
+
+impl RaftNode {
+    /// Opens every group in `specs` on `engine` and starts it. `make_sm` builds each group's
+    /// state machine.
+    pub async fn start(
+        id: NodeId,
+        engine: Arc<dyn Engine>,
+        transport: Arc<Transport>,
+        clock: Arc<dyn Clock>,
+        options: RaftOptions,
+        specs: Vec<GroupSpec>,
+        make_sm: impl Fn(GroupId) -> Box<dyn StateMachine>,
+    ) -> Result<Self, crate::Error> {
+        let config = Arc::new(options.openraft_config()?);
+        let commit = GroupCommit::start(engine.clone());
+        let mut groups = HashMap::new();
+        for spec in specs {
+            let span = tracing::info_span!("shard", shard = spec.id, node = id);
+            let log = LogStore::new(spec.id, engine.clone(), commit.clone());
+            let progress = Arc::new(ApplyProgress::default());
+            let (applied_tx, applied_rx) = watch::channel(0);
+            let sm =
+                SmStore::open(spec.id, engine.clone(), commit.clone(), make_sm(spec.id), progress.clone(), applied_tx)
+                    .map_err(|e| crate::Error::Storage(format!("shard {}: {e}", spec.id)))?;
+            let net = GroupNetworkFactory { group: spec.id, transport: transport.clone() };
+            let raft = Raft::new(id, config.clone(), net, log, sm)
+                .instrument(span.clone())
+                .await
+                .map_err(|e| crate::Error::Storage(format!("shard {}: {e}", spec.id)))?;
+            if spec.bootstrap && !raft.is_initialized().await.map_err(|e| crate::Error::Storage(e.to_string()))? {
+                match raft.initialize(spec.members.clone()).await {
+                    Ok(()) => {
+                        tracing::info!(parent: &span, members = ?spec.members.keys().collect::<Vec<_>>(), "initialized shard")
+                    }
+                    Err(RaftError::APIError(e)) => {
+                        tracing::debug!(parent: &span, error = %e, "shard already initialized")
+                    }
+                    Err(e) => return Err(crate::Error::Storage(format!("shard {}: {e}", spec.id))),
+                }
+            }
+            groups.insert(spec.id, Arc::new(Group { raft, progress, applied_rx }));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner { id, engine, commit, transport, clock, options, groups: RwLock::new(groups) }),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The node's transport (for fault filters).
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.inner.transport
+    }
+
+    /// The node's store.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.inner.engine
+    }
+
+    /// WAL syncs and durable writes so far.
+    pub fn sync_counts(&self) -> (u64, u64) {
+        let s = self.inner.commit.stats();
+        (s.syncs.load(Ordering::Relaxed), s.writes.load(Ordering::Relaxed))
+    }
+
+    /// Ids of the groups hosted here, sorted.
+    pub fn group_ids(&self) -> Vec<GroupId> {
+        let mut ids: Vec<_> = self.groups().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    fn groups(&self) -> std::sync::RwLockReadGuard<'_, HashMap<GroupId, Arc<Group>>> {
+        self.inner.groups.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn group(&self, id: GroupId) -> Result<Arc<Group>, ProposeError> {
+        self.groups().get(&id).cloned().ok_or(ProposeError::NoSuchGroup(id))
+    }
+
+    pub(crate) fn raft(&self, id: GroupId) -> Option<Raft> {
+        self.groups().get(&id).map(|g| g.raft.clone())
+    }
+
+    fn leader_of(&self, g: &Group, group: GroupId) -> ProposeError {
+        let m = g.raft.metrics().borrow().clone();
+        let leader = m
+            .current_leader
+            .and_then(|l| m.membership_config.nodes().find(|(id, _)| **id == l).map(|(id, n)| (*id, n.clone())));
+        ProposeError::NotLeader { group, leader }
+    }
+
+    /// Proposes `payload` to `group`, stamped with the leader's clock, and returns the state
+    /// machine's response once a quorum has it on disk and this node applied it.
+    pub async fn propose(&self, group: GroupId, payload: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
+        let g = self.group(group)?;
+        let cmd = Command { timestamp_ms: self.inner.clock.now_ms(), payload };
+        let timeout = Duration::from_millis(self.inner.options.propose_timeout_ms);
+        match tokio::time::timeout(timeout, g.raft.client_write(cmd)).await {
+            Err(_) => Err(ProposeError::Timeout(group, timeout)),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ProposeError::NotLeader { group, leader: f.leader_id.zip(f.leader_node) })
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(ProposeError::Stopped(group, e.to_string())),
+            Ok(Err(RaftError::Fatal(f))) => Err(ProposeError::Stopped(group, f.to_string())),
+        }
+    }
+
+    /// Waits until this node, as leader, has applied everything committed before the call
+    /// (read-index). After it returns, reads of the local state are linearizable.
+    pub async fn read_index(&self, group: GroupId) -> Result<(), ProposeError> {
+        let g = self.group(group)?;
+        let timeout = Duration::from_millis(self.inner.options.propose_timeout_ms);
+        match tokio::time::timeout(timeout, g.raft.ensure_linearizable()).await {
+            Err(_) => Err(ProposeError::Timeout(group, timeout)),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => Err(self.leader_of(&g, group)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(ProposeError::NoQuorum(group, e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(ProposeError::Stopped(group, f.to_string())),
+        }
+    }
+
+    /// Reads a key of `group`'s state as applied on this node (possibly stale unless preceded
+    /// by [`RaftNode::read_index`]).
+    pub fn read_local(&self, group: GroupId, key: &[u8]) -> Result<Option<Vec<u8>>, crate::Error> {
+        self.inner.engine.get(Cf::State, &keys::state_key(group, key)).map_err(|e| crate::Error::Storage(e.to_string()))
+    }
+
+    /// Waits until `group` has applied at least `index` on this node.
+    pub async fn wait_applied(&self, group: GroupId, index: u64) -> Result<(), ProposeError> {
+        let mut rx = self.group(group)?.applied_rx.clone();
+        rx.wait_for(|i| *i >= index).await.map(|_| ()).map_err(|_| ProposeError::Stopped(group, "shut down".into()))
+    }
+
+    /// Status of every group, sorted by id.
+    pub fn status(&self) -> Vec<GroupStatus> {
+        let groups: Vec<(GroupId, Arc<Group>)> = self.groups().iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut out: Vec<GroupStatus> = groups.into_iter().map(|(id, g)| self.group_status(id, &g)).collect();
+        out.sort_by_key(|s| s.group);
+        out
+    }
+
+    fn group_status(&self, id: GroupId, g: &Group) -> GroupStatus {
+        let m = g.raft.metrics().borrow().clone();
+        let committed = self
+            .inner
+            .engine
+            .get(Cf::RaftMeta, &keys::meta_key(id, keys::COMMITTED))
+            .ok()
+            .flatten()
+            .and_then(|b| codec::decode::<Option<crate::types::LogId>>("committed", &b).ok())
+            .flatten()
+            .map(|l| l.index)
+            .unwrap_or(0);
+        let role = match (&m.running_state, m.state) {
+            (Err(_), _) => Role::Failed,
+            (_, ServerState::Leader) => Role::Leader,
+            (_, ServerState::Follower) => Role::Follower,
+            (_, ServerState::Candidate) => Role::Candidate,
+            (_, _) => Role::Learner,
+        };
+        let applied = g.progress.applied_index.load(Ordering::Acquire);
+        GroupStatus {
+            group: id,
+            role,
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: committed.max(applied),
+            applied_index: applied,
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.map(|l| l.index).unwrap_or(0),
+            members: m.membership_config.voter_ids().collect(),
+            snapshots_installed: g.progress.snapshots_installed.load(Ordering::Relaxed),
+            fatal: m.running_state.err().map(|e| e.to_string()),
+        }
+    }
+
+    /// Asks `group` to build a snapshot now (and purge its log behind it).
+    pub async fn trigger_snapshot(&self, group: GroupId) -> Result<(), ProposeError> {
+        let g = self.group(group)?;
+        g.raft.trigger().snapshot().await.map_err(|e| ProposeError::Stopped(group, e.to_string()))
+    }
+
+    /// Stops every group.
+    pub async fn shutdown(&self) {
+        let groups: Vec<Arc<Group>> = self.groups().values().cloned().collect();
+        for g in groups {
+            let _ = g.raft.shutdown().await;
+        }
+    }
+}

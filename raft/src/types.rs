@@ -1,0 +1,64 @@
+//! The openraft type configuration and Norn's own types that other crates see.
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::NornRuntime;
+
+/// A node's id in the cluster (1-based, stable for the node's life).
+pub type NodeId = u64;
+/// A shard's id; every shard is one Raft group.
+pub type GroupId = u32;
+
+/// Where a node listens: `raft_addr` for peers, `client_addr` for the gRPC API.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Peer (Raft transport) address, `host:port`.
+    pub raft_addr: String,
+    /// Client (gRPC API) address, `host:port`.
+    pub client_addr: String,
+}
+
+impl fmt::Display for NodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (raft {})", self.client_addr, self.raft_addr)
+    }
+}
+
+/// What the log carries: an opaque command of the layer above, stamped by the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Milliseconds since the Unix epoch on the leader when it proposed the command.
+    pub timestamp_ms: u64,
+    /// The command, encoded by the layer above.
+    pub payload: Vec<u8>,
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Command(ts={}, {} bytes)", self.timestamp_ms, self.payload.len())
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Norn's openraft type configuration.
+    pub TypeConfig:
+        D = Command,
+        R = Vec<u8>,
+        NodeId = NodeId,
+        Node = NodeInfo,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = NornRuntime,
+        Responder = openraft::impls::OneshotResponder<TypeConfig>,
+);
+
+pub(crate) type Raft = openraft::Raft<TypeConfig>;
+pub(crate) type Entry = openraft::Entry<TypeConfig>;
+pub(crate) type LogId = openraft::LogId<NodeId>;
+pub(crate) type Vote = openraft::Vote<NodeId>;
+pub(crate) type StorageError = openraft::StorageError<NodeId>;
+pub(crate) type StoredMembership = openraft::StoredMembership<NodeId, NodeInfo>;
+pub(crate) type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeInfo>;
