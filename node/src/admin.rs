@@ -162,7 +162,7 @@ impl AdminService {
         fwd.hops += 1;
         match self.client(&addr).map_err(Failure::Fail)?.put(fwd).await {
             Ok(r) => Ok(r.into_inner()),
-            Err(s) if s.code() == tonic::Code::Unavailable && !s.message().contains("may or may not") => {
+            Err(s) if retryable_forward(&s) && !s.message().contains("may or may not") => {
                 Err(Failure::Retry(s))
             }
             Err(s) => Err(Failure::Fail(s)),
@@ -204,7 +204,7 @@ impl AdminService {
         fwd.hops += 1;
         match self.client(&addr).map_err(Failure::Fail)?.get(fwd).await {
             Ok(r) => Ok(r.into_inner()),
-            Err(s) if s.code() == tonic::Code::Unavailable => Err(Failure::Retry(s)),
+            Err(s) if retryable_forward(&s) => Err(Failure::Retry(s)),
             Err(s) => Err(Failure::Fail(s)),
         }
     }
@@ -225,6 +225,13 @@ impl AdminService {
             partitioned_from,
         }
     }
+}
+
+/// A forward that failed before the peer could act on it (the peer is down, restarting, or has
+/// no leader yet): worth retrying, possibly on another replica.
+fn retryable_forward(s: &Status) -> bool {
+    // tonic reports a refused or reset connection as `Unknown: transport error`.
+    s.code() == tonic::Code::Unavailable || (s.code() == tonic::Code::Unknown && s.message().contains("transport error"))
 }
 
 /// The wire form of a group's status.
