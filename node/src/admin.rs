@@ -162,9 +162,7 @@ impl AdminService {
         fwd.hops += 1;
         match self.client(&addr).map_err(Failure::Fail)?.put(fwd).await {
             Ok(r) => Ok(r.into_inner()),
-            Err(s) if retryable_forward(&s) && !s.message().contains("may or may not") => {
-                Err(Failure::Retry(s))
-            }
+            Err(s) if retryable_forward(&s) && !s.message().contains("may or may not") => Err(Failure::Retry(s)),
             Err(s) => Err(Failure::Fail(s)),
         }
     }
@@ -231,7 +229,8 @@ impl AdminService {
 /// no leader yet): worth retrying, possibly on another replica.
 fn retryable_forward(s: &Status) -> bool {
     // tonic reports a refused or reset connection as `Unknown: transport error`.
-    s.code() == tonic::Code::Unavailable || (s.code() == tonic::Code::Unknown && s.message().contains("transport error"))
+    s.code() == tonic::Code::Unavailable
+        || (s.code() == tonic::Code::Unknown && s.message().contains("transport error"))
 }
 
 /// The wire form of a group's status.
