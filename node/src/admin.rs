@@ -6,10 +6,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use norn_raft::{GroupId, GroupStatus, NodeId, ProposeError, RaftNode, Role};
+use norn_raft::{GroupId, GroupStatus, NodeId, ProposeError, RaftNode, Role, StateView};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
+use crate::command::{ShardCommand, ShardResult};
 use crate::config::NodeConfig;
 use crate::kv::{self, KvCommand, KvResult};
 use crate::metrics::Metrics;
@@ -129,24 +131,17 @@ impl AdminService {
         }
     }
 
-    async fn try_put(&self, req: &PutRequest, shard: GroupId, attempt: usize) -> Result<PutResponse, Failure> {
+    async fn try_propose(&self, req: &ProposeRequest, attempt: usize) -> Result<ProposeResponse, Failure> {
+        let shard = req.shard;
         let addr = match self.next_for(shard, attempt) {
             Next::Wait => return Err(Failure::Retry(Status::unavailable("no replica address known"))),
             Next::Forward(addr) => addr,
             Next::Local => {
-                let cmd = KvCommand::Put { key: req.key.clone(), value: req.value.clone() };
-                let payload = postcard::to_stdvec(&cmd).map_err(|e| Failure::Fail(Status::internal(e.to_string())))?;
                 let started = tokio::time::Instant::now();
-                match self.raft.propose(shard, payload).await {
-                    Ok(bytes) => {
+                match self.raft.propose(shard, req.payload.clone()).await {
+                    Ok(result) => {
                         self.metrics.observe_propose(started.elapsed());
-                        return match postcard::from_bytes::<KvResult>(&bytes) {
-                            Ok(KvResult::Applied { index, timestamp_ms }) => {
-                                Ok(PutResponse { shard, index, leader: self.raft.id(), timestamp_ms })
-                            }
-                            Ok(other) => Err(Failure::Fail(Status::internal(format!("shard {shard}: {other:?}")))),
-                            Err(e) => Err(Failure::Fail(Status::internal(format!("undecodable response: {e}")))),
-                        };
+                        return Ok(ProposeResponse { result, leader: self.raft.id() });
                     }
                     Err(e) => match self.not_leader(&e, req.hops)? {
                         Next::Forward(addr) => addr,
@@ -160,14 +155,15 @@ impl AdminService {
         }
         let mut fwd = req.clone();
         fwd.hops += 1;
-        match self.client(&addr).map_err(Failure::Fail)?.put(fwd).await {
+        match self.client(&addr).map_err(Failure::Fail)?.propose(fwd).await {
             Ok(r) => Ok(r.into_inner()),
             Err(s) if retryable_forward(&s) && !s.message().contains("may or may not") => Err(Failure::Retry(s)),
             Err(s) => Err(Failure::Fail(s)),
         }
     }
 
-    async fn try_get(&self, req: &GetRequest, shard: GroupId, attempt: usize) -> Result<GetResponse, Failure> {
+    async fn try_read(&self, req: &ReadStateRequest, attempt: usize) -> Result<ReadStateResponse, Failure> {
+        let shard = req.shard;
         let local = ReadConsistency::try_from(req.consistency).unwrap_or(ReadConsistency::Linearizable)
             == ReadConsistency::Local;
         let addr = match self.next_for(shard, attempt) {
@@ -177,16 +173,16 @@ impl AdminService {
                 let ready = if local { Ok(()) } else { self.raft.read_index(shard).await };
                 match ready {
                     Ok(()) => {
-                        let v = self
-                            .raft
-                            .read_local(shard, &kv::state_key(&req.key))
-                            .map_err(|e| Failure::Fail(Status::internal(e.to_string())))?;
-                        return Ok(GetResponse {
-                            shard,
-                            found: v.is_some(),
-                            value: v.unwrap_or_default(),
-                            served_by: self.raft.id(),
-                        });
+                        let view = self.raft.view(shard);
+                        let pairs = if req.prefix {
+                            let limit = if req.limit == 0 { usize::MAX } else { req.limit as usize };
+                            view.scan_prefix(&req.key, limit)
+                        } else {
+                            view.get(&req.key).map(|v| v.map(|v| (req.key.clone(), v)).into_iter().collect())
+                        }
+                        .map_err(|e| Failure::Fail(Status::internal(e.to_string())))?;
+                        let pairs = pairs.into_iter().map(|(key, value)| KeyValue { key, value }).collect();
+                        return Ok(ReadStateResponse { pairs, served_by: self.raft.id() });
                     }
                     Err(e) => match self.not_leader(&e, req.hops)? {
                         Next::Forward(addr) => addr,
@@ -200,11 +196,33 @@ impl AdminService {
         }
         let mut fwd = req.clone();
         fwd.hops += 1;
-        match self.client(&addr).map_err(Failure::Fail)?.get(fwd).await {
+        match self.client(&addr).map_err(Failure::Fail)?.read_state(fwd).await {
             Ok(r) => Ok(r.into_inner()),
             Err(s) if retryable_forward(&s) => Err(Failure::Retry(s)),
             Err(s) => Err(Failure::Fail(s)),
         }
+    }
+
+    /// Proposes `cmd` on `shard`'s leader, forwarding and retrying inside the cluster, and
+    /// returns the state machine's result.
+    pub async fn propose_command(&self, shard: GroupId, cmd: &ShardCommand) -> Result<ShardResult, Status> {
+        let req = ProposeRequest { shard, payload: cmd.encode(), hops: 0 };
+        let r = with_retries(self.deadline(), |n| self.try_propose(&req, n)).await?;
+        Ok(ShardResult::decode(&r.result))
+    }
+
+    /// Reads one key (`prefix` false) or a key range of `shard`'s state, linearizably.
+    pub async fn read_keys(&self, shard: GroupId, key: &[u8], prefix: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Status> {
+        let req = ReadStateRequest {
+            shard,
+            key: key.to_vec(),
+            prefix,
+            limit: 0,
+            consistency: ReadConsistency::Linearizable as i32,
+            hops: 0,
+        };
+        let r = with_retries(self.deadline(), |n| self.try_read(&req, n)).await?;
+        Ok(r.pairs.into_iter().map(|kv| (kv.key, kv.value)).collect())
     }
 
     /// This node's status message.
@@ -287,9 +305,17 @@ impl Admin for AdminService {
             return Err(Status::invalid_argument("key must not be empty"));
         }
         let shard = self.shard_of(&req.key);
-        let span = tracing::debug_span!("put", shard, hops = req.hops);
-        let _e = span.enter();
-        with_retries(self.deadline(), |n| self.try_put(&req, shard, n)).await.map(Response::new)
+        let payload = ShardCommand::Kv(KvCommand::Put { key: req.key, value: req.value }).encode();
+        let preq = ProposeRequest { shard, payload, hops: req.hops };
+        let r = with_retries(self.deadline(), |n| self.try_propose(&preq, n))
+            .instrument(tracing::debug_span!("put", shard, hops = req.hops))
+            .await?;
+        match ShardResult::decode(&r.result) {
+            ShardResult::Kv(KvResult::Applied { index, timestamp_ms }) => {
+                Ok(Response::new(PutResponse { shard, index, leader: r.leader, timestamp_ms }))
+            }
+            other => Err(Status::internal(format!("shard {shard}: unexpected result {other:?}"))),
+        }
     }
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -301,7 +327,47 @@ impl Admin for AdminService {
             return Err(Status::invalid_argument(format!("unknown consistency {}", req.consistency)));
         }
         let shard = self.shard_of(&req.key);
-        with_retries(self.deadline(), |n| self.try_get(&req, shard, n)).await.map(Response::new)
+        let rreq = ReadStateRequest {
+            shard,
+            key: kv::state_key(&req.key),
+            prefix: false,
+            limit: 1,
+            consistency: req.consistency,
+            hops: req.hops,
+        };
+        let r = with_retries(self.deadline(), |n| self.try_read(&rreq, n)).await?;
+        let value = r.pairs.into_iter().next().map(|kv| kv.value);
+        Ok(Response::new(GetResponse {
+            shard,
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+            served_by: r.served_by,
+        }))
+    }
+
+    async fn propose(&self, request: Request<ProposeRequest>) -> Result<Response<ProposeResponse>, Status> {
+        let req = request.into_inner();
+        if req.shard >= self.config.shards {
+            return Err(Status::invalid_argument(format!(
+                "shard {} out of range (0..{})",
+                req.shard, self.config.shards
+            )));
+        }
+        with_retries(self.deadline(), |n| self.try_propose(&req, n)).await.map(Response::new)
+    }
+
+    async fn read_state(&self, request: Request<ReadStateRequest>) -> Result<Response<ReadStateResponse>, Status> {
+        let req = request.into_inner();
+        if req.shard >= self.config.shards {
+            return Err(Status::invalid_argument(format!(
+                "shard {} out of range (0..{})",
+                req.shard, self.config.shards
+            )));
+        }
+        if ReadConsistency::try_from(req.consistency).is_err() {
+            return Err(Status::invalid_argument(format!("unknown consistency {}", req.consistency)));
+        }
+        with_retries(self.deadline(), |n| self.try_read(&req, n)).await.map(Response::new)
     }
 
     async fn node_status(&self, _: Request<NodeStatusRequest>) -> Result<Response<NodeStatusResponse>, Status> {

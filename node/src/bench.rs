@@ -13,6 +13,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use norn_raft::{RaftNode, Role};
 
+use crate::command::ShardCommand;
 use crate::kv::KvCommand;
 use crate::local_cluster::{lay_out, ClusterSpec, Ports};
 use crate::server::{start, RunningNode};
@@ -124,8 +125,11 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<(Duration, Vec<BenchRow>
                 let mut n = 0u64;
                 #[allow(clippy::disallowed_methods)]
                 while Instant::now() < stop_at {
-                    let cmd = KvCommand::Put { key: format!("bench-{i}-{n}").into_bytes(), value: value.clone() };
-                    let payload = postcard::to_stdvec(&cmd)?;
+                    let payload = ShardCommand::Kv(KvCommand::Put {
+                        key: format!("bench-{i}-{n}").into_bytes(),
+                        value: value.clone(),
+                    })
+                    .encode();
                     #[allow(clippy::disallowed_methods)]
                     let t = Instant::now();
                     node.propose(*shard, payload).await?;

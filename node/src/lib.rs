@@ -4,8 +4,11 @@
 //! Layout:
 //! - [`config`]: the TOML configuration, validated before anything starts.
 //! - [`placement`]: which nodes hold which shard, and the stable key hash.
-//! - [`kv`]: the replicated test map (the state machine until the history engine lands).
+//! - [`command`]: what shard logs carry, and the shard state machine that applies it.
+//! - [`kv`]: the replicated test map.
+//! - [`namespace`]: the namespace registry in the system shard.
 //! - [`admin`]: the `norn.admin.v1.Admin` service (routing, forwarding, status, faults).
+//! - [`frontend`]: Temporal's `WorkflowService`.
 //! - [`server`]: starts a node and serves its ports.
 //! - [`local_cluster`]: starts and stops local clusters of `norn` processes.
 //! - [`bench`]: `norn bench raft`.
@@ -13,10 +16,13 @@
 
 pub mod admin;
 pub mod bench;
+pub mod command;
 pub mod config;
+pub mod frontend;
 pub mod kv;
 pub mod local_cluster;
 pub mod metrics;
+pub mod namespace;
 pub mod placement;
 pub mod server;
 

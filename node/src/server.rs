@@ -11,14 +11,38 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin::AdminService;
+use crate::command::ShardStateMachine;
 use crate::config::NodeConfig;
-use crate::kv::KvStateMachine;
+use crate::frontend::Frontend;
 use crate::metrics::Metrics;
 use crate::pb::admin_server::AdminServer;
 use crate::placement;
+use norn_proto::WorkflowServiceServer;
 
 /// Key in the `local` column family holding the shard count fixed at cluster creation.
 const SHARDS_KEY: &[u8] = b"cluster/shards";
+
+/// Largest request the client port accepts (Temporal's default gRPC limit).
+const CLIENT_MESSAGE_BYTES_MAX: usize = 128 << 20;
+
+/// Creates the `default` namespace if it does not exist yet, retrying until the system shard
+/// has a leader. Every node runs it; the registry makes it idempotent.
+async fn ensure_default_namespace(admin: AdminService) {
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        match crate::frontend::ensure_default(&admin).await {
+            Ok(ns) => {
+                tracing::info!(namespace = %ns.name, id = %ns.id, "default namespace ready");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "default namespace not ready yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            }
+        }
+    }
+}
 
 /// The groups this node hosts.
 pub fn group_specs(config: &NodeConfig) -> Vec<GroupSpec> {
@@ -120,7 +144,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     tracing::info!(node = config.node_id, shards = specs.len(), client = %config.client_addr, raft = %config.raft_addr, "starting node");
     let raft =
         RaftNode::start(config.node_id, engine, transport, Arc::new(SystemClock), config.raft.clone(), specs, |_| {
-            Box::new(KvStateMachine)
+            Box::new(ShardStateMachine)
         })
         .await?;
 
@@ -141,9 +165,15 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .add_service(RaftService::server(raft.clone()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), stopped(stop_rx.clone()));
     let admin = AdminService::new(raft.clone(), config.clone(), metrics);
+    let frontend = Frontend::new(admin.clone());
     let client_server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(AdminServer::new(admin).accept_compressed(tonic::codec::CompressionEncoding::Gzip))
+        .add_service(
+            WorkflowServiceServer::new(frontend)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
+        )
+        .add_service(AdminServer::new(admin.clone()).accept_compressed(tonic::codec::CompressionEncoding::Gzip))
         .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), stopped(stop_rx.clone()));
     let node_id = config.node_id;
     tasks.push(tokio::spawn(async move {
@@ -156,6 +186,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
             tracing::error!(node = node_id, error = %e, "client server failed");
         }
     }));
+    tasks.push(tokio::spawn(ensure_default_namespace(admin)));
     tracing::info!(node = config.node_id, client = %config.client_addr, raft = %config.raft_addr, "node ready");
     Ok(RunningNode { raft, stop_tx, tasks })
 }

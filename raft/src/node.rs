@@ -309,6 +309,11 @@ impl RaftNode {
         self.inner.engine.get(Cf::State, &keys::state_key(group, key)).map_err(|e| crate::Error::Storage(e.to_string()))
     }
 
+    /// Read access to `group`'s state as applied on this node.
+    pub fn view(&self, group: GroupId) -> crate::state_machine::GroupView {
+        crate::state_machine::GroupView { group, engine: self.inner.engine.clone() }
+    }
+
     /// Waits until `group` has applied at least `index` on this node.
     pub async fn wait_applied(&self, group: GroupId, index: u64) -> Result<(), ProposeError> {
         let mut rx = self.group(group)?.applied_rx.clone();

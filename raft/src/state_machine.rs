@@ -47,6 +47,45 @@ pub trait StateMachine: Send + Sync + 'static {
     fn reset(&mut self) {}
 }
 
+/// Read access to one group's state: inside apply ([`Txn`]) or on a node ([`GroupView`]).
+pub trait StateView {
+    /// Reads a key.
+    fn get(&self, key: &[u8]) -> norn_storage::Result<Option<Vec<u8>>>;
+    /// Pairs whose key starts with `prefix`, in key order, at most `limit`.
+    fn scan_prefix(&self, prefix: &[u8], limit: usize) -> norn_storage::Result<Vec<(Vec<u8>, Vec<u8>)>>;
+}
+
+/// A group's state as applied on this node (current after [`crate::RaftNode::read_index`]).
+pub struct GroupView {
+    pub(crate) group: GroupId,
+    pub(crate) engine: Arc<dyn Engine>,
+}
+
+impl StateView for GroupView {
+    fn get(&self, key: &[u8]) -> norn_storage::Result<Option<Vec<u8>>> {
+        self.engine.get(Cf::State, &keys::state_key(self.group, key))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8], limit: usize) -> norn_storage::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(self
+            .engine
+            .scan_prefix(Cf::State, &keys::state_key(self.group, prefix), limit)?
+            .into_iter()
+            .map(|(k, v)| (k[4..].to_vec(), v))
+            .collect())
+    }
+}
+
+impl StateView for Txn<'_> {
+    fn get(&self, key: &[u8]) -> norn_storage::Result<Option<Vec<u8>>> {
+        Txn::get(self, key)
+    }
+
+    fn scan_prefix(&self, prefix: &[u8], limit: usize) -> norn_storage::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Txn::scan_prefix(self, prefix, limit)
+    }
+}
+
 /// Read-your-writes access to one group's state during an apply batch.
 pub struct Txn<'a> {
     group: GroupId,
