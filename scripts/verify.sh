@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
-# The one read-only gate: formatting, lints, and the whole test suite (unit tests, the storage
-# conformance suite on both engines, and the process tests that run real `norn` clusters).
+# The one read-only gate: formatting, lints, the Rust test suite (unit tests, the storage
+# conformance suite on both engines, process tests on real `norn` clusters), and the
+# compatibility tests that drive a real 3-node cluster with the `temporalio` Python SDK.
 # CI runs exactly this (see .ci/run); so should you before every commit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+
+if ! python3 -c "import temporalio, pytest, pytest_asyncio" 2>/dev/null; then
+  echo "verify: the compatibility tests need: python3 -m pip install -r compat/requirements.txt" >&2
+  exit 1
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+cargo build -p norn-node --bin norn --locked
+NORN_BIN="$target/debug/norn" python3 -m pytest compat -q
