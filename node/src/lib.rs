@@ -9,6 +9,7 @@
 //! - [`namespace`]: the namespace registry in the system shard.
 //! - [`admin`]: the `norn.admin.v1.Admin` service (routing, forwarding, status, faults).
 //! - [`frontend`]: Temporal's `WorkflowService`.
+//! - [`history`]: the pure history engine (run state, events, effects).
 //! - [`server`]: starts a node and serves its ports.
 //! - [`local_cluster`]: starts and stops local clusters of `norn` processes.
 //! - [`bench`]: `norn bench raft`.
@@ -19,6 +20,7 @@ pub mod bench;
 pub mod command;
 pub mod config;
 pub mod frontend;
+pub mod history;
 pub mod kv;
 pub mod local_cluster;
 pub mod metrics;

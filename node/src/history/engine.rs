@@ -1,0 +1,672 @@
+//! Transitions of a run. Each function takes the run state, the input, and the leader's
+//! timestamp, and returns the events to append (with ids), the effects for the leader, and
+//! changes the state in place. A rejected input changes nothing.
+//!
+//! Events that arrive while a workflow task is started (activity results, fired timers) are
+//! buffered in the state and written after that task's `WorkflowTaskCompleted` or
+//! `WorkflowTaskFailed`, as Temporal does, so that a `WorkflowTaskStarted` is always followed by
+//! its completion or failure.
+
+use norn_proto::protos::temporal::api::command::v1::command::Attributes as Cmd;
+use norn_proto::protos::temporal::api::common::v1::{ActivityType, Payloads, WorkflowType};
+use norn_proto::protos::temporal::api::enums::v1::{
+    CommandType, EventType, RetryState, TaskQueueKind, WorkflowTaskFailedCause,
+};
+use norn_proto::protos::temporal::api::failure::v1::Failure;
+use norn_proto::protos::temporal::api::history::v1::history_event::Attributes as Ev;
+use norn_proto::protos::temporal::api::history::v1::*;
+use norn_proto::protos::temporal::api::taskqueue::v1::TaskQueue;
+use norn_proto::protos::temporal::api::workflowservice::v1::{
+    RespondWorkflowTaskCompletedRequest, RespondWorkflowTaskFailedRequest, StartWorkflowExecutionRequest,
+};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use super::state::*;
+
+/// Workflow task timeout when the start request gives none (Temporal's default).
+pub const WORKFLOW_TASK_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Something the leader must do after the command commits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    /// A workflow task is ready for a poller of `task_queue`.
+    WorkflowTaskReady { task_queue: String, scheduled_id: i64 },
+    /// An activity task is ready for a poller of `task_queue`.
+    ActivityTaskReady { task_queue: String, scheduled_id: i64 },
+    /// A timer must fire at `fire_at_ms`.
+    TimerArmed { timer_id: String, started_id: i64, fire_at_ms: u64 },
+    /// The run closed; wake waiters for its result.
+    RunClosed,
+}
+
+/// Why an input was rejected (nothing changed), or why the caller gets an error although
+/// events were written (see [`Outcome::reply_error`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum EngineError {
+    /// The task (token) does not match an open task: stale, already completed, or unknown.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is malformed.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The run is closed.
+    #[error("workflow execution already completed")]
+    AlreadyCompleted,
+    /// New events arrived while the workflow task ran; its close command was not applied.
+    #[error("UnhandledCommand")]
+    UnhandledCommand,
+    /// A command Norn does not implement yet.
+    #[error("{0}")]
+    Unimplemented(String),
+}
+
+/// The result of one transition.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// Events to append, ids assigned.
+    pub events: Vec<HistoryEvent>,
+    /// Effects for the leader.
+    pub effects: Vec<Effect>,
+    /// Set when the events were written but the caller must still get this error.
+    pub reply_error: Option<EngineError>,
+}
+
+/// Buffered input, turned into events when the started workflow task closes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Buffered {
+    /// An activity completed.
+    ActivityCompleted { scheduled_id: i64, result: Vec<u8>, identity: String },
+    /// An activity failed for good.
+    ActivityFailed { scheduled_id: i64, failure: Vec<u8>, identity: String },
+    /// A timer fired.
+    TimerFired { timer_id: String, started_id: i64 },
+}
+
+fn timestamp(ms: u64) -> prost_wkt_types::Timestamp {
+    prost_wkt_types::Timestamp { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}
+
+fn duration(ms: u64) -> prost_wkt_types::Duration {
+    prost_wkt_types::Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}
+
+/// Milliseconds of a proto duration; negative durations are rejected.
+pub fn duration_ms(d: &Option<prost_wkt_types::Duration>) -> Result<Option<u64>, EngineError> {
+    match d {
+        None => Ok(None),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(EngineError::InvalidArgument("negative duration".into())),
+        Some(d) => Ok(Some((d.seconds as u64).saturating_mul(1000).saturating_add(d.nanos as u64 / 1_000_000))),
+    }
+}
+
+fn decode_or_default<T: Message + Default>(bytes: &[u8]) -> T {
+    T::decode(bytes).unwrap_or_default()
+}
+
+/// Appends events to a run and collects effects.
+struct Writer<'a> {
+    run: &'a mut RunState,
+    now_ms: u64,
+    out: Outcome,
+}
+
+impl<'a> Writer<'a> {
+    fn new(run: &'a mut RunState, now_ms: u64) -> Self {
+        Self { run, now_ms, out: Outcome::default() }
+    }
+
+    fn event(&mut self, event_type: EventType, attributes: Ev) -> i64 {
+        let id = self.run.next_event_id;
+        self.run.next_event_id += 1;
+        self.out.events.push(HistoryEvent {
+            event_id: id,
+            event_time: Some(timestamp(self.now_ms)),
+            event_type: event_type as i32,
+            task_id: id,
+            attributes: Some(attributes),
+            ..Default::default()
+        });
+        id
+    }
+
+    fn schedule_workflow_task(&mut self, attempt: i32) {
+        let id = self.event(
+            EventType::WorkflowTaskScheduled,
+            Ev::WorkflowTaskScheduledEventAttributes(WorkflowTaskScheduledEventAttributes {
+                task_queue: Some(task_queue(&self.run.task_queue)),
+                start_to_close_timeout: Some(duration(self.run.workflow_task_timeout_ms)),
+                attempt,
+            }),
+        );
+        self.run.workflow_task = Some(WorkflowTaskInfo {
+            scheduled_id: id,
+            started_id: None,
+            attempt,
+            request_id: String::new(),
+            identity: String::new(),
+            scheduled_ms: self.now_ms,
+            started_ms: 0,
+        });
+        self.out.effects.push(Effect::WorkflowTaskReady { task_queue: self.run.task_queue.clone(), scheduled_id: id });
+    }
+
+    /// Something happened that the workflow must see: schedule a workflow task, or note that the
+    /// started one must be followed by another.
+    fn need_workflow_task(&mut self) {
+        if !self.run.is_open() {
+            return;
+        }
+        match &self.run.workflow_task {
+            None => self.schedule_workflow_task(1),
+            Some(t) if t.started_id.is_some() => self.run.buffered_events = true,
+            Some(_) => {}
+        }
+    }
+
+    fn flush_buffer(&mut self) {
+        for b in std::mem::take(&mut self.run.buffer) {
+            match b {
+                Buffered::ActivityCompleted { scheduled_id, result, identity } => {
+                    self.activity_closed(scheduled_id, identity, Ok(result));
+                }
+                Buffered::ActivityFailed { scheduled_id, failure, identity } => {
+                    self.activity_closed(scheduled_id, identity, Err(failure));
+                }
+                Buffered::TimerFired { timer_id, started_id } => {
+                    self.event(
+                        EventType::TimerFired,
+                        Ev::TimerFiredEventAttributes(TimerFiredEventAttributes {
+                            timer_id,
+                            started_event_id: started_id,
+                        }),
+                    );
+                }
+            }
+        }
+    }
+
+    fn activity_closed(&mut self, scheduled_id: i64, identity: String, result: Result<Vec<u8>, Vec<u8>>) {
+        let Some(a) = self.run.activities.remove(&scheduled_id) else { return };
+        let started_id = self.event(
+            EventType::ActivityTaskStarted,
+            Ev::ActivityTaskStartedEventAttributes(ActivityTaskStartedEventAttributes {
+                scheduled_event_id: scheduled_id,
+                identity: a.identity.clone(),
+                request_id: a.request_id.clone(),
+                attempt: a.attempt,
+                ..Default::default()
+            }),
+        );
+        match result {
+            Ok(payloads) => {
+                self.event(
+                    EventType::ActivityTaskCompleted,
+                    Ev::ActivityTaskCompletedEventAttributes(ActivityTaskCompletedEventAttributes {
+                        result: (!payloads.is_empty()).then(|| decode_or_default::<Payloads>(&payloads)),
+                        scheduled_event_id: scheduled_id,
+                        started_event_id: started_id,
+                        identity,
+                        ..Default::default()
+                    }),
+                );
+            }
+            Err(failure) => {
+                self.event(
+                    EventType::ActivityTaskFailed,
+                    Ev::ActivityTaskFailedEventAttributes(ActivityTaskFailedEventAttributes {
+                        failure: Some(decode_or_default::<Failure>(&failure)),
+                        scheduled_event_id: scheduled_id,
+                        started_event_id: started_id,
+                        identity,
+                        retry_state: RetryState::RetryPolicyNotSet as i32,
+                        ..Default::default()
+                    }),
+                );
+            }
+        }
+    }
+
+    fn close(&mut self, status: RunStatus) {
+        self.run.status = status;
+        self.run.close_ms = Some(self.now_ms);
+        self.run.workflow_task = None;
+        self.out.effects.push(Effect::RunClosed);
+    }
+}
+
+fn task_queue(name: &str) -> TaskQueue {
+    TaskQueue { name: name.to_string(), kind: TaskQueueKind::Normal as i32, ..Default::default() }
+}
+
+/// Starts a run: `WorkflowExecutionStarted` and the first `WorkflowTaskScheduled`.
+pub fn start(
+    namespace_id: &str,
+    run_id: &str,
+    req: &StartWorkflowExecutionRequest,
+    now_ms: u64,
+) -> Result<(RunState, Outcome), EngineError> {
+    let workflow_type = req.workflow_type.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+    let tq = req.task_queue.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+    if req.workflow_id.is_empty() {
+        return Err(EngineError::InvalidArgument("WorkflowId is not set on request.".into()));
+    }
+    if workflow_type.is_empty() {
+        return Err(EngineError::InvalidArgument("WorkflowType is not set on request.".into()));
+    }
+    if tq.is_empty() {
+        return Err(EngineError::InvalidArgument("TaskQueue is not set on request.".into()));
+    }
+    let wft_timeout_ms =
+        duration_ms(&req.workflow_task_timeout)?.filter(|t| *t > 0).unwrap_or(WORKFLOW_TASK_TIMEOUT_MS_DEFAULT);
+    let mut run = RunState {
+        namespace_id: namespace_id.into(),
+        workflow_id: req.workflow_id.clone(),
+        run_id: run_id.into(),
+        workflow_type: workflow_type.clone(),
+        task_queue: tq.clone(),
+        status: RunStatus::Running,
+        next_event_id: 1,
+        last_completed_started_id: 0,
+        workflow_task: None,
+        activities: Default::default(),
+        timers: Default::default(),
+        start_request_id: req.request_id.clone(),
+        start_ms: now_ms,
+        close_ms: None,
+        workflow_task_timeout_ms: wft_timeout_ms,
+        buffered_events: false,
+        buffer: Vec::new(),
+    };
+    let mut w = Writer::new(&mut run, now_ms);
+    w.event(
+        EventType::WorkflowExecutionStarted,
+        Ev::WorkflowExecutionStartedEventAttributes(WorkflowExecutionStartedEventAttributes {
+            workflow_type: Some(WorkflowType { name: workflow_type }),
+            task_queue: Some(task_queue(&tq)),
+            input: req.input.clone(),
+            workflow_execution_timeout: req.workflow_execution_timeout,
+            workflow_run_timeout: req.workflow_run_timeout,
+            workflow_task_timeout: Some(duration(wft_timeout_ms)),
+            original_execution_run_id: run_id.into(),
+            identity: req.identity.clone(),
+            first_execution_run_id: run_id.into(),
+            retry_policy: req.retry_policy.clone(),
+            attempt: 1,
+            memo: req.memo.clone(),
+            search_attributes: req.search_attributes.clone(),
+            header: req.header.clone(),
+            workflow_id: req.workflow_id.clone(),
+            ..Default::default()
+        }),
+    );
+    w.schedule_workflow_task(1);
+    let out = w.out;
+    Ok((run, out))
+}
+
+/// A worker took the workflow task scheduled at `scheduled_id`.
+pub fn workflow_task_started(
+    run: &mut RunState,
+    scheduled_id: i64,
+    request_id: &str,
+    identity: &str,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    if !run.is_open() {
+        return Err(EngineError::NotFound("Workflow task not found: the workflow is closed.".into()));
+    }
+    let task = match &run.workflow_task {
+        Some(t) if t.scheduled_id == scheduled_id => t.clone(),
+        _ => return Err(EngineError::NotFound("Workflow task not found.".into())),
+    };
+    if task.started_id.is_some() {
+        return Err(EngineError::NotFound("Workflow task already started.".into()));
+    }
+    let mut w = Writer::new(run, now_ms);
+    let started_id = w.event(
+        EventType::WorkflowTaskStarted,
+        Ev::WorkflowTaskStartedEventAttributes(WorkflowTaskStartedEventAttributes {
+            scheduled_event_id: scheduled_id,
+            identity: identity.into(),
+            request_id: request_id.into(),
+            ..Default::default()
+        }),
+    );
+    if let Some(t) = w.run.workflow_task.as_mut() {
+        t.started_id = Some(started_id);
+        t.request_id = request_id.into();
+        t.identity = identity.into();
+        t.started_ms = now_ms;
+    }
+    Ok(w.out)
+}
+
+fn started_task(run: &RunState, scheduled_id: i64, started_id: i64) -> Result<WorkflowTaskInfo, EngineError> {
+    if !run.is_open() {
+        return Err(EngineError::NotFound("Workflow task not found: the workflow is closed.".into()));
+    }
+    match &run.workflow_task {
+        Some(t) if t.scheduled_id == scheduled_id && t.started_id == Some(started_id) => Ok(t.clone()),
+        _ => Err(EngineError::NotFound("Workflow task not found.".into())),
+    }
+}
+
+/// Checks every command before any is applied, so a bad task changes nothing.
+fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> Result<(), EngineError> {
+    let mut closes = 0;
+    for (i, c) in req.commands.iter().enumerate() {
+        let Some(attrs) = &c.attributes else {
+            return Err(EngineError::InvalidArgument(format!("command {i} has no attributes")));
+        };
+        match attrs {
+            Cmd::ScheduleActivityTaskCommandAttributes(a) => {
+                if a.activity_id.is_empty() {
+                    return Err(EngineError::InvalidArgument("ActivityId is not set on command.".into()));
+                }
+                if a.activity_type.as_ref().map(|t| t.name.is_empty()).unwrap_or(true) {
+                    return Err(EngineError::InvalidArgument("ActivityType is not set on command.".into()));
+                }
+                if run.activities.values().any(|x| x.activity_id == a.activity_id) {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "activity id {} is already in use",
+                        a.activity_id
+                    )));
+                }
+                duration_ms(&a.start_to_close_timeout)?;
+                duration_ms(&a.schedule_to_close_timeout)?;
+            }
+            Cmd::StartTimerCommandAttributes(t) => {
+                if t.timer_id.is_empty() {
+                    return Err(EngineError::InvalidArgument("TimerId is not set on command.".into()));
+                }
+                if run.timers.contains_key(&t.timer_id) {
+                    return Err(EngineError::InvalidArgument(format!("timer id {} is already in use", t.timer_id)));
+                }
+                if duration_ms(&t.start_to_fire_timeout)?.unwrap_or(0) == 0 {
+                    return Err(EngineError::InvalidArgument("StartToFireTimeout must be positive.".into()));
+                }
+            }
+            Cmd::CompleteWorkflowExecutionCommandAttributes(_) | Cmd::FailWorkflowExecutionCommandAttributes(_) => {
+                closes += 1;
+                if i + 1 != req.commands.len() {
+                    return Err(EngineError::InvalidArgument(
+                        "a workflow-closing command must be the last command".into(),
+                    ));
+                }
+            }
+            _ => {
+                let t = CommandType::try_from(c.command_type).map(|t| t.as_str_name()).unwrap_or("unknown");
+                return Err(EngineError::Unimplemented(format!("command {t} is not implemented by Norn yet")));
+            }
+        }
+    }
+    debug_assert!(closes <= 1);
+    Ok(())
+}
+
+/// The worker completed the started workflow task with `req.commands`.
+pub fn workflow_task_completed(
+    run: &mut RunState,
+    scheduled_id: i64,
+    started_id: i64,
+    req: &RespondWorkflowTaskCompletedRequest,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    let task = started_task(run, scheduled_id, started_id)?;
+    check_commands(req, run)?;
+    let closes = req.commands.iter().any(|c| {
+        matches!(
+            c.attributes,
+            Some(Cmd::CompleteWorkflowExecutionCommandAttributes(_))
+                | Some(Cmd::FailWorkflowExecutionCommandAttributes(_))
+        )
+    });
+    let mut w = Writer::new(run, now_ms);
+    if closes && w.run.buffered_events {
+        // New events arrived during the task: the workflow must see them before it may close.
+        w.event(
+            EventType::WorkflowTaskFailed,
+            Ev::WorkflowTaskFailedEventAttributes(WorkflowTaskFailedEventAttributes {
+                scheduled_event_id: scheduled_id,
+                started_event_id: started_id,
+                cause: WorkflowTaskFailedCause::UnhandledCommand as i32,
+                identity: req.identity.clone(),
+                ..Default::default()
+            }),
+        );
+        w.run.workflow_task = None;
+        w.run.buffered_events = false;
+        w.flush_buffer();
+        w.schedule_workflow_task(1);
+        let mut out = w.out;
+        out.reply_error = Some(EngineError::UnhandledCommand);
+        return Ok(out);
+    }
+    let completed_id = w.event(
+        EventType::WorkflowTaskCompleted,
+        Ev::WorkflowTaskCompletedEventAttributes(WorkflowTaskCompletedEventAttributes {
+            scheduled_event_id: scheduled_id,
+            started_event_id: started_id,
+            identity: req.identity.clone(),
+            sdk_metadata: req.sdk_metadata.clone(),
+            metering_metadata: req.metering_metadata,
+            ..Default::default()
+        }),
+    );
+    w.run.workflow_task = None;
+    w.run.last_completed_started_id = task.started_id.unwrap_or(0);
+    let had_buffered = std::mem::replace(&mut w.run.buffered_events, false);
+    w.flush_buffer();
+    for c in &req.commands {
+        match &c.attributes {
+            Some(Cmd::ScheduleActivityTaskCommandAttributes(a)) => {
+                let tq = a.task_queue.as_ref().map(|t| t.name.clone()).filter(|n| !n.is_empty());
+                let tq = tq.unwrap_or_else(|| w.run.task_queue.clone());
+                let attrs = ActivityTaskScheduledEventAttributes {
+                    activity_id: a.activity_id.clone(),
+                    activity_type: a.activity_type.clone().or(Some(ActivityType::default())),
+                    task_queue: Some(task_queue(&tq)),
+                    header: a.header.clone(),
+                    input: a.input.clone(),
+                    schedule_to_close_timeout: a.schedule_to_close_timeout,
+                    schedule_to_start_timeout: a.schedule_to_start_timeout,
+                    start_to_close_timeout: a.start_to_close_timeout,
+                    heartbeat_timeout: a.heartbeat_timeout,
+                    workflow_task_completed_event_id: completed_id,
+                    retry_policy: a.retry_policy.clone(),
+                    priority: a.priority.clone(),
+                    ..Default::default()
+                };
+                let encoded = attrs.encode_to_vec();
+                let activity_type = a.activity_type.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+                let id = w.event(EventType::ActivityTaskScheduled, Ev::ActivityTaskScheduledEventAttributes(attrs));
+                w.run.activities.insert(
+                    id,
+                    ActivityInfo {
+                        scheduled_id: id,
+                        activity_id: a.activity_id.clone(),
+                        activity_type,
+                        task_queue: tq.clone(),
+                        attempt: 1,
+                        scheduled_event: encoded,
+                        scheduled_ms: now_ms,
+                        started_ms: 0,
+                        request_id: String::new(),
+                        identity: String::new(),
+                    },
+                );
+                w.out.effects.push(Effect::ActivityTaskReady { task_queue: tq, scheduled_id: id });
+            }
+            Some(Cmd::StartTimerCommandAttributes(t)) => {
+                let fire_ms = duration_ms(&t.start_to_fire_timeout)?.unwrap_or(0);
+                let id = w.event(
+                    EventType::TimerStarted,
+                    Ev::TimerStartedEventAttributes(TimerStartedEventAttributes {
+                        timer_id: t.timer_id.clone(),
+                        start_to_fire_timeout: t.start_to_fire_timeout,
+                        workflow_task_completed_event_id: completed_id,
+                    }),
+                );
+                let fire_at_ms = now_ms.saturating_add(fire_ms);
+                w.run
+                    .timers
+                    .insert(t.timer_id.clone(), TimerInfo { timer_id: t.timer_id.clone(), started_id: id, fire_at_ms });
+                w.out.effects.push(Effect::TimerArmed { timer_id: t.timer_id.clone(), started_id: id, fire_at_ms });
+            }
+            Some(Cmd::CompleteWorkflowExecutionCommandAttributes(a)) => {
+                w.event(
+                    EventType::WorkflowExecutionCompleted,
+                    Ev::WorkflowExecutionCompletedEventAttributes(WorkflowExecutionCompletedEventAttributes {
+                        result: a.result.clone(),
+                        workflow_task_completed_event_id: completed_id,
+                        new_execution_run_id: String::new(),
+                    }),
+                );
+                w.close(RunStatus::Completed);
+            }
+            Some(Cmd::FailWorkflowExecutionCommandAttributes(a)) => {
+                w.event(
+                    EventType::WorkflowExecutionFailed,
+                    Ev::WorkflowExecutionFailedEventAttributes(WorkflowExecutionFailedEventAttributes {
+                        failure: a.failure.clone(),
+                        retry_state: RetryState::RetryPolicyNotSet as i32,
+                        workflow_task_completed_event_id: completed_id,
+                        new_execution_run_id: String::new(),
+                    }),
+                );
+                w.close(RunStatus::Failed);
+            }
+            // check_commands rejected everything else.
+            _ => {}
+        }
+    }
+    if w.run.is_open() && (had_buffered || req.force_create_new_workflow_task) {
+        w.schedule_workflow_task(1);
+    }
+    Ok(w.out)
+}
+
+/// The worker failed the started workflow task; a new attempt is scheduled.
+pub fn workflow_task_failed(
+    run: &mut RunState,
+    scheduled_id: i64,
+    started_id: i64,
+    req: &RespondWorkflowTaskFailedRequest,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    let task = started_task(run, scheduled_id, started_id)?;
+    let mut w = Writer::new(run, now_ms);
+    w.event(
+        EventType::WorkflowTaskFailed,
+        Ev::WorkflowTaskFailedEventAttributes(WorkflowTaskFailedEventAttributes {
+            scheduled_event_id: scheduled_id,
+            started_event_id: started_id,
+            cause: req.cause,
+            failure: req.failure.clone(),
+            identity: req.identity.clone(),
+            ..Default::default()
+        }),
+    );
+    w.run.workflow_task = None;
+    w.run.buffered_events = false;
+    w.flush_buffer();
+    w.schedule_workflow_task(task.attempt.saturating_add(1));
+    Ok(w.out)
+}
+
+/// A worker took the activity task scheduled at `scheduled_id`. No event is written until the
+/// activity closes (as in Temporal); the start is recorded in the run state.
+pub fn activity_task_started(
+    run: &mut RunState,
+    scheduled_id: i64,
+    request_id: &str,
+    identity: &str,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    if !run.is_open() {
+        return Err(EngineError::NotFound("Activity task not found: the workflow is closed.".into()));
+    }
+    let a = run
+        .activities
+        .get_mut(&scheduled_id)
+        .ok_or_else(|| EngineError::NotFound("Activity task not found.".into()))?;
+    if !a.request_id.is_empty() {
+        return Err(EngineError::NotFound("Activity task already started.".into()));
+    }
+    a.request_id = request_id.into();
+    a.identity = identity.into();
+    a.started_ms = now_ms;
+    Ok(Outcome::default())
+}
+
+fn started_activity(run: &RunState, scheduled_id: i64, attempt: i32) -> Result<(), EngineError> {
+    if !run.is_open() {
+        return Err(EngineError::NotFound("Activity task not found: the workflow is closed.".into()));
+    }
+    match run.activities.get(&scheduled_id) {
+        Some(a) if !a.request_id.is_empty() && a.attempt == attempt => Ok(()),
+        _ => Err(EngineError::NotFound("Activity task not found.".into())),
+    }
+}
+
+fn activity_result(run: &mut RunState, b: Buffered, now_ms: u64) -> Outcome {
+    let mut w = Writer::new(run, now_ms);
+    let started = w.run.workflow_task.as_ref().map(|t| t.started_id.is_some()).unwrap_or(false);
+    if started {
+        w.run.buffer.push(b);
+        w.run.buffered_events = true;
+    } else {
+        w.run.buffer.push(b);
+        w.flush_buffer();
+        w.need_workflow_task();
+    }
+    w.out
+}
+
+/// The started activity completed with `result` (encoded `Payloads`, empty for none).
+pub fn activity_task_completed(
+    run: &mut RunState,
+    scheduled_id: i64,
+    attempt: i32,
+    result: Vec<u8>,
+    identity: &str,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    started_activity(run, scheduled_id, attempt)?;
+    Ok(activity_result(run, Buffered::ActivityCompleted { scheduled_id, result, identity: identity.into() }, now_ms))
+}
+
+/// The started activity failed (encoded `Failure`). Retries are not implemented yet: the
+/// failure goes to the workflow.
+pub fn activity_task_failed(
+    run: &mut RunState,
+    scheduled_id: i64,
+    attempt: i32,
+    failure: Vec<u8>,
+    identity: &str,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    started_activity(run, scheduled_id, attempt)?;
+    Ok(activity_result(run, Buffered::ActivityFailed { scheduled_id, failure, identity: identity.into() }, now_ms))
+}
+
+/// The timer `timer_id` (started at `started_id`) fires. Never before its deadline.
+pub fn timer_fired(run: &mut RunState, timer_id: &str, started_id: i64, now_ms: u64) -> Result<Outcome, EngineError> {
+    if !run.is_open() {
+        return Err(EngineError::AlreadyCompleted);
+    }
+    match run.timers.get(timer_id) {
+        Some(t) if t.started_id == started_id => {
+            if now_ms < t.fire_at_ms {
+                return Err(EngineError::InvalidArgument(format!(
+                    "timer {timer_id} fires at {} and it is only {now_ms}",
+                    t.fire_at_ms
+                )));
+            }
+        }
+        _ => return Err(EngineError::NotFound(format!("timer {timer_id} is not pending"))),
+    }
+    run.timers.remove(timer_id);
+    Ok(activity_result(run, Buffered::TimerFired { timer_id: timer_id.into(), started_id }, now_ms))
+}

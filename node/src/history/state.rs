@@ -1,0 +1,118 @@
+//! A run's mutable state, persisted with the run. Proto payloads are kept as their encoded bytes
+//! so the state's own encoding stays independent of the proto crate.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunStatus {
+    /// Open.
+    Running,
+    /// Closed by `CompleteWorkflowExecution`.
+    Completed,
+    /// Closed by `FailWorkflowExecution`.
+    Failed,
+}
+
+/// The workflow task in flight, if any.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowTaskInfo {
+    /// Event id of `WorkflowTaskScheduled`.
+    pub scheduled_id: i64,
+    /// Event id of `WorkflowTaskStarted` once a worker has it.
+    pub started_id: Option<i64>,
+    /// 1 for the first try; increases while tasks fail in a row.
+    pub attempt: i32,
+    /// The poll request that started it (a retried start with the same id is idempotent).
+    pub request_id: String,
+    /// Identity of the worker that started it.
+    pub identity: String,
+    /// Leader time when scheduled and started.
+    pub scheduled_ms: u64,
+    /// Leader time when started.
+    pub started_ms: u64,
+}
+
+/// An activity scheduled by the workflow and not yet closed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityInfo {
+    /// Event id of `ActivityTaskScheduled`.
+    pub scheduled_id: i64,
+    /// The workflow's activity id.
+    pub activity_id: String,
+    /// Activity type name.
+    pub activity_type: String,
+    /// Task queue name.
+    pub task_queue: String,
+    /// Attempt, from 1.
+    pub attempt: i32,
+    /// The `ActivityTaskScheduled` event, encoded (the worker needs its fields).
+    pub scheduled_event: Vec<u8>,
+    /// Leader time when scheduled.
+    pub scheduled_ms: u64,
+    /// Leader time when started.
+    pub started_ms: u64,
+    /// The poll request that started it; empty until a worker takes it.
+    pub request_id: String,
+    /// Identity of the worker that started it.
+    pub identity: String,
+}
+
+/// A user timer that has not fired or been canceled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerInfo {
+    /// The workflow's timer id.
+    pub timer_id: String,
+    /// Event id of `TimerStarted`.
+    pub started_id: i64,
+    /// When it fires (leader time, ms since the epoch).
+    pub fire_at_ms: u64,
+}
+
+/// Everything the engine needs to know about a run besides its history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Namespace id.
+    pub namespace_id: String,
+    /// Workflow id.
+    pub workflow_id: String,
+    /// Run id.
+    pub run_id: String,
+    /// Workflow type name.
+    pub workflow_type: String,
+    /// Task queue of workflow tasks.
+    pub task_queue: String,
+    /// Status.
+    pub status: RunStatus,
+    /// Id the next event gets.
+    pub next_event_id: i64,
+    /// `WorkflowTaskStarted` id of the last completed workflow task (0 if none).
+    pub last_completed_started_id: i64,
+    /// Workflow task in flight.
+    pub workflow_task: Option<WorkflowTaskInfo>,
+    /// Open activities by scheduled event id.
+    pub activities: BTreeMap<i64, ActivityInfo>,
+    /// Open timers by timer id.
+    pub timers: BTreeMap<String, TimerInfo>,
+    /// Start request id (idempotent retries of the start return this run).
+    pub start_request_id: String,
+    /// Start time.
+    pub start_ms: u64,
+    /// Close time, once closed.
+    pub close_ms: Option<u64>,
+    /// Workflow task start-to-close timeout.
+    pub workflow_task_timeout_ms: u64,
+    /// New events arrived while a workflow task was started (it must be followed by another).
+    pub buffered_events: bool,
+    /// Inputs that become events once the started workflow task closes.
+    pub buffer: Vec<super::engine::Buffered>,
+}
+
+impl RunState {
+    /// True while the run is open.
+    pub fn is_open(&self) -> bool {
+        self.status == RunStatus::Running
+    }
+}

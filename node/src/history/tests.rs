@@ -1,0 +1,263 @@
+//! Exact-output tests of the history engine: events (types and ids) and effects.
+
+use norn_proto::protos::temporal::api::command::v1::{command::Attributes as Cmd, *};
+use norn_proto::protos::temporal::api::common::v1::{ActivityType, Payload, Payloads, WorkflowType};
+use norn_proto::protos::temporal::api::enums::v1::{CommandType, EventType, WorkflowTaskFailedCause};
+use norn_proto::protos::temporal::api::history::v1::history_event::Attributes as Ev;
+use norn_proto::protos::temporal::api::taskqueue::v1::TaskQueue;
+use norn_proto::protos::temporal::api::workflowservice::v1::*;
+use prost::Message;
+
+use super::engine::*;
+use super::state::*;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn start_req() -> StartWorkflowExecutionRequest {
+    StartWorkflowExecutionRequest {
+        namespace: "default".into(),
+        workflow_id: "wf-1".into(),
+        workflow_type: Some(WorkflowType { name: "Greet".into() }),
+        task_queue: Some(TaskQueue { name: "q".into(), ..Default::default() }),
+        request_id: "req-1".into(),
+        ..Default::default()
+    }
+}
+
+fn types(o: &Outcome) -> Vec<(i64, EventType)> {
+    o.events.iter().map(|e| (e.event_id, EventType::try_from(e.event_type).unwrap())).collect()
+}
+
+fn command(t: CommandType, a: Cmd) -> Command {
+    Command { command_type: t as i32, attributes: Some(a), ..Default::default() }
+}
+
+fn schedule_activity(id: &str) -> Command {
+    command(
+        CommandType::ScheduleActivityTask,
+        Cmd::ScheduleActivityTaskCommandAttributes(ScheduleActivityTaskCommandAttributes {
+            activity_id: id.into(),
+            activity_type: Some(ActivityType { name: "Hello".into() }),
+            ..Default::default()
+        }),
+    )
+}
+
+fn complete_workflow() -> Command {
+    command(
+        CommandType::CompleteWorkflowExecution,
+        Cmd::CompleteWorkflowExecutionCommandAttributes(CompleteWorkflowExecutionCommandAttributes {
+            result: Some(Payloads { payloads: vec![Payload { data: b"\"done\"".to_vec(), ..Default::default() }] }),
+        }),
+    )
+}
+
+fn done(commands: Vec<Command>) -> RespondWorkflowTaskCompletedRequest {
+    RespondWorkflowTaskCompletedRequest { commands, identity: "worker".into(), ..Default::default() }
+}
+
+fn started() -> RunState {
+    let (mut run, _) = start("ns-id", "run-1", &start_req(), T0).unwrap();
+    workflow_task_started(&mut run, 2, "poll-1", "worker", T0 + 1).unwrap();
+    run
+}
+
+#[test]
+fn start_writes_started_and_schedules_the_first_workflow_task() {
+    let (run, out) = start("ns-id", "run-1", &start_req(), T0).unwrap();
+    assert_eq!(types(&out), vec![(1, EventType::WorkflowExecutionStarted), (2, EventType::WorkflowTaskScheduled)]);
+    assert_eq!(out.effects, vec![Effect::WorkflowTaskReady { task_queue: "q".into(), scheduled_id: 2 }]);
+    assert_eq!(run.next_event_id, 3);
+    assert_eq!(out.events[0].event_time.as_ref().unwrap().seconds, (T0 / 1000) as i64);
+    let Some(Ev::WorkflowExecutionStartedEventAttributes(a)) = &out.events[0].attributes else { panic!() };
+    assert_eq!(a.workflow_type.as_ref().unwrap().name, "Greet");
+    assert_eq!(a.original_execution_run_id, "run-1");
+}
+
+#[test]
+fn start_rejects_missing_fields() {
+    for f in [
+        |r: &mut StartWorkflowExecutionRequest| r.workflow_id.clear(),
+        |r: &mut StartWorkflowExecutionRequest| r.workflow_type = None,
+        |r: &mut StartWorkflowExecutionRequest| r.task_queue = None,
+    ] {
+        let mut r = start_req();
+        f(&mut r);
+        assert!(matches!(start("ns", "run", &r, T0), Err(EngineError::InvalidArgument(_))));
+    }
+}
+
+#[test]
+fn a_workflow_task_is_started_once() {
+    let (mut run, _) = start("ns-id", "run-1", &start_req(), T0).unwrap();
+    let out = workflow_task_started(&mut run, 2, "poll-1", "worker", T0 + 1).unwrap();
+    assert_eq!(types(&out), vec![(3, EventType::WorkflowTaskStarted)]);
+    let before = run.clone();
+    assert!(matches!(workflow_task_started(&mut run, 2, "poll-2", "w2", T0 + 2), Err(EngineError::NotFound(_))));
+    assert!(matches!(workflow_task_started(&mut run, 7, "poll-2", "w2", T0 + 2), Err(EngineError::NotFound(_))));
+    assert_eq!(run, before, "a rejected start changed the run");
+}
+
+#[test]
+fn activity_round_trip_then_completion() {
+    let mut run = started();
+    let out = workflow_task_completed(&mut run, 2, 3, &done(vec![schedule_activity("a1")]), T0 + 2).unwrap();
+    assert_eq!(types(&out), vec![(4, EventType::WorkflowTaskCompleted), (5, EventType::ActivityTaskScheduled)]);
+    assert_eq!(out.effects, vec![Effect::ActivityTaskReady { task_queue: "q".into(), scheduled_id: 5 }]);
+
+    let out = activity_task_started(&mut run, 5, "poll-a", "worker", T0 + 3).unwrap();
+    assert!(out.events.is_empty(), "ActivityTaskStarted is written when the activity closes");
+    assert!(matches!(activity_task_started(&mut run, 5, "poll-b", "w", T0 + 3), Err(EngineError::NotFound(_))));
+    assert!(
+        matches!(activity_task_completed(&mut run, 5, 2, vec![], "w", T0 + 4), Err(EngineError::NotFound(_))),
+        "stale attempt"
+    );
+
+    let result = Payloads { payloads: vec![Payload { data: b"1".to_vec(), ..Default::default() }] }.encode_to_vec();
+    let out = activity_task_completed(&mut run, 5, 1, result, "worker", T0 + 4).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![
+            (6, EventType::ActivityTaskStarted),
+            (7, EventType::ActivityTaskCompleted),
+            (8, EventType::WorkflowTaskScheduled)
+        ]
+    );
+    let Some(Ev::ActivityTaskCompletedEventAttributes(a)) = &out.events[1].attributes else { panic!() };
+    assert_eq!((a.scheduled_event_id, a.started_event_id), (5, 6));
+    assert!(
+        matches!(activity_task_completed(&mut run, 5, 1, vec![], "w", T0 + 5), Err(EngineError::NotFound(_))),
+        "twice"
+    );
+
+    workflow_task_started(&mut run, 8, "poll-3", "worker", T0 + 5).unwrap();
+    let out = workflow_task_completed(&mut run, 8, 9, &done(vec![complete_workflow()]), T0 + 6).unwrap();
+    assert_eq!(types(&out), vec![(10, EventType::WorkflowTaskCompleted), (11, EventType::WorkflowExecutionCompleted)]);
+    assert_eq!(out.effects, vec![Effect::RunClosed]);
+    assert_eq!(run.status, RunStatus::Completed);
+    assert!(matches!(workflow_task_started(&mut run, 8, "p", "w", T0 + 7), Err(EngineError::NotFound(_))));
+}
+
+fn timer(id: &str, seconds: i64) -> Command {
+    command(
+        CommandType::StartTimer,
+        Cmd::StartTimerCommandAttributes(StartTimerCommandAttributes {
+            timer_id: id.into(),
+            start_to_fire_timeout: Some(prost_wkt_types::Duration { seconds, nanos: 0 }),
+        }),
+    )
+}
+
+/// Activity `a1` (scheduled 5) is started by a worker while workflow task 8 (started 9), woken
+/// by timer `t` (started 6, fired 7), is in flight.
+fn activity_outstanding_during_a_task() -> RunState {
+    let mut run = started();
+    let out =
+        workflow_task_completed(&mut run, 2, 3, &done(vec![schedule_activity("a1"), timer("t", 1)]), T0 + 2).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![
+            (4, EventType::WorkflowTaskCompleted),
+            (5, EventType::ActivityTaskScheduled),
+            (6, EventType::TimerStarted)
+        ]
+    );
+    activity_task_started(&mut run, 5, "poll-a", "worker", T0 + 3).unwrap();
+    let out = timer_fired(&mut run, "t", 6, T0 + 1002).unwrap();
+    assert_eq!(types(&out), vec![(7, EventType::TimerFired), (8, EventType::WorkflowTaskScheduled)]);
+    let out = workflow_task_started(&mut run, 8, "poll-2", "worker", T0 + 1003).unwrap();
+    assert_eq!(types(&out), vec![(9, EventType::WorkflowTaskStarted)]);
+    run
+}
+
+#[test]
+fn results_arriving_during_a_workflow_task_are_written_after_its_completion() {
+    let mut run = activity_outstanding_during_a_task();
+    let out = activity_task_completed(&mut run, 5, 1, vec![], "worker", T0 + 1004).unwrap();
+    assert!(out.events.is_empty(), "buffered while the workflow task runs");
+    assert!(out.effects.is_empty());
+    let out = workflow_task_completed(&mut run, 8, 9, &done(vec![]), T0 + 1005).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![
+            (10, EventType::WorkflowTaskCompleted),
+            (11, EventType::ActivityTaskStarted),
+            (12, EventType::ActivityTaskCompleted),
+            (13, EventType::WorkflowTaskScheduled),
+        ]
+    );
+    assert_eq!(out.effects, vec![Effect::WorkflowTaskReady { task_queue: "q".into(), scheduled_id: 13 }]);
+}
+
+#[test]
+fn closing_while_new_events_are_buffered_is_an_unhandled_command() {
+    let mut run = activity_outstanding_during_a_task();
+    activity_task_completed(&mut run, 5, 1, vec![], "worker", T0 + 1004).unwrap();
+    let out = workflow_task_completed(&mut run, 8, 9, &done(vec![complete_workflow()]), T0 + 1005).unwrap();
+    assert_eq!(out.reply_error, Some(EngineError::UnhandledCommand));
+    assert_eq!(
+        types(&out),
+        vec![
+            (10, EventType::WorkflowTaskFailed),
+            (11, EventType::ActivityTaskStarted),
+            (12, EventType::ActivityTaskCompleted),
+            (13, EventType::WorkflowTaskScheduled),
+        ]
+    );
+    let Some(Ev::WorkflowTaskFailedEventAttributes(a)) = &out.events[0].attributes else { panic!() };
+    assert_eq!(a.cause, WorkflowTaskFailedCause::UnhandledCommand as i32);
+    assert!(run.is_open(), "the close command was not applied");
+}
+
+#[test]
+fn timers_fire_once_and_never_early() {
+    let mut run = started();
+    let out = workflow_task_completed(&mut run, 2, 3, &done(vec![timer("t1", 5)]), T0 + 1000).unwrap();
+    assert_eq!(types(&out), vec![(4, EventType::WorkflowTaskCompleted), (5, EventType::TimerStarted)]);
+    assert_eq!(out.effects, vec![Effect::TimerArmed { timer_id: "t1".into(), started_id: 5, fire_at_ms: T0 + 6000 }]);
+    assert!(timer_fired(&mut run, "t1", 5, T0 + 5999).is_err(), "fired early");
+    let out = timer_fired(&mut run, "t1", 5, T0 + 6000).unwrap();
+    assert_eq!(types(&out), vec![(6, EventType::TimerFired), (7, EventType::WorkflowTaskScheduled)]);
+    assert!(matches!(timer_fired(&mut run, "t1", 5, T0 + 7000), Err(EngineError::NotFound(_))), "fired twice");
+}
+
+#[test]
+fn a_failed_workflow_task_is_retried_with_the_next_attempt() {
+    let mut run = started();
+    let out = workflow_task_failed(&mut run, 2, 3, &RespondWorkflowTaskFailedRequest::default(), T0 + 2).unwrap();
+    assert_eq!(types(&out), vec![(4, EventType::WorkflowTaskFailed), (5, EventType::WorkflowTaskScheduled)]);
+    assert_eq!(run.workflow_task.as_ref().unwrap().attempt, 2);
+}
+
+#[test]
+fn bad_or_unimplemented_commands_change_nothing() {
+    let mut run = started();
+    let before = run.clone();
+    let cancel = command(
+        CommandType::CancelTimer,
+        Cmd::CancelTimerCommandAttributes(CancelTimerCommandAttributes { timer_id: "x".into() }),
+    );
+    assert!(matches!(
+        workflow_task_completed(&mut run, 2, 3, &done(vec![cancel]), T0),
+        Err(EngineError::Unimplemented(_))
+    ));
+    assert!(matches!(
+        workflow_task_completed(&mut run, 2, 3, &done(vec![complete_workflow(), schedule_activity("a")]), T0),
+        Err(EngineError::InvalidArgument(_))
+    ));
+    assert!(matches!(workflow_task_completed(&mut run, 2, 99, &done(vec![]), T0), Err(EngineError::NotFound(_))));
+    assert_eq!(run, before);
+}
+
+#[test]
+fn replicas_applying_the_same_inputs_produce_identical_bytes() {
+    let run_on_replica = || {
+        let (mut run, mut all) = start("ns-id", "run-1", &start_req(), T0).unwrap();
+        all.events.extend(workflow_task_started(&mut run, 2, "p", "w", T0 + 1).unwrap().events);
+        all.events.extend(
+            workflow_task_completed(&mut run, 2, 3, &done(vec![schedule_activity("a")]), T0 + 2).unwrap().events,
+        );
+        (postcard::to_stdvec(&run).unwrap(), all.events.iter().map(|e| e.encode_to_vec()).collect::<Vec<_>>())
+    };
+    assert_eq!(run_on_replica(), run_on_replica());
+}
