@@ -14,6 +14,7 @@ use tracing::Instrument;
 use crate::command::{ShardCommand, ShardResult};
 use crate::config::NodeConfig;
 use crate::kv::{self, KvCommand, KvResult};
+use crate::matching::{Matching, QueueKey, TaskRef};
 use crate::metrics::Metrics;
 use crate::pb::admin_client::AdminClient;
 use crate::pb::admin_server::Admin;
@@ -34,6 +35,15 @@ pub struct AdminService {
     config: Arc<NodeConfig>,
     clients: Arc<Mutex<HashMap<String, AdminClient<Channel>>>>,
     metrics: Metrics,
+    matching: Matching,
+}
+
+/// Where a shard's leader is, from this node.
+pub enum Target {
+    /// This node leads it.
+    Local,
+    /// The leader's (or, for shards not hosted here, a replica's) client address.
+    Remote(String),
 }
 
 /// Where a request for a shard should go next.
@@ -54,7 +64,64 @@ enum Failure {
 impl AdminService {
     /// The service for `raft`.
     pub fn new(raft: RaftNode, config: Arc<NodeConfig>, metrics: Metrics) -> Self {
-        Self { raft, config, clients: Arc::default(), metrics }
+        Self { raft, config, clients: Arc::default(), metrics, matching: Matching::default() }
+    }
+
+    /// This node's matching index.
+    pub fn matching(&self) -> &Matching {
+        &self.matching
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Where `shard`'s leader is, waiting (until the proposal deadline) while it has none.
+    pub async fn leader_target(&self, shard: GroupId) -> Result<Target, Status> {
+        let deadline = self.deadline();
+        loop {
+            if self.raft.group_ids().binary_search(&shard).is_err() {
+                return match self.next_for(shard, 0) {
+                    Next::Forward(addr) => Ok(Target::Remote(addr)),
+                    _ => Err(Status::unavailable(format!("no replica of shard {shard} is known"))),
+                };
+            }
+            if let Some(s) = self.raft.status().into_iter().find(|s| s.group == shard) {
+                if s.role == Role::Leader {
+                    return Ok(Target::Local);
+                }
+                if let Some(addr) = s.leader.and_then(|l| self.member_addr(l)) {
+                    return Ok(Target::Remote(addr));
+                }
+            }
+            if tokio::time::Instant::now() + RETRY_BACKOFF >= deadline {
+                return Err(Status::unavailable(format!("shard {shard} has no leader; retry shortly")));
+            }
+            tokio::time::sleep(RETRY_BACKOFF).await;
+        }
+    }
+
+    /// Offers a ready task to the matching of its queue's home, wherever that is.
+    pub async fn add_task(&self, queue: &QueueKey, task: &TaskRef, hops: u32) -> Result<(), Status> {
+        let home = queue.home_shard(self.config.shards);
+        match self.leader_target(home).await? {
+            Target::Local => {
+                self.matching.add(queue.clone(), task.clone());
+                Ok(())
+            }
+            Target::Remote(addr) => {
+                if hops >= HOPS_MAX {
+                    return Err(Status::unavailable(format!("task queue home shard {home}: forwarded too many times")));
+                }
+                let req = AddTaskRequest {
+                    queue: postcard::to_stdvec(queue).map_err(|e| Status::internal(e.to_string()))?,
+                    task: postcard::to_stdvec(task).map_err(|e| Status::internal(e.to_string()))?,
+                    hops: hops + 1,
+                };
+                self.client(&addr)?.add_task(req).await.map(|_| ())
+            }
+        }
     }
 
     fn client(&self, addr: &str) -> Result<AdminClient<Channel>, Status> {
@@ -434,6 +501,16 @@ impl Admin for AdminService {
         tracing::warn!(?blocked, "fault injection: cutting raft links");
         self.raft.transport().set_blocked(blocked);
         Ok(Response::new(SetPartitionResponse {}))
+    }
+
+    async fn add_task(&self, request: Request<AddTaskRequest>) -> Result<Response<AddTaskResponse>, Status> {
+        let req = request.into_inner();
+        let queue: QueueKey =
+            postcard::from_bytes(&req.queue).map_err(|e| Status::invalid_argument(format!("bad queue: {e}")))?;
+        let task: TaskRef =
+            postcard::from_bytes(&req.task).map_err(|e| Status::invalid_argument(format!("bad task: {e}")))?;
+        AdminService::add_task(self, &queue, &task, req.hops).await?;
+        Ok(Response::new(AddTaskResponse {}))
     }
 
     async fn trigger_snapshot(

@@ -3,6 +3,7 @@
 use norn_raft::{Applied, StateMachine, Txn};
 use serde::{Deserialize, Serialize};
 
+use crate::history::store::{self, WorkflowCommand, WorkflowResult};
 use crate::kv::{self, KvCommand, KvResult};
 use crate::namespace::{self, NamespaceCommand, NamespaceResult};
 
@@ -13,6 +14,8 @@ pub enum ShardCommand {
     Kv(KvCommand),
     /// The namespace registry (system shard only).
     Namespace(NamespaceCommand),
+    /// A workflow run's history engine.
+    Workflow(WorkflowCommand),
 }
 
 /// What applying a command returns to the proposer.
@@ -22,6 +25,8 @@ pub enum ShardResult {
     Kv(KvResult),
     /// From a [`ShardCommand::Namespace`].
     Namespace(NamespaceResult),
+    /// From a [`ShardCommand::Workflow`].
+    Workflow(WorkflowResult),
     /// The command did not decode; nothing changed, identically on every replica.
     Rejected(String),
 }
@@ -50,6 +55,7 @@ impl StateMachine for ShardStateMachine {
         let result = match postcard::from_bytes::<ShardCommand>(cmd.payload) {
             Err(e) => ShardResult::Rejected(format!("undecodable command: {e}")),
             Ok(ShardCommand::Kv(c)) => ShardResult::Kv(kv::apply(txn, c, &cmd)),
+            Ok(ShardCommand::Workflow(c)) => ShardResult::Workflow(store::apply(txn, c, cmd.timestamp_ms)),
             Ok(ShardCommand::Namespace(c)) => {
                 if cmd.group != namespace::SYSTEM_SHARD {
                     ShardResult::Namespace(NamespaceResult::Invalid(format!(

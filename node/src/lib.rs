@@ -10,6 +10,7 @@
 //! - [`admin`]: the `norn.admin.v1.Admin` service (routing, forwarding, status, faults).
 //! - [`frontend`]: Temporal's `WorkflowService`.
 //! - [`history`]: the pure history engine (run state, events, effects).
+//! - [`matching`]: ready tasks and waiting pollers per task queue.
 //! - [`server`]: starts a node and serves its ports.
 //! - [`local_cluster`]: starts and stops local clusters of `norn` processes.
 //! - [`bench`]: `norn bench raft`.
@@ -23,6 +24,7 @@ pub mod frontend;
 pub mod history;
 pub mod kv;
 pub mod local_cluster;
+pub mod matching;
 pub mod metrics;
 pub mod namespace;
 pub mod placement;

@@ -3,12 +3,17 @@
 //! `docs/compatibility.md`.
 
 mod namespaces;
+mod workflows;
 
 pub use namespaces::{describe_response, ensure_default, lookup};
 
 use norn_proto::protos::temporal::api::workflowservice::v1::get_system_info_response::Capabilities;
 use norn_proto::protos::temporal::api::workflowservice::v1::*;
-use norn_proto::WorkflowService;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use norn_proto::{WorkflowService, WorkflowServiceClient};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::admin::AdminService;
@@ -17,12 +22,30 @@ use crate::admin::AdminService;
 #[derive(Clone)]
 pub struct Frontend {
     admin: AdminService,
+    /// Namespace name to id. Ids never change and namespaces are never deleted.
+    ns_cache: Arc<Mutex<HashMap<String, String>>>,
+    clients: Arc<Mutex<HashMap<String, WorkflowServiceClient<Channel>>>>,
 }
 
 impl Frontend {
     /// A frontend that routes through `admin`.
     pub fn new(admin: AdminService) -> Self {
-        Self { admin }
+        Self { admin, ns_cache: Arc::default(), clients: Arc::default() }
+    }
+
+    fn workflow_client(&self, addr: &str) -> Result<WorkflowServiceClient<Channel>, Status> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("bad member address {addr}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let c = WorkflowServiceClient::new(ch).max_decoding_message_size(128 << 20);
+        clients.insert(addr.to_string(), c.clone());
+        Ok(c)
     }
 }
 
@@ -73,5 +96,68 @@ impl WorkflowService for Frontend {
         request: Request<UpdateNamespaceRequest>,
     ) -> Result<Response<UpdateNamespaceResponse>, Status> {
         namespaces::update(&self.admin, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn start_workflow_execution(
+        &self,
+        request: Request<StartWorkflowExecutionRequest>,
+    ) -> Result<Response<StartWorkflowExecutionResponse>, Status> {
+        self.start_workflow(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn poll_workflow_task_queue(
+        &self,
+        request: Request<PollWorkflowTaskQueueRequest>,
+    ) -> Result<Response<PollWorkflowTaskQueueResponse>, Status> {
+        self.poll_workflow_task(request).await.map(Response::new)
+    }
+
+    async fn respond_workflow_task_completed(
+        &self,
+        request: Request<RespondWorkflowTaskCompletedRequest>,
+    ) -> Result<Response<RespondWorkflowTaskCompletedResponse>, Status> {
+        Frontend::respond_workflow_task_completed(self, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn respond_workflow_task_failed(
+        &self,
+        request: Request<RespondWorkflowTaskFailedRequest>,
+    ) -> Result<Response<RespondWorkflowTaskFailedResponse>, Status> {
+        Frontend::respond_workflow_task_failed(self, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn poll_activity_task_queue(
+        &self,
+        request: Request<PollActivityTaskQueueRequest>,
+    ) -> Result<Response<PollActivityTaskQueueResponse>, Status> {
+        self.poll_activity_task(request).await.map(Response::new)
+    }
+
+    async fn respond_activity_task_completed(
+        &self,
+        request: Request<RespondActivityTaskCompletedRequest>,
+    ) -> Result<Response<RespondActivityTaskCompletedResponse>, Status> {
+        self.respond_activity_completed(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn respond_activity_task_failed(
+        &self,
+        request: Request<RespondActivityTaskFailedRequest>,
+    ) -> Result<Response<RespondActivityTaskFailedResponse>, Status> {
+        self.respond_activity_failed(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_workflow_execution_history(
+        &self,
+        request: Request<GetWorkflowExecutionHistoryRequest>,
+    ) -> Result<Response<GetWorkflowExecutionHistoryResponse>, Status> {
+        self.get_history(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn describe_workflow_execution(
+        &self,
+        request: Request<DescribeWorkflowExecutionRequest>,
+    ) -> Result<Response<DescribeWorkflowExecutionResponse>, Status> {
+        self.describe(request.into_inner()).await.map(Response::new)
     }
 }

@@ -5,11 +5,11 @@
 //! - [`state`]: a run's mutable state.
 //! - [`engine`]: the transitions (start, workflow tasks, commands, activities, timers).
 //!
-//! Storage (reading and writing runs in a shard) and the RPCs that propose these commands live
-//! outside this module.
+//! - [`store`]: runs in a shard's state, and the replicated commands that drive the engine.
 
 pub mod engine;
 pub mod state;
+pub mod store;
 #[cfg(test)]
 mod tests;
 

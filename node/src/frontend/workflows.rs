@@ -1,0 +1,602 @@
+//! Workflow RPCs: start, poll and respond to workflow and activity tasks, history, describe.
+//!
+//! A run lives in shard `hash(namespace_id, workflow_id)`; commands go to that shard's leader
+//! through the admin service's routing. A task queue's matching lives on the leader of its home
+//! shard; polls are forwarded there. The leader-only effects of a command (offering tasks to
+//! matching, arming timers) are run by the node that proposed it.
+
+use std::time::Duration;
+
+use norn_proto::protos::google::rpc::Status as RpcStatus;
+use norn_proto::protos::temporal::api::common::v1::{ActivityType, Payloads, WorkflowExecution, WorkflowType};
+use norn_proto::protos::temporal::api::enums::v1::{HistoryEventFilterType, TaskQueueKind, WorkflowExecutionStatus};
+use norn_proto::protos::temporal::api::errordetails::v1::WorkflowExecutionAlreadyStartedFailure;
+use norn_proto::protos::temporal::api::history::v1::{ActivityTaskScheduledEventAttributes, History, HistoryEvent};
+use norn_proto::protos::temporal::api::taskqueue::v1::TaskQueue;
+use norn_proto::protos::temporal::api::workflow::v1::{
+    PendingActivityInfo, WorkflowExecutionConfig, WorkflowExecutionInfo,
+};
+use norn_proto::protos::temporal::api::workflowservice::v1::*;
+use norn_raft::Clock;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+use super::Frontend;
+use crate::admin::Target;
+use crate::command::{ShardCommand, ShardResult};
+use crate::history::engine::{Effect, EngineError};
+use crate::history::state::{RunState, RunStatus};
+use crate::history::store::{self, RunKey, WorkflowCommand, WorkflowResult};
+use crate::matching::{QueueKey, TaskKind, TaskRef};
+
+/// How long a poll waits for a task before answering empty (Temporal's SDKs wait 70 s).
+const POLL_WAIT: Duration = Duration::from_secs(60);
+/// How long a history long poll waits for a new event.
+const HISTORY_WAIT: Duration = Duration::from_secs(60);
+/// Metadata carrying how many times a call was forwarded between nodes.
+pub const HOPS_HEADER: &str = "norn-hops";
+
+/// What a task token carries. Encoded with a checksum; a damaged token is `InvalidArgument`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct TaskToken {
+    shard: u32,
+    run: RunKey,
+    kind: TaskKind,
+    scheduled_id: i64,
+    /// Workflow tasks: the started event id. Activity tasks: the attempt.
+    started_or_attempt: i64,
+}
+
+fn encode_token(t: &TaskToken) -> Result<Vec<u8>, Status> {
+    norn_raft::codec::encode("task token", t).map_err(|e| Status::internal(e.to_string()))
+}
+
+fn decode_token(bytes: &[u8], kind: TaskKind) -> Result<TaskToken, Status> {
+    let t: TaskToken = norn_raft::codec::decode("task token", bytes)
+        .map_err(|e| Status::invalid_argument(format!("malformed task token: {e}")))?;
+    if t.kind != kind {
+        return Err(Status::invalid_argument("task token is for another kind of task"));
+    }
+    Ok(t)
+}
+
+fn timestamp(ms: u64) -> prost_wkt_types::Timestamp {
+    prost_wkt_types::Timestamp { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}
+
+fn engine_status(e: EngineError) -> Status {
+    match e {
+        EngineError::NotFound(m) => Status::not_found(m),
+        EngineError::InvalidArgument(m) => Status::invalid_argument(m),
+        EngineError::AlreadyCompleted => Status::not_found("workflow execution already completed"),
+        EngineError::UnhandledCommand => Status::invalid_argument("UnhandledCommand"),
+        EngineError::Unimplemented(m) => Status::unimplemented(m),
+    }
+}
+
+fn new_uuid() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+fn hops<T>(req: &tonic::Request<T>) -> u32 {
+    req.metadata().get(HOPS_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn forwarded<T>(msg: T, hops: u32) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Ok(v) = (hops + 1).to_string().parse() {
+        r.metadata_mut().insert(HOPS_HEADER, v);
+    }
+    r
+}
+
+impl Frontend {
+    fn run_shard(&self, namespace_id: &str, workflow_id: &str) -> u32 {
+        crate::placement::shard_of(&[namespace_id.as_bytes(), workflow_id.as_bytes()], self.admin.config().shards)
+    }
+
+    async fn namespace_id(&self, name: &str) -> Result<String, Status> {
+        if name.is_empty() {
+            return Err(Status::invalid_argument("namespace is not set on request"));
+        }
+        if let Some(id) = self.ns_cache.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return Ok(id.clone());
+        }
+        let rec = super::lookup(&self.admin, name).await?;
+        self.ns_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), rec.id.clone());
+        Ok(rec.id)
+    }
+
+    async fn propose(&self, shard: u32, cmd: WorkflowCommand) -> Result<WorkflowResult, Status> {
+        match self.admin.propose_command(shard, &ShardCommand::Workflow(cmd)).await? {
+            ShardResult::Workflow(WorkflowResult::StorageFailed(e)) => {
+                Err(Status::internal(format!("shard {shard} storage failure: {e}")))
+            }
+            ShardResult::Workflow(r) => Ok(r),
+            other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    /// Proposes and runs the effects; returns the applied run and last event id.
+    async fn apply(&self, shard: u32, cmd: WorkflowCommand) -> Result<(RunKey, i64), Status> {
+        match self.propose(shard, cmd).await? {
+            WorkflowResult::Applied { run, effects, last_event_id, reply_error } => {
+                self.run_effects(shard, &run, effects);
+                match reply_error {
+                    Some(e) => Err(engine_status(e)),
+                    None => Ok((run, last_event_id)),
+                }
+            }
+            WorkflowResult::Rejected(e) => Err(engine_status(e)),
+            other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    fn run_effects(&self, shard: u32, run: &RunKey, effects: Vec<Effect>) {
+        for effect in effects {
+            let this = self.clone();
+            let run = run.clone();
+            let offer = |kind: TaskKind, task_queue: String, scheduled_id: i64| {
+                let queue = QueueKey { namespace_id: run.namespace_id.clone(), name: task_queue, kind };
+                let task = TaskRef { shard, run: run.clone(), scheduled_id };
+                let admin = self.admin.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = admin.add_task(&queue, &task, 0).await {
+                        tracing::warn!(queue = %queue.name, run = %task.run.run_id, error = %e, "could not offer task to matching");
+                    }
+                });
+            };
+            match effect {
+                Effect::WorkflowTaskReady { task_queue, scheduled_id } => {
+                    offer(TaskKind::Workflow, task_queue, scheduled_id)
+                }
+                Effect::ActivityTaskReady { task_queue, scheduled_id } => {
+                    offer(TaskKind::Activity, task_queue, scheduled_id)
+                }
+                Effect::TimerArmed { timer_id, started_id, fire_at_ms } => {
+                    tokio::spawn(async move { this.fire_timer(shard, run, timer_id, started_id, fire_at_ms).await });
+                }
+                Effect::RunClosed => {}
+            }
+        }
+    }
+
+    async fn fire_timer(&self, shard: u32, run: RunKey, timer_id: String, started_id: i64, fire_at_ms: u64) {
+        loop {
+            let now = norn_raft::SystemClock.now_ms();
+            if now < fire_at_ms {
+                tokio::time::sleep(Duration::from_millis(fire_at_ms - now)).await;
+            }
+            let cmd = WorkflowCommand::TimerFired { run: run.clone(), timer_id: timer_id.clone(), started_id };
+            match self.apply(shard, cmd).await {
+                Ok(_) => return,
+                Err(s) if s.code() == tonic::Code::NotFound => return,
+                Err(s) => {
+                    tracing::debug!(timer = %timer_id, error = %s, "timer not fired yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    async fn read_run(&self, shard: u32, run: &RunKey) -> Result<RunState, Status> {
+        let pairs = self.admin.read_keys(shard, &store::run_state_key(run), false).await?;
+        let (_, v) = pairs.into_iter().next().ok_or_else(|| {
+            Status::not_found(format!("workflow execution {}/{} not found", run.workflow_id, run.run_id))
+        })?;
+        postcard::from_bytes(&v).map_err(|e| Status::internal(format!("corrupt run state: {e}")))
+    }
+
+    async fn read_events(&self, shard: u32, run_id: &str) -> Result<Vec<HistoryEvent>, Status> {
+        let pairs = self.admin.read_keys(shard, &store::events_prefix(run_id), true).await?;
+        pairs
+            .into_iter()
+            .map(|(_, v)| {
+                HistoryEvent::decode(v.as_slice()).map_err(|e| Status::internal(format!("corrupt event: {e}")))
+            })
+            .collect()
+    }
+
+    /// Resolves an execution whose run id may be empty (the current run).
+    async fn resolve(&self, namespace_id: &str, exec: Option<&WorkflowExecution>) -> Result<(u32, RunKey), Status> {
+        let exec = exec.ok_or_else(|| Status::invalid_argument("execution is not set on request"))?;
+        if exec.workflow_id.is_empty() {
+            return Err(Status::invalid_argument("WorkflowId is not set on request."));
+        }
+        let shard = self.run_shard(namespace_id, &exec.workflow_id);
+        let run_id = if exec.run_id.is_empty() {
+            let key = store::current_key(namespace_id, &exec.workflow_id);
+            let pairs = self.admin.read_keys(shard, &key, false).await?;
+            let (_, v) = pairs
+                .into_iter()
+                .next()
+                .ok_or_else(|| Status::not_found(format!("workflow execution {} not found", exec.workflow_id)))?;
+            let cur: store::CurrentRun =
+                postcard::from_bytes(&v).map_err(|e| Status::internal(format!("corrupt current run: {e}")))?;
+            cur.run_id
+        } else {
+            exec.run_id.clone()
+        };
+        Ok((shard, RunKey { namespace_id: namespace_id.into(), workflow_id: exec.workflow_id.clone(), run_id }))
+    }
+
+    pub(super) async fn start_workflow(
+        &self,
+        mut req: StartWorkflowExecutionRequest,
+    ) -> Result<StartWorkflowExecutionResponse, Status> {
+        let ns = self.namespace_id(&req.namespace).await?;
+        if req.request_id.is_empty() {
+            req.request_id = new_uuid();
+        }
+        let shard = self.run_shard(&ns, &req.workflow_id);
+        let run_id = new_uuid();
+        let cmd = WorkflowCommand::Start { namespace_id: ns, run_id, request: req.encode_to_vec() };
+        match self.propose(shard, cmd).await? {
+            WorkflowResult::Applied { run, effects, .. } => {
+                self.run_effects(shard, &run, effects);
+                Ok(StartWorkflowExecutionResponse {
+                    run_id: run.run_id,
+                    started: true,
+                    status: WorkflowExecutionStatus::Running as i32,
+                    ..Default::default()
+                })
+            }
+            WorkflowResult::Deduplicated { run_id } => Ok(StartWorkflowExecutionResponse {
+                run_id,
+                started: true,
+                status: WorkflowExecutionStatus::Running as i32,
+                ..Default::default()
+            }),
+            WorkflowResult::AlreadyStarted { run_id } => Err(already_started(&req, &run_id)),
+            WorkflowResult::Rejected(e) => Err(engine_status(e)),
+            other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    /// Forwards a poll to the task queue's home, or runs it here if this node is the home.
+    async fn poll_target(&self, queue: &QueueKey) -> Result<Target, Status> {
+        self.admin.leader_target(queue.home_shard(self.admin.config().shards)).await
+    }
+
+    pub(super) async fn poll_workflow_task(
+        &self,
+        req: tonic::Request<PollWorkflowTaskQueueRequest>,
+    ) -> Result<PollWorkflowTaskQueueResponse, Status> {
+        let hops = hops(&req);
+        let req = req.into_inner();
+        let ns = self.namespace_id(&req.namespace).await?;
+        let tq = req.task_queue.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+        if tq.is_empty() {
+            return Err(Status::invalid_argument("TaskQueue is not set on request."));
+        }
+        let queue = QueueKey { namespace_id: ns, name: tq, kind: TaskKind::Workflow };
+        if let Target::Remote(addr) = self.poll_target(&queue).await? {
+            if hops >= 2 {
+                return Err(Status::unavailable("task queue home moved while forwarding; retry"));
+            }
+            let mut c = self.workflow_client(&addr)?;
+            return c.poll_workflow_task_queue(forwarded(req, hops)).await.map(|r| r.into_inner());
+        }
+        let deadline = tokio::time::Instant::now() + POLL_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(task) = self.admin.matching().poll(&queue, &req.identity, left).await else {
+                return Ok(PollWorkflowTaskQueueResponse::default());
+            };
+            let cmd = WorkflowCommand::WorkflowTaskStarted {
+                run: task.run.clone(),
+                scheduled_id: task.scheduled_id,
+                request_id: new_uuid(),
+                identity: req.identity.clone(),
+            };
+            let started_id = match self.apply(task.shard, cmd).await {
+                Ok((_, last)) => last,
+                // Stale: already started, completed, or the run closed. Take the next task.
+                Err(s) if s.code() == tonic::Code::NotFound => continue,
+                Err(s) => {
+                    // Unknown outcome: put the task back; the shard refuses a second start.
+                    self.admin.matching().add(queue.clone(), task);
+                    return Err(s);
+                }
+            };
+            let run = self.read_run(task.shard, &task.run).await?;
+            let events = self.read_events(task.shard, &task.run.run_id).await?;
+            let wft = run.workflow_task.clone().unwrap_or_else(|| crate::history::WorkflowTaskInfo {
+                scheduled_id: task.scheduled_id,
+                started_id: Some(started_id),
+                attempt: 1,
+                request_id: String::new(),
+                identity: String::new(),
+                scheduled_ms: 0,
+                started_ms: 0,
+            });
+            let token = TaskToken {
+                shard: task.shard,
+                run: task.run.clone(),
+                kind: TaskKind::Workflow,
+                scheduled_id: task.scheduled_id,
+                started_or_attempt: started_id,
+            };
+            return Ok(PollWorkflowTaskQueueResponse {
+                task_token: encode_token(&token)?,
+                workflow_execution: Some(WorkflowExecution {
+                    workflow_id: run.workflow_id.clone(),
+                    run_id: run.run_id.clone(),
+                }),
+                workflow_type: Some(WorkflowType { name: run.workflow_type.clone() }),
+                previous_started_event_id: run.last_completed_started_id,
+                started_event_id: started_id,
+                attempt: wft.attempt,
+                history: Some(History { events: events.into_iter().filter(|e| e.event_id <= started_id).collect() }),
+                workflow_execution_task_queue: Some(TaskQueue {
+                    name: run.task_queue.clone(),
+                    kind: TaskQueueKind::Normal as i32,
+                    ..Default::default()
+                }),
+                scheduled_time: Some(timestamp(wft.scheduled_ms)),
+                started_time: Some(timestamp(wft.started_ms)),
+                ..Default::default()
+            });
+        }
+    }
+
+    pub(super) async fn respond_workflow_task_completed(
+        &self,
+        req: RespondWorkflowTaskCompletedRequest,
+    ) -> Result<RespondWorkflowTaskCompletedResponse, Status> {
+        let t = decode_token(&req.task_token, TaskKind::Workflow)?;
+        let cmd = WorkflowCommand::WorkflowTaskCompleted {
+            run: t.run,
+            scheduled_id: t.scheduled_id,
+            started_id: t.started_or_attempt,
+            request: req.encode_to_vec(),
+        };
+        self.apply(t.shard, cmd).await?;
+        Ok(RespondWorkflowTaskCompletedResponse::default())
+    }
+
+    pub(super) async fn respond_workflow_task_failed(
+        &self,
+        req: RespondWorkflowTaskFailedRequest,
+    ) -> Result<RespondWorkflowTaskFailedResponse, Status> {
+        let t = decode_token(&req.task_token, TaskKind::Workflow)?;
+        let cmd = WorkflowCommand::WorkflowTaskFailed {
+            run: t.run,
+            scheduled_id: t.scheduled_id,
+            started_id: t.started_or_attempt,
+            request: req.encode_to_vec(),
+        };
+        self.apply(t.shard, cmd).await?;
+        Ok(RespondWorkflowTaskFailedResponse::default())
+    }
+
+    pub(super) async fn poll_activity_task(
+        &self,
+        req: tonic::Request<PollActivityTaskQueueRequest>,
+    ) -> Result<PollActivityTaskQueueResponse, Status> {
+        let hops = hops(&req);
+        let req = req.into_inner();
+        let ns = self.namespace_id(&req.namespace).await?;
+        let tq = req.task_queue.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+        if tq.is_empty() {
+            return Err(Status::invalid_argument("TaskQueue is not set on request."));
+        }
+        let queue = QueueKey { namespace_id: ns, name: tq, kind: TaskKind::Activity };
+        if let Target::Remote(addr) = self.poll_target(&queue).await? {
+            if hops >= 2 {
+                return Err(Status::unavailable("task queue home moved while forwarding; retry"));
+            }
+            let mut c = self.workflow_client(&addr)?;
+            return c.poll_activity_task_queue(forwarded(req, hops)).await.map(|r| r.into_inner());
+        }
+        let deadline = tokio::time::Instant::now() + POLL_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(task) = self.admin.matching().poll(&queue, &req.identity, left).await else {
+                return Ok(PollActivityTaskQueueResponse::default());
+            };
+            let cmd = WorkflowCommand::ActivityTaskStarted {
+                run: task.run.clone(),
+                scheduled_id: task.scheduled_id,
+                request_id: new_uuid(),
+                identity: req.identity.clone(),
+            };
+            match self.apply(task.shard, cmd).await {
+                Ok(_) => {}
+                Err(s) if s.code() == tonic::Code::NotFound => continue,
+                Err(s) => {
+                    self.admin.matching().add(queue.clone(), task);
+                    return Err(s);
+                }
+            }
+            let run = self.read_run(task.shard, &task.run).await?;
+            let Some(a) = run.activities.get(&task.scheduled_id) else { continue };
+            let sched = ActivityTaskScheduledEventAttributes::decode(a.scheduled_event.as_slice())
+                .map_err(|e| Status::internal(format!("corrupt scheduled event: {e}")))?;
+            let token = TaskToken {
+                shard: task.shard,
+                run: task.run.clone(),
+                kind: TaskKind::Activity,
+                scheduled_id: task.scheduled_id,
+                started_or_attempt: i64::from(a.attempt),
+            };
+            return Ok(PollActivityTaskQueueResponse {
+                task_token: encode_token(&token)?,
+                workflow_namespace: req.namespace.clone(),
+                workflow_type: Some(WorkflowType { name: run.workflow_type.clone() }),
+                workflow_execution: Some(WorkflowExecution {
+                    workflow_id: run.workflow_id.clone(),
+                    run_id: run.run_id.clone(),
+                }),
+                activity_type: Some(ActivityType { name: a.activity_type.clone() }),
+                activity_id: a.activity_id.clone(),
+                header: sched.header,
+                input: sched.input,
+                scheduled_time: Some(timestamp(a.scheduled_ms)),
+                current_attempt_scheduled_time: Some(timestamp(a.scheduled_ms)),
+                started_time: Some(timestamp(a.started_ms)),
+                attempt: a.attempt,
+                schedule_to_close_timeout: sched.schedule_to_close_timeout,
+                start_to_close_timeout: sched.start_to_close_timeout,
+                heartbeat_timeout: sched.heartbeat_timeout,
+                retry_policy: sched.retry_policy,
+                priority: sched.priority,
+                ..Default::default()
+            });
+        }
+    }
+
+    pub(super) async fn respond_activity_completed(
+        &self,
+        req: RespondActivityTaskCompletedRequest,
+    ) -> Result<RespondActivityTaskCompletedResponse, Status> {
+        let t = decode_token(&req.task_token, TaskKind::Activity)?;
+        let cmd = WorkflowCommand::ActivityTaskCompleted {
+            run: t.run,
+            scheduled_id: t.scheduled_id,
+            attempt: t.started_or_attempt as i32,
+            result: req.result.map(|r: Payloads| r.encode_to_vec()).unwrap_or_default(),
+            identity: req.identity,
+        };
+        self.apply(t.shard, cmd).await?;
+        Ok(RespondActivityTaskCompletedResponse::default())
+    }
+
+    pub(super) async fn respond_activity_failed(
+        &self,
+        req: RespondActivityTaskFailedRequest,
+    ) -> Result<RespondActivityTaskFailedResponse, Status> {
+        let t = decode_token(&req.task_token, TaskKind::Activity)?;
+        let cmd = WorkflowCommand::ActivityTaskFailed {
+            run: t.run,
+            scheduled_id: t.scheduled_id,
+            attempt: t.started_or_attempt as i32,
+            failure: req.failure.map(|f| f.encode_to_vec()).unwrap_or_default(),
+            identity: req.identity,
+        };
+        self.apply(t.shard, cmd).await?;
+        Ok(RespondActivityTaskFailedResponse::default())
+    }
+
+    pub(super) async fn get_history(
+        &self,
+        req: GetWorkflowExecutionHistoryRequest,
+    ) -> Result<GetWorkflowExecutionHistoryResponse, Status> {
+        let ns = self.namespace_id(&req.namespace).await?;
+        let (shard, run) = self.resolve(&ns, req.execution.as_ref()).await?;
+        let close_only = req.history_event_filter_type == HistoryEventFilterType::CloseEvent as i32;
+        let after: i64 = match req.next_page_token.as_slice() {
+            [] => 0,
+            t => <[u8; 8]>::try_from(t)
+                .map(i64::from_be_bytes)
+                .map_err(|_| Status::invalid_argument("malformed next_page_token"))?,
+        };
+        let deadline = tokio::time::Instant::now() + HISTORY_WAIT;
+        loop {
+            let events = self.read_events(shard, &run.run_id).await?;
+            if events.is_empty() {
+                return Err(Status::not_found(format!(
+                    "workflow execution {}/{} not found",
+                    run.workflow_id, run.run_id
+                )));
+            }
+            let state = self.read_run(shard, &run).await?;
+            let closed = !state.is_open();
+            let selected: Vec<HistoryEvent> = if close_only {
+                if closed {
+                    events.last().cloned().into_iter().collect()
+                } else {
+                    Vec::new()
+                }
+            } else {
+                events.into_iter().filter(|e| e.event_id > after).collect()
+            };
+            let ready = !req.wait_new_event || !selected.is_empty() || (closed && !close_only);
+            if ready || tokio::time::Instant::now() >= deadline {
+                let last = selected.last().map(|e| e.event_id).unwrap_or(after);
+                let next_page_token =
+                    if req.wait_new_event && !closed && !close_only { last.to_be_bytes().to_vec() } else { Vec::new() };
+                return Ok(GetWorkflowExecutionHistoryResponse {
+                    history: Some(History { events: selected }),
+                    next_page_token,
+                    ..Default::default()
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub(super) async fn describe(
+        &self,
+        req: DescribeWorkflowExecutionRequest,
+    ) -> Result<DescribeWorkflowExecutionResponse, Status> {
+        let ns = self.namespace_id(&req.namespace).await?;
+        let (shard, run) = self.resolve(&ns, req.execution.as_ref()).await?;
+        let s = self.read_run(shard, &run).await?;
+        let status = match s.status {
+            RunStatus::Running => WorkflowExecutionStatus::Running,
+            RunStatus::Completed => WorkflowExecutionStatus::Completed,
+            RunStatus::Failed => WorkflowExecutionStatus::Failed,
+        };
+        let tq = TaskQueue { name: s.task_queue.clone(), kind: TaskQueueKind::Normal as i32, ..Default::default() };
+        Ok(DescribeWorkflowExecutionResponse {
+            execution_config: Some(WorkflowExecutionConfig {
+                task_queue: Some(tq),
+                default_workflow_task_timeout: Some(prost_wkt_types::Duration {
+                    seconds: (s.workflow_task_timeout_ms / 1000) as i64,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            workflow_execution_info: Some(WorkflowExecutionInfo {
+                execution: Some(WorkflowExecution { workflow_id: s.workflow_id.clone(), run_id: s.run_id.clone() }),
+                r#type: Some(WorkflowType { name: s.workflow_type.clone() }),
+                start_time: Some(timestamp(s.start_ms)),
+                close_time: s.close_ms.map(timestamp),
+                status: status as i32,
+                history_length: s.next_event_id - 1,
+                execution_time: Some(timestamp(s.start_ms)),
+                task_queue: s.task_queue.clone(),
+                first_run_id: s.run_id.clone(),
+                ..Default::default()
+            }),
+            pending_activities: s
+                .activities
+                .values()
+                .map(|a| PendingActivityInfo {
+                    activity_id: a.activity_id.clone(),
+                    activity_type: Some(ActivityType { name: a.activity_type.clone() }),
+                    attempt: a.attempt,
+                    scheduled_time: Some(timestamp(a.scheduled_ms)),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+}
+
+fn already_started(req: &StartWorkflowExecutionRequest, run_id: &str) -> Status {
+    let failure = WorkflowExecutionAlreadyStartedFailure {
+        start_request_id: req.request_id.clone(),
+        run_id: run_id.to_string(),
+        first_execution_run_id: run_id.to_string(),
+    };
+    let msg = format!("Workflow execution is already running. WorkflowId: {}, RunId: {run_id}.", req.workflow_id);
+    let details = RpcStatus {
+        code: tonic::Code::AlreadyExists as i32,
+        message: msg.clone(),
+        details: vec![prost_wkt_types::Any {
+            type_url: "type.googleapis.com/temporal.api.errordetails.v1.WorkflowExecutionAlreadyStartedFailure".into(),
+            value: failure.encode_to_vec(),
+        }],
+    };
+    Status::with_details(tonic::Code::AlreadyExists, msg, details.encode_to_vec().into())
+}

@@ -1,0 +1,245 @@
+//! Runs in a shard's state, and the replicated workflow commands that drive the engine.
+//!
+//! Keys (inside the shard's state):
+//! - `cur/<ns_id>/<workflow_id>` -> [`CurrentRun`]: the workflow id's latest run.
+//! - `run/<ns_id>/<workflow_id>/<run_id>` -> [`RunState`] (postcard).
+//! - `ev/<run_id>/<event_id u64 BE>` -> `HistoryEvent` (protobuf).
+//! - `open/<ns_id>/<workflow_id>/<run_id>` -> empty: the open runs, scanned to rebuild matching
+//!   and timers after a leader change.
+
+use norn_proto::protos::temporal::api::workflowservice::v1::{
+    RespondWorkflowTaskCompletedRequest, RespondWorkflowTaskFailedRequest, StartWorkflowExecutionRequest,
+};
+use norn_raft::{StateView, Txn};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use super::engine::{self, Effect, EngineError, Outcome};
+use super::state::RunState;
+
+/// Identifies a run.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RunKey {
+    /// Namespace id.
+    pub namespace_id: String,
+    /// Workflow id.
+    pub workflow_id: String,
+    /// Run id.
+    pub run_id: String,
+}
+
+/// A workflow id's latest run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrentRun {
+    /// Run id.
+    pub run_id: String,
+    /// Still open.
+    pub open: bool,
+    /// Request id that started it.
+    pub request_id: String,
+}
+
+/// A replicated workflow command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkflowCommand {
+    /// Start a run (encoded `StartWorkflowExecutionRequest`); `run_id` chosen by the proposer.
+    Start { namespace_id: String, run_id: String, request: Vec<u8> },
+    /// A poller took a workflow task.
+    WorkflowTaskStarted { run: RunKey, scheduled_id: i64, request_id: String, identity: String },
+    /// A worker completed a workflow task (encoded `RespondWorkflowTaskCompletedRequest`).
+    WorkflowTaskCompleted { run: RunKey, scheduled_id: i64, started_id: i64, request: Vec<u8> },
+    /// A worker failed a workflow task (encoded `RespondWorkflowTaskFailedRequest`).
+    WorkflowTaskFailed { run: RunKey, scheduled_id: i64, started_id: i64, request: Vec<u8> },
+    /// A poller took an activity task.
+    ActivityTaskStarted { run: RunKey, scheduled_id: i64, request_id: String, identity: String },
+    /// An activity completed (encoded `Payloads`, empty for none).
+    ActivityTaskCompleted { run: RunKey, scheduled_id: i64, attempt: i32, result: Vec<u8>, identity: String },
+    /// An activity failed (encoded `Failure`).
+    ActivityTaskFailed { run: RunKey, scheduled_id: i64, attempt: i32, failure: Vec<u8>, identity: String },
+    /// A timer's deadline passed.
+    TimerFired { run: RunKey, timer_id: String, started_id: i64 },
+}
+
+/// What a workflow command returns to its proposer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkflowResult {
+    /// Applied. `reply_error` is set when events were written but the caller gets an error.
+    Applied { run: RunKey, effects: Vec<Effect>, last_event_id: i64, reply_error: Option<EngineError> },
+    /// A start found an open run with the same workflow id (started by another request).
+    AlreadyStarted { run_id: String },
+    /// A start retried with the same request id: the run it started.
+    Deduplicated { run_id: String },
+    /// Rejected; nothing changed.
+    Rejected(EngineError),
+    /// The store failed or holds undecodable data.
+    StorageFailed(String),
+}
+
+fn cur_key(ns: &str, wf: &str) -> Vec<u8> {
+    format!("cur/{ns}/{wf}").into_bytes()
+}
+
+fn run_key(k: &RunKey) -> Vec<u8> {
+    format!("run/{}/{}/{}", k.namespace_id, k.workflow_id, k.run_id).into_bytes()
+}
+
+fn open_key(k: &RunKey) -> Vec<u8> {
+    format!("open/{}/{}/{}", k.namespace_id, k.workflow_id, k.run_id).into_bytes()
+}
+
+/// Prefix of a run's events.
+pub fn events_prefix(run_id: &str) -> Vec<u8> {
+    format!("ev/{run_id}/").into_bytes()
+}
+
+fn event_key(run_id: &str, event_id: i64) -> Vec<u8> {
+    let mut k = events_prefix(run_id);
+    k.extend_from_slice(&(event_id as u64).to_be_bytes());
+    k
+}
+
+/// Reads a workflow id's current run.
+pub fn current(view: &dyn StateView, ns: &str, wf: &str) -> Result<Option<CurrentRun>, String> {
+    match view.get(&cur_key(ns, wf)).map_err(|e| e.to_string())? {
+        None => Ok(None),
+        Some(b) => postcard::from_bytes(&b).map(Some).map_err(|e| format!("corrupt current-run record: {e}")),
+    }
+}
+
+/// Reads a run's state.
+pub fn load(view: &dyn StateView, k: &RunKey) -> Result<Option<RunState>, String> {
+    match view.get(&run_key(k)).map_err(|e| e.to_string())? {
+        None => Ok(None),
+        Some(b) => postcard::from_bytes(&b).map(Some).map_err(|e| format!("corrupt run state {}: {e}", k.run_id)),
+    }
+}
+
+/// The state key of a run (for remote reads).
+pub fn run_state_key(k: &RunKey) -> Vec<u8> {
+    run_key(k)
+}
+
+/// The current-run key (for remote reads).
+pub fn current_key(ns: &str, wf: &str) -> Vec<u8> {
+    cur_key(ns, wf)
+}
+
+fn save(txn: &mut Txn<'_>, run: &RunState, out: &Outcome) -> Result<(), String> {
+    let k = RunKey {
+        namespace_id: run.namespace_id.clone(),
+        workflow_id: run.workflow_id.clone(),
+        run_id: run.run_id.clone(),
+    };
+    for e in &out.events {
+        txn.put(event_key(&run.run_id, e.event_id), e.encode_to_vec());
+    }
+    txn.put(run_key(&k), postcard::to_stdvec(run).map_err(|e| e.to_string())?);
+    let cur = CurrentRun { run_id: run.run_id.clone(), open: run.is_open(), request_id: run.start_request_id.clone() };
+    txn.put(cur_key(&run.namespace_id, &run.workflow_id), postcard::to_stdvec(&cur).map_err(|e| e.to_string())?);
+    if run.is_open() {
+        txn.put(open_key(&k), Vec::new());
+    } else {
+        txn.delete(open_key(&k));
+    }
+    Ok(())
+}
+
+fn applied(run: &RunState, out: Outcome) -> WorkflowResult {
+    WorkflowResult::Applied {
+        run: RunKey {
+            namespace_id: run.namespace_id.clone(),
+            workflow_id: run.workflow_id.clone(),
+            run_id: run.run_id.clone(),
+        },
+        effects: out.effects,
+        last_event_id: run.next_event_id - 1,
+        reply_error: out.reply_error,
+    }
+}
+
+fn decode<T: Message + Default>(bytes: &[u8], what: &str) -> Result<T, EngineError> {
+    T::decode(bytes).map_err(|e| EngineError::InvalidArgument(format!("undecodable {what}: {e}")))
+}
+
+/// Applies a workflow command to the shard's state.
+pub fn apply(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> WorkflowResult {
+    match apply_inner(txn, cmd, now_ms) {
+        Ok(r) => r,
+        Err(Failure::Engine(e)) => WorkflowResult::Rejected(e),
+        Err(Failure::Storage(e)) => WorkflowResult::StorageFailed(e),
+    }
+}
+
+enum Failure {
+    Engine(EngineError),
+    Storage(String),
+}
+
+impl From<EngineError> for Failure {
+    fn from(e: EngineError) -> Self {
+        Failure::Engine(e)
+    }
+}
+
+fn loaded(txn: &Txn<'_>, k: &RunKey) -> Result<RunState, Failure> {
+    load(txn, k).map_err(Failure::Storage)?.ok_or_else(|| {
+        Failure::Engine(EngineError::NotFound(format!("workflow execution {}/{} not found", k.workflow_id, k.run_id)))
+    })
+}
+
+fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<WorkflowResult, Failure> {
+    let (run, out) = match cmd {
+        WorkflowCommand::Start { namespace_id, run_id, request } => {
+            let req: StartWorkflowExecutionRequest = decode(&request, "start request")?;
+            if let Some(cur) = current(&*txn, &namespace_id, &req.workflow_id).map_err(Failure::Storage)? {
+                if !req.request_id.is_empty() && cur.request_id == req.request_id {
+                    return Ok(WorkflowResult::Deduplicated { run_id: cur.run_id });
+                }
+                if cur.open {
+                    return Ok(WorkflowResult::AlreadyStarted { run_id: cur.run_id });
+                }
+            }
+            let (run, out) = engine::start(&namespace_id, &run_id, &req, now_ms)?;
+            (run, out)
+        }
+        WorkflowCommand::WorkflowTaskStarted { run, scheduled_id, request_id, identity } => {
+            let mut state = loaded(txn, &run)?;
+            let out = engine::workflow_task_started(&mut state, scheduled_id, &request_id, &identity, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::WorkflowTaskCompleted { run, scheduled_id, started_id, request } => {
+            let req: RespondWorkflowTaskCompletedRequest = decode(&request, "workflow task completion")?;
+            let mut state = loaded(txn, &run)?;
+            let out = engine::workflow_task_completed(&mut state, scheduled_id, started_id, &req, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::WorkflowTaskFailed { run, scheduled_id, started_id, request } => {
+            let req: RespondWorkflowTaskFailedRequest = decode(&request, "workflow task failure")?;
+            let mut state = loaded(txn, &run)?;
+            let out = engine::workflow_task_failed(&mut state, scheduled_id, started_id, &req, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::ActivityTaskStarted { run, scheduled_id, request_id, identity } => {
+            let mut state = loaded(txn, &run)?;
+            let out = engine::activity_task_started(&mut state, scheduled_id, &request_id, &identity, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::ActivityTaskCompleted { run, scheduled_id, attempt, result, identity } => {
+            let mut state = loaded(txn, &run)?;
+            let out = engine::activity_task_completed(&mut state, scheduled_id, attempt, result, &identity, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::ActivityTaskFailed { run, scheduled_id, attempt, failure, identity } => {
+            let mut state = loaded(txn, &run)?;
+            let out = engine::activity_task_failed(&mut state, scheduled_id, attempt, failure, &identity, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::TimerFired { run, timer_id, started_id } => {
+            let mut state = loaded(txn, &run)?;
+            let out = engine::timer_fired(&mut state, &timer_id, started_id, now_ms)?;
+            (state, out)
+        }
+    };
+    save(txn, &run, &out).map_err(Failure::Storage)?;
+    Ok(applied(&run, out))
+}

@@ -1,0 +1,171 @@
+//! Matching: an in-memory index of ready tasks and waiting pollers per task queue, held by the
+//! leader of the task queue's home shard. It holds no truth: a task is durable only in its run's
+//! shard, and handing it out first commits `...TaskStarted` there, so a task this index loses is
+//! re-added from shard state and a task it hands out twice is refused by the shard.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::history::store::RunKey;
+
+/// Workflow or activity tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// Workflow tasks.
+    Workflow,
+    /// Activity tasks.
+    Activity,
+}
+
+/// A task queue: namespace id, name, kind.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct QueueKey {
+    /// Namespace id.
+    pub namespace_id: String,
+    /// Task queue name.
+    pub name: String,
+    /// Kind.
+    pub kind: TaskKind,
+}
+
+impl QueueKey {
+    /// The shard whose leader holds this queue's matching.
+    pub fn home_shard(&self, shards: u32) -> u32 {
+        let kind: &[u8] = match self.kind {
+            TaskKind::Workflow => b"w",
+            TaskKind::Activity => b"a",
+        };
+        crate::placement::shard_of(&[self.namespace_id.as_bytes(), self.name.as_bytes(), kind], shards)
+    }
+}
+
+/// A ready task: where it lives.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskRef {
+    /// The run's shard.
+    pub shard: u32,
+    /// The run.
+    pub run: RunKey,
+    /// Event id of the task's scheduled event.
+    pub scheduled_id: i64,
+}
+
+#[derive(Default)]
+struct Queue {
+    tasks: VecDeque<TaskRef>,
+    queued: HashSet<(String, i64)>,
+    pollers: VecDeque<oneshot::Sender<TaskRef>>,
+    /// Identities of recent pollers, for DescribeTaskQueue.
+    last_pollers: VecDeque<String>,
+}
+
+/// Bound on tasks indexed per queue; beyond it the oldest are dropped (they are re-added from
+/// shard state when a leader rebuilds).
+const TASKS_PER_QUEUE_MAX: usize = 100_000;
+
+/// The matching index of one node.
+#[derive(Clone, Default)]
+pub struct Matching {
+    queues: Arc<Mutex<HashMap<QueueKey, Queue>>>,
+}
+
+impl Matching {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<QueueKey, Queue>> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Offers a ready task: to a waiting poller, or into the queue.
+    pub fn add(&self, key: QueueKey, mut task: TaskRef) {
+        let mut queues = self.lock();
+        let q = queues.entry(key).or_default();
+        while let Some(p) = q.pollers.pop_front() {
+            match p.send(task) {
+                Ok(()) => return,
+                Err(t) => task = t,
+            }
+        }
+        if q.queued.insert((task.run.run_id.clone(), task.scheduled_id)) {
+            q.tasks.push_back(task);
+            if q.tasks.len() > TASKS_PER_QUEUE_MAX {
+                if let Some(old) = q.tasks.pop_front() {
+                    q.queued.remove(&(old.run.run_id, old.scheduled_id));
+                }
+            }
+        }
+    }
+
+    /// Waits up to `wait` for a task of `key`.
+    pub async fn poll(&self, key: &QueueKey, identity: &str, wait: Duration) -> Option<TaskRef> {
+        let mut rx = {
+            let mut queues = self.lock();
+            let q = queues.entry(key.clone()).or_default();
+            if !identity.is_empty() && !q.last_pollers.iter().any(|p| p == identity) {
+                q.last_pollers.push_back(identity.to_string());
+                if q.last_pollers.len() > 32 {
+                    q.last_pollers.pop_front();
+                }
+            }
+            if let Some(t) = q.tasks.pop_front() {
+                q.queued.remove(&(t.run.run_id.clone(), t.scheduled_id));
+                return Some(t);
+            }
+            let (tx, rx) = oneshot::channel();
+            q.pollers.push_back(tx);
+            rx
+        };
+        match tokio::time::timeout(wait, &mut rx).await {
+            Ok(Ok(t)) => Some(t),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                // A task sent just as the wait ended is still ours.
+                rx.close();
+                rx.try_recv().ok()
+            }
+        }
+    }
+
+    /// Identities of recent pollers of `key`.
+    pub fn pollers(&self, key: &QueueKey) -> Vec<String> {
+        self.lock().get(key).map(|q| q.last_pollers.iter().cloned().collect()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> QueueKey {
+        QueueKey { namespace_id: "ns".into(), name: "q".into(), kind: TaskKind::Workflow }
+    }
+
+    fn task(n: i64) -> TaskRef {
+        TaskRef {
+            shard: 0,
+            run: RunKey { namespace_id: "ns".into(), workflow_id: "w".into(), run_id: "r".into() },
+            scheduled_id: n,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tasks_go_to_waiting_pollers_then_queue_in_order_without_duplicates() {
+        let m = Matching::default();
+        let waiting = tokio::spawn({
+            let m = m.clone();
+            async move { m.poll(&key(), "a", Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        m.add(key(), task(1));
+        assert_eq!(waiting.await.unwrap(), Some(task(1)));
+        m.add(key(), task(2));
+        m.add(key(), task(2));
+        m.add(key(), task(3));
+        assert_eq!(m.poll(&key(), "a", Duration::from_secs(1)).await, Some(task(2)));
+        assert_eq!(m.poll(&key(), "a", Duration::from_secs(1)).await, Some(task(3)));
+        assert_eq!(m.poll(&key(), "a", Duration::from_secs(1)).await, None, "empty after timeout");
+        assert_eq!(m.pollers(&key()), vec!["a".to_string()]);
+    }
+}
