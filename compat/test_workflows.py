@@ -1,0 +1,121 @@
+"""The core workflow loop with the real temporalio SDK against a real 3-node Norn cluster."""
+
+import uuid
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.worker import Worker
+
+from workflows import (
+    CatchesActivityFailure,
+    Fails,
+    OneActivity,
+    ParallelActivities,
+    TimerThenActivity,
+    WaitsLong,
+    always_fails,
+    hello,
+)
+
+ALL_WORKFLOWS = [OneActivity, TimerThenActivity, ParallelActivities, CatchesActivityFailure, Fails, WaitsLong]
+ALL_ACTIVITIES = [hello, always_fails]
+
+
+def wid() -> str:
+    return f"wf-{uuid.uuid4()}"
+
+
+@pytest.fixture(scope="module")
+async def worker(cluster):
+    """A worker connected to node 3; tests start workflows through node 1."""
+    c = await Client.connect(cluster[2])
+    tq = f"tq-{uuid.uuid4().hex[:8]}"
+    async with Worker(c, task_queue=tq, workflows=ALL_WORKFLOWS, activities=ALL_ACTIVITIES):
+        yield tq
+
+
+async def history_types(client: Client, workflow_id: str) -> list:
+    h = await client.get_workflow_handle(workflow_id).fetch_history()
+    ids = [e.event_id for e in h.events]
+    assert ids == list(range(1, len(ids) + 1)), f"event ids not contiguous: {ids}"
+    return [e.event_type for e in h.events]
+
+
+async def test_one_activity(client, worker):
+    w = wid()
+    assert await client.execute_workflow(OneActivity.run, "Norn", id=w, task_queue=worker) == "Hello, Norn!"
+    types = await history_types(client, w)
+    assert types == [
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED,
+        EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+        EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+        EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+        EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED,
+        EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED,
+        EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED,
+        EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+        EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+        EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+    ]
+
+
+async def test_timer_never_fires_early(client, worker):
+    w = wid()
+    assert await client.execute_workflow(TimerThenActivity.run, "timer", id=w, task_queue=worker) == "Hello, timer!"
+    h = await client.get_workflow_handle(w).fetch_history()
+    started = next(e for e in h.events if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED)
+    fired = next(e for e in h.events if e.event_type == EventType.EVENT_TYPE_TIMER_FIRED)
+    elapsed = fired.event_time.ToMilliseconds() - started.event_time.ToMilliseconds()
+    assert elapsed >= 1500, f"timer fired after {elapsed} ms, before its 1500 ms deadline"
+
+
+async def test_parallel_activities(client, worker):
+    r = await client.execute_workflow(ParallelActivities.run, 5, id=wid(), task_queue=worker)
+    assert r == [f"Hello, n{i}!" for i in range(5)]
+
+
+async def test_activity_failure_reaches_the_workflow(client, worker):
+    r = await client.execute_workflow(CatchesActivityFailure.run, id=wid(), task_queue=worker)
+    assert r.startswith("caught:") and "boom" in r
+
+
+async def test_workflow_failure_reaches_the_client(client, worker):
+    w = wid()
+    with pytest.raises(WorkflowFailureError) as e:
+        await client.execute_workflow(Fails.run, id=w, task_queue=worker)
+    assert "deliberate failure" in str(e.value.cause)
+    d = await client.get_workflow_handle(w).describe()
+    assert d.status == WorkflowExecutionStatus.FAILED
+    types = await history_types(client, w)
+    assert types[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED
+
+
+async def test_duplicate_start_is_rejected_and_request_ids_deduplicate(client, worker):
+    w = wid()
+    h = await client.start_workflow(WaitsLong.run, id=w, task_queue=worker)
+    with pytest.raises(WorkflowAlreadyStartedError):
+        await client.start_workflow(WaitsLong.run, id=w, task_queue=worker)
+    d = await h.describe()
+    assert d.status == WorkflowExecutionStatus.RUNNING
+    assert d.run_id == h.result_run_id
+
+
+async def test_describe_completed_run(client, worker):
+    w = wid()
+    await client.execute_workflow(OneActivity.run, "d", id=w, task_queue=worker)
+    d = await client.get_workflow_handle(w).describe()
+    assert d.status == WorkflowExecutionStatus.COMPLETED
+    assert d.workflow_type == "OneActivity"
+    assert d.task_queue == worker
+    assert d.close_time is not None and d.close_time >= d.start_time
+
+
+async def test_unknown_workflow_is_not_found(client):
+    from temporalio.service import RPCError, RPCStatusCode
+
+    with pytest.raises(RPCError) as e:
+        await client.get_workflow_handle("no-such-workflow").describe()
+    assert e.value.status == RPCStatusCode.NOT_FOUND

@@ -1,0 +1,74 @@
+"""Workflows and activities used by the compatibility tests (importable by the SDK sandbox)."""
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import activity, workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+
+@activity.defn
+async def hello(name: str) -> str:
+    return f"Hello, {name}!"
+
+
+@activity.defn
+async def always_fails(reason: str) -> str:
+    raise ApplicationError(reason, non_retryable=True)
+
+
+@workflow.defn
+class OneActivity:
+    @workflow.run
+    async def run(self, name: str) -> str:
+        return await workflow.execute_activity(hello, name, start_to_close_timeout=timedelta(seconds=10))
+
+
+@workflow.defn
+class TimerThenActivity:
+    @workflow.run
+    async def run(self, name: str) -> str:
+        await asyncio.sleep(1.5)
+        return await workflow.execute_activity(hello, name, start_to_close_timeout=timedelta(seconds=10))
+
+
+@workflow.defn
+class ParallelActivities:
+    @workflow.run
+    async def run(self, n: int) -> list:
+        futures = [
+            workflow.execute_activity(hello, f"n{i}", start_to_close_timeout=timedelta(seconds=10)) for i in range(n)
+        ]
+        return list(await asyncio.gather(*futures))
+
+
+@workflow.defn
+class CatchesActivityFailure:
+    @workflow.run
+    async def run(self) -> str:
+        try:
+            await workflow.execute_activity(
+                always_fails,
+                "boom",
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=RetryPolicy(maximum_attempts=1),
+            )
+        except Exception as e:  # ActivityError wrapping the ApplicationError
+            return f"caught: {e.cause}"
+        return "not caught"
+
+
+@workflow.defn
+class Fails:
+    @workflow.run
+    async def run(self) -> str:
+        raise ApplicationError("deliberate failure", non_retryable=True)
+
+
+@workflow.defn
+class WaitsLong:
+    @workflow.run
+    async def run(self) -> str:
+        await asyncio.sleep(3600)
+        return "woke"
