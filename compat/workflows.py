@@ -72,3 +72,13 @@ class WaitsLong:
     async def run(self) -> str:
         await asyncio.sleep(3600)
         return "woke"
+
+
+@workflow.defn
+class TwoSteps:
+    @workflow.run
+    async def run(self, name: str) -> str:
+        first = await workflow.execute_activity(hello, name, start_to_close_timeout=timedelta(seconds=10))
+        await asyncio.sleep(2)
+        second = await workflow.execute_activity(hello, first, start_to_close_timeout=timedelta(seconds=10))
+        return second

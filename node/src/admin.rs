@@ -72,6 +72,11 @@ impl AdminService {
         &self.matching
     }
 
+    /// The node's Raft groups.
+    pub fn raft(&self) -> &RaftNode {
+        &self.raft
+    }
+
     /// The node's configuration.
     pub fn config(&self) -> &NodeConfig {
         &self.config

@@ -166,6 +166,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), stopped(stop_rx.clone()));
     let admin = AdminService::new(raft.clone(), config.clone(), metrics);
     let frontend = Frontend::new(admin.clone());
+    let duties = tokio::spawn(frontend.clone().run_duties());
     let client_server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(
@@ -187,6 +188,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         }
     }));
     tasks.push(tokio::spawn(ensure_default_namespace(admin)));
+    tasks.push(duties);
     tracing::info!(node = config.node_id, client = %config.client_addr, raft = %config.raft_addr, "node ready");
     Ok(RunningNode { raft, stop_tx, tasks })
 }

@@ -2,6 +2,7 @@
 //! `Unimplemented` (the generated default), so the SDKs see exactly what Norn honours; see
 //! `docs/compatibility.md`.
 
+mod duties;
 mod namespaces;
 mod workflows;
 
@@ -25,12 +26,13 @@ pub struct Frontend {
     /// Namespace name to id. Ids never change and namespaces are never deleted.
     ns_cache: Arc<Mutex<HashMap<String, String>>>,
     clients: Arc<Mutex<HashMap<String, WorkflowServiceClient<Channel>>>>,
+    timers: duties::ArmedTimers,
 }
 
 impl Frontend {
     /// A frontend that routes through `admin`.
     pub fn new(admin: AdminService) -> Self {
-        Self { admin, ns_cache: Arc::default(), clients: Arc::default() }
+        Self { admin, ns_cache: Arc::default(), clients: Arc::default(), timers: Default::default() }
     }
 
     fn workflow_client(&self, addr: &str) -> Result<WorkflowServiceClient<Channel>, Status> {

@@ -125,7 +125,7 @@ impl Frontend {
     }
 
     /// Proposes and runs the effects; returns the applied run and last event id.
-    async fn apply(&self, shard: u32, cmd: WorkflowCommand) -> Result<(RunKey, i64), Status> {
+    pub(super) async fn apply(&self, shard: u32, cmd: WorkflowCommand) -> Result<(RunKey, i64), Status> {
         match self.propose(shard, cmd).await? {
             WorkflowResult::Applied { run, effects, last_event_id, reply_error } => {
                 self.run_effects(shard, &run, effects);
@@ -139,7 +139,7 @@ impl Frontend {
         }
     }
 
-    fn run_effects(&self, shard: u32, run: &RunKey, effects: Vec<Effect>) {
+    pub(super) fn run_effects(&self, shard: u32, run: &RunKey, effects: Vec<Effect>) {
         for effect in effects {
             let this = self.clone();
             let run = run.clone();
@@ -161,22 +161,32 @@ impl Frontend {
                     offer(TaskKind::Activity, task_queue, scheduled_id)
                 }
                 Effect::TimerArmed { timer_id, started_id, fire_at_ms } => {
-                    tokio::spawn(async move { this.fire_timer(shard, run, timer_id, started_id, fire_at_ms).await });
+                    if self.timers.arm(&run.run_id, &timer_id) {
+                        tokio::spawn(
+                            async move { this.fire_timer(shard, run, timer_id, started_id, fire_at_ms).await },
+                        );
+                    }
                 }
                 Effect::RunClosed => {}
             }
         }
     }
 
-    async fn fire_timer(&self, shard: u32, run: RunKey, timer_id: String, started_id: i64, fire_at_ms: u64) {
-        loop {
+    pub(super) async fn fire_timer(&self, shard: u32, run: RunKey, timer_id: String, started_id: i64, fire_at_ms: u64) {
+        self.fire_timer_inner(shard, &run, &timer_id, started_id, fire_at_ms).await;
+        self.timers.disarm(&run.run_id, &timer_id);
+    }
+
+    async fn fire_timer_inner(&self, shard: u32, run: &RunKey, timer_id: &str, started_id: i64, fire_at_ms: u64) {
+        for _ in 0..50 {
             let now = norn_raft::SystemClock.now_ms();
             if now < fire_at_ms {
                 tokio::time::sleep(Duration::from_millis(fire_at_ms - now)).await;
             }
-            let cmd = WorkflowCommand::TimerFired { run: run.clone(), timer_id: timer_id.clone(), started_id };
+            let cmd = WorkflowCommand::TimerFired { run: run.clone(), timer_id: timer_id.to_string(), started_id };
             match self.apply(shard, cmd).await {
                 Ok(_) => return,
+                // Fired already, or the run closed; either way nothing is left to do.
                 Err(s) if s.code() == tonic::Code::NotFound => return,
                 Err(s) => {
                     tracing::debug!(timer = %timer_id, error = %s, "timer not fired yet; retrying");

@@ -9,10 +9,12 @@
 
 use norn_proto::protos::temporal::api::command::v1::command::Attributes as Cmd;
 use norn_proto::protos::temporal::api::common::v1::{ActivityType, Payloads, WorkflowType};
+use norn_proto::protos::temporal::api::enums::v1::TimeoutType;
 use norn_proto::protos::temporal::api::enums::v1::{
     CommandType, EventType, RetryState, TaskQueueKind, WorkflowTaskFailedCause,
 };
-use norn_proto::protos::temporal::api::failure::v1::Failure;
+use norn_proto::protos::temporal::api::failure::v1::failure::FailureInfo;
+use norn_proto::protos::temporal::api::failure::v1::{Failure, TimeoutFailureInfo};
 use norn_proto::protos::temporal::api::history::v1::history_event::Attributes as Ev;
 use norn_proto::protos::temporal::api::history::v1::*;
 use norn_proto::protos::temporal::api::taskqueue::v1::TaskQueue;
@@ -81,6 +83,8 @@ pub enum Buffered {
     ActivityFailed { scheduled_id: i64, failure: Vec<u8>, identity: String },
     /// A timer fired.
     TimerFired { timer_id: String, started_id: i64 },
+    /// An activity attempt ran past its start-to-close timeout.
+    ActivityTimedOut { scheduled_id: i64 },
 }
 
 fn timestamp(ms: u64) -> prost_wkt_types::Timestamp {
@@ -173,6 +177,28 @@ impl<'a> Writer<'a> {
                 Buffered::ActivityFailed { scheduled_id, failure, identity } => {
                     self.activity_closed(scheduled_id, identity, Err(failure));
                 }
+                Buffered::ActivityTimedOut { scheduled_id } => {
+                    let Some(a) = self.run.activities.remove(&scheduled_id) else { continue };
+                    let started_id = self.activity_started_event(scheduled_id, &a);
+                    let failure = Failure {
+                        message: "activity StartToClose timeout".into(),
+                        source: "Server".into(),
+                        failure_info: Some(FailureInfo::TimeoutFailureInfo(TimeoutFailureInfo {
+                            timeout_type: TimeoutType::StartToClose as i32,
+                            last_heartbeat_details: None,
+                        })),
+                        ..Default::default()
+                    };
+                    self.event(
+                        EventType::ActivityTaskTimedOut,
+                        Ev::ActivityTaskTimedOutEventAttributes(ActivityTaskTimedOutEventAttributes {
+                            failure: Some(failure),
+                            scheduled_event_id: scheduled_id,
+                            started_event_id: started_id,
+                            retry_state: RetryState::RetryPolicyNotSet as i32,
+                        }),
+                    );
+                }
                 Buffered::TimerFired { timer_id, started_id } => {
                     self.event(
                         EventType::TimerFired,
@@ -186,9 +212,8 @@ impl<'a> Writer<'a> {
         }
     }
 
-    fn activity_closed(&mut self, scheduled_id: i64, identity: String, result: Result<Vec<u8>, Vec<u8>>) {
-        let Some(a) = self.run.activities.remove(&scheduled_id) else { return };
-        let started_id = self.event(
+    fn activity_started_event(&mut self, scheduled_id: i64, a: &ActivityInfo) -> i64 {
+        self.event(
             EventType::ActivityTaskStarted,
             Ev::ActivityTaskStartedEventAttributes(ActivityTaskStartedEventAttributes {
                 scheduled_event_id: scheduled_id,
@@ -197,7 +222,12 @@ impl<'a> Writer<'a> {
                 attempt: a.attempt,
                 ..Default::default()
             }),
-        );
+        )
+    }
+
+    fn activity_closed(&mut self, scheduled_id: i64, identity: String, result: Result<Vec<u8>, Vec<u8>>) {
+        let Some(a) = self.run.activities.remove(&scheduled_id) else { return };
+        let started_id = self.activity_started_event(scheduled_id, &a);
         match result {
             Ok(payloads) => {
                 self.event(
@@ -492,6 +522,10 @@ pub fn workflow_task_completed(
                         scheduled_event: encoded,
                         scheduled_ms: now_ms,
                         started_ms: 0,
+                        start_to_close_ms: duration_ms(&a.start_to_close_timeout)?
+                            .filter(|t| *t > 0)
+                            .or(duration_ms(&a.schedule_to_close_timeout)?)
+                            .unwrap_or(0),
                         request_id: String::new(),
                         identity: String::new(),
                     },
@@ -669,4 +703,47 @@ pub fn timer_fired(run: &mut RunState, timer_id: &str, started_id: i64, now_ms: 
     }
     run.timers.remove(timer_id);
     Ok(activity_result(run, Buffered::TimerFired { timer_id: timer_id.into(), started_id }, now_ms))
+}
+
+/// The started workflow task ran past its start-to-close timeout: a new attempt is scheduled.
+pub fn workflow_task_timed_out(
+    run: &mut RunState,
+    scheduled_id: i64,
+    started_id: i64,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    let task = started_task(run, scheduled_id, started_id)?;
+    if now_ms < task.started_ms.saturating_add(run.workflow_task_timeout_ms) {
+        return Err(EngineError::InvalidArgument("workflow task has not timed out yet".into()));
+    }
+    let mut w = Writer::new(run, now_ms);
+    w.event(
+        EventType::WorkflowTaskTimedOut,
+        Ev::WorkflowTaskTimedOutEventAttributes(WorkflowTaskTimedOutEventAttributes {
+            scheduled_event_id: scheduled_id,
+            started_event_id: started_id,
+            timeout_type: TimeoutType::StartToClose as i32,
+        }),
+    );
+    w.run.workflow_task = None;
+    w.run.buffered_events = false;
+    w.flush_buffer();
+    w.schedule_workflow_task(task.attempt.saturating_add(1));
+    Ok(w.out)
+}
+
+/// The started activity attempt ran past its start-to-close timeout. Retries are not
+/// implemented yet: the timeout goes to the workflow.
+pub fn activity_timed_out(
+    run: &mut RunState,
+    scheduled_id: i64,
+    attempt: i32,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    started_activity(run, scheduled_id, attempt)?;
+    let a = &run.activities[&scheduled_id];
+    if a.start_to_close_ms == 0 || now_ms < a.started_ms.saturating_add(a.start_to_close_ms) {
+        return Err(EngineError::InvalidArgument("activity has not timed out yet".into()));
+    }
+    Ok(activity_result(run, Buffered::ActivityTimedOut { scheduled_id }, now_ms))
 }

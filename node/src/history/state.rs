@@ -54,6 +54,8 @@ pub struct ActivityInfo {
     pub scheduled_ms: u64,
     /// Leader time when started.
     pub started_ms: u64,
+    /// How long one attempt may run once started (0: no limit).
+    pub start_to_close_ms: u64,
     /// The poll request that started it; empty until a worker takes it.
     pub request_id: String,
     /// Identity of the worker that started it.

@@ -4,8 +4,8 @@
 //! - `cur/<ns_id>/<workflow_id>` -> [`CurrentRun`]: the workflow id's latest run.
 //! - `run/<ns_id>/<workflow_id>/<run_id>` -> [`RunState`] (postcard).
 //! - `ev/<run_id>/<event_id u64 BE>` -> `HistoryEvent` (protobuf).
-//! - `open/<ns_id>/<workflow_id>/<run_id>` -> empty: the open runs, scanned to rebuild matching
-//!   and timers after a leader change.
+//! - `open/<ns_id>/<workflow_id>/<run_id>` -> [`RunKey`]: the open runs, scanned by the leader to
+//!   re-offer tasks, re-arm timers and enforce timeouts.
 
 use norn_proto::protos::temporal::api::workflowservice::v1::{
     RespondWorkflowTaskCompletedRequest, RespondWorkflowTaskFailedRequest, StartWorkflowExecutionRequest,
@@ -58,6 +58,10 @@ pub enum WorkflowCommand {
     ActivityTaskFailed { run: RunKey, scheduled_id: i64, attempt: i32, failure: Vec<u8>, identity: String },
     /// A timer's deadline passed.
     TimerFired { run: RunKey, timer_id: String, started_id: i64 },
+    /// A started workflow task ran past its timeout.
+    WorkflowTaskTimedOut { run: RunKey, scheduled_id: i64, started_id: i64 },
+    /// A started activity attempt ran past its start-to-close timeout.
+    ActivityTimedOut { run: RunKey, scheduled_id: i64, attempt: i32 },
 }
 
 /// What a workflow command returns to its proposer.
@@ -137,7 +141,7 @@ fn save(txn: &mut Txn<'_>, run: &RunState, out: &Outcome) -> Result<(), String> 
     let cur = CurrentRun { run_id: run.run_id.clone(), open: run.is_open(), request_id: run.start_request_id.clone() };
     txn.put(cur_key(&run.namespace_id, &run.workflow_id), postcard::to_stdvec(&cur).map_err(|e| e.to_string())?);
     if run.is_open() {
-        txn.put(open_key(&k), Vec::new());
+        txn.put(open_key(&k), postcard::to_stdvec(&k).map_err(|e| e.to_string())?);
     } else {
         txn.delete(open_key(&k));
     }
@@ -239,7 +243,29 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
             let out = engine::timer_fired(&mut state, &timer_id, started_id, now_ms)?;
             (state, out)
         }
+        WorkflowCommand::WorkflowTaskTimedOut { run, scheduled_id, started_id } => {
+            let mut state = loaded(txn, &run)?;
+            let out = engine::workflow_task_timed_out(&mut state, scheduled_id, started_id, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::ActivityTimedOut { run, scheduled_id, attempt } => {
+            let mut state = loaded(txn, &run)?;
+            let out = engine::activity_timed_out(&mut state, scheduled_id, attempt, now_ms)?;
+            (state, out)
+        }
     };
     save(txn, &run, &out).map_err(Failure::Storage)?;
     Ok(applied(&run, out))
+}
+
+/// Every open run of a shard, as the leader sees it.
+pub fn open_runs(view: &dyn StateView) -> Result<Vec<RunState>, String> {
+    let mut out = Vec::new();
+    for (_, v) in view.scan_prefix(b"open/", usize::MAX).map_err(|e| e.to_string())? {
+        let k: RunKey = postcard::from_bytes(&v).map_err(|e| format!("corrupt open-run index: {e}"))?;
+        if let Some(run) = load(view, &k)? {
+            out.push(run);
+        }
+    }
+    Ok(out)
 }

@@ -261,3 +261,39 @@ fn replicas_applying_the_same_inputs_produce_identical_bytes() {
     };
     assert_eq!(run_on_replica(), run_on_replica());
 }
+
+#[test]
+fn a_started_workflow_task_times_out_into_a_new_attempt() {
+    let mut run = started();
+    assert!(workflow_task_timed_out(&mut run, 2, 3, T0 + 1 + 9_999).is_err(), "timed out early");
+    let out = workflow_task_timed_out(&mut run, 2, 3, T0 + 1 + 10_000).unwrap();
+    assert_eq!(types(&out), vec![(4, EventType::WorkflowTaskTimedOut), (5, EventType::WorkflowTaskScheduled)]);
+    assert_eq!(run.workflow_task.as_ref().unwrap().attempt, 2);
+    assert!(matches!(workflow_task_timed_out(&mut run, 2, 3, T0 + 20_000), Err(EngineError::NotFound(_))));
+}
+
+#[test]
+fn an_activity_past_start_to_close_times_out_to_the_workflow() {
+    let mut run = started();
+    let mut cmd = schedule_activity("a1");
+    if let Some(Cmd::ScheduleActivityTaskCommandAttributes(a)) = cmd.attributes.as_mut() {
+        a.start_to_close_timeout = Some(prost_wkt_types::Duration { seconds: 2, nanos: 0 });
+    }
+    workflow_task_completed(&mut run, 2, 3, &done(vec![cmd]), T0 + 2).unwrap();
+    assert!(activity_timed_out(&mut run, 5, 1, T0 + 100_000).is_err(), "not started: nothing to time out");
+    activity_task_started(&mut run, 5, "p", "w", T0 + 10).unwrap();
+    assert!(activity_timed_out(&mut run, 5, 1, T0 + 2_009).is_err(), "early");
+    let out = activity_timed_out(&mut run, 5, 1, T0 + 2_010).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![
+            (6, EventType::ActivityTaskStarted),
+            (7, EventType::ActivityTaskTimedOut),
+            (8, EventType::WorkflowTaskScheduled)
+        ]
+    );
+    assert!(
+        matches!(activity_task_completed(&mut run, 5, 1, vec![], "w", T0 + 3000), Err(EngineError::NotFound(_))),
+        "late completion refused"
+    );
+}

@@ -1,0 +1,126 @@
+//! Leader duties: on every shard this node leads, once a second, look at the open runs and
+//! re-offer ready tasks that matching may have lost (a leader change, a node restart, a dropped
+//! offer), re-arm timers, and enforce workflow-task and activity start-to-close timeouts. The
+//! commands it proposes are validated by the engine, so a duplicate or early one changes nothing.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use norn_raft::{Clock, Role};
+
+use super::Frontend;
+use crate::history::store::{self, RunKey, WorkflowCommand};
+use crate::matching::{QueueKey, TaskKind, TaskRef};
+
+/// How often leaders sweep their open runs.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Ready tasks younger than this are left to the normal offer path.
+const REOFFER_AFTER_MS: u64 = 2_000;
+
+/// Timers this node has armed, so a sweep does not arm them twice.
+#[derive(Clone, Default)]
+pub struct ArmedTimers(Arc<Mutex<HashSet<(String, String)>>>);
+
+impl ArmedTimers {
+    /// Records a timer; false if it was armed already.
+    pub fn arm(&self, run_id: &str, timer_id: &str) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert((run_id.into(), timer_id.into()))
+    }
+
+    /// Forgets a timer (fired, or given up).
+    pub fn disarm(&self, run_id: &str, timer_id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&(run_id.to_string(), timer_id.to_string()));
+    }
+}
+
+impl Frontend {
+    /// Runs the leader duties until the task is dropped.
+    pub async fn run_duties(self) {
+        loop {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            let leading: Vec<u32> =
+                self.admin.raft().status().into_iter().filter(|s| s.role == Role::Leader).map(|s| s.group).collect();
+            for shard in leading {
+                if let Err(e) = self.sweep(shard).await {
+                    tracing::warn!(shard, error = %e, "leader sweep failed");
+                }
+            }
+        }
+    }
+
+    async fn sweep(&self, shard: u32) -> Result<(), String> {
+        let runs = store::open_runs(&self.admin.raft().view(shard))?;
+        let now = norn_raft::SystemClock.now_ms();
+        for run in runs {
+            let key = RunKey {
+                namespace_id: run.namespace_id.clone(),
+                workflow_id: run.workflow_id.clone(),
+                run_id: run.run_id.clone(),
+            };
+            if let Some(t) = &run.workflow_task {
+                match t.started_id {
+                    None if now >= t.scheduled_ms + REOFFER_AFTER_MS => {
+                        let q = QueueKey {
+                            namespace_id: run.namespace_id.clone(),
+                            name: run.task_queue.clone(),
+                            kind: TaskKind::Workflow,
+                        };
+                        self.offer(q, TaskRef { shard, run: key.clone(), scheduled_id: t.scheduled_id });
+                    }
+                    Some(started_id) if now >= t.started_ms + run.workflow_task_timeout_ms => {
+                        let cmd = WorkflowCommand::WorkflowTaskTimedOut {
+                            run: key.clone(),
+                            scheduled_id: t.scheduled_id,
+                            started_id,
+                        };
+                        self.propose_quietly(shard, cmd).await;
+                    }
+                    _ => {}
+                }
+            }
+            for a in run.activities.values() {
+                if a.request_id.is_empty() {
+                    if now >= a.scheduled_ms + REOFFER_AFTER_MS {
+                        let q = QueueKey {
+                            namespace_id: run.namespace_id.clone(),
+                            name: a.task_queue.clone(),
+                            kind: TaskKind::Activity,
+                        };
+                        self.offer(q, TaskRef { shard, run: key.clone(), scheduled_id: a.scheduled_id });
+                    }
+                } else if a.start_to_close_ms > 0 && now >= a.started_ms + a.start_to_close_ms {
+                    let cmd = WorkflowCommand::ActivityTimedOut {
+                        run: key.clone(),
+                        scheduled_id: a.scheduled_id,
+                        attempt: a.attempt,
+                    };
+                    self.propose_quietly(shard, cmd).await;
+                }
+            }
+            for t in run.timers.values() {
+                if self.timers.arm(&run.run_id, &t.timer_id) {
+                    let this = self.clone();
+                    let (k, id, started, at) = (key.clone(), t.timer_id.clone(), t.started_id, t.fire_at_ms);
+                    tokio::spawn(async move { this.fire_timer(shard, k, id, started, at).await });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn offer(&self, queue: QueueKey, task: TaskRef) {
+        let admin = self.admin.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin.add_task(&queue, &task, 0).await {
+                tracing::debug!(queue = %queue.name, error = %e, "re-offer failed; next sweep retries");
+            }
+        });
+    }
+
+    async fn propose_quietly(&self, shard: u32, cmd: WorkflowCommand) {
+        if let Err(e) = self.apply(shard, cmd).await {
+            tracing::debug!(shard, error = %e, "timeout command not applied");
+        }
+    }
+}
