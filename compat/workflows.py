@@ -82,3 +82,18 @@ class TwoSteps:
         await asyncio.sleep(2)
         second = await workflow.execute_activity(hello, first, start_to_close_timeout=timedelta(seconds=10))
         return second
+
+
+@workflow.defn
+class CollectsSignals:
+    def __init__(self) -> None:
+        self.items: list = []
+
+    @workflow.signal
+    def add(self, item: str) -> None:
+        self.items.append(item)
+
+    @workflow.run
+    async def run(self, expected: int) -> list:
+        await workflow.wait_condition(lambda: len(self.items) >= expected)
+        return self.items

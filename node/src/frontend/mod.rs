@@ -162,4 +162,18 @@ impl WorkflowService for Frontend {
     ) -> Result<Response<DescribeWorkflowExecutionResponse>, Status> {
         self.describe(request.into_inner()).await.map(Response::new)
     }
+
+    async fn signal_workflow_execution(
+        &self,
+        request: Request<SignalWorkflowExecutionRequest>,
+    ) -> Result<Response<SignalWorkflowExecutionResponse>, Status> {
+        self.signal(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn signal_with_start_workflow_execution(
+        &self,
+        request: Request<SignalWithStartWorkflowExecutionRequest>,
+    ) -> Result<Response<SignalWithStartWorkflowExecutionResponse>, Status> {
+        self.signal_with_start(request.into_inner()).await.map(Response::new)
+    }
 }

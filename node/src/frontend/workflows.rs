@@ -11,7 +11,9 @@ use norn_proto::protos::google::rpc::Status as RpcStatus;
 use norn_proto::protos::temporal::api::common::v1::{ActivityType, Payloads, WorkflowExecution, WorkflowType};
 use norn_proto::protos::temporal::api::enums::v1::{HistoryEventFilterType, TaskQueueKind, WorkflowExecutionStatus};
 use norn_proto::protos::temporal::api::errordetails::v1::WorkflowExecutionAlreadyStartedFailure;
-use norn_proto::protos::temporal::api::history::v1::{ActivityTaskScheduledEventAttributes, History, HistoryEvent};
+use norn_proto::protos::temporal::api::history::v1::{
+    ActivityTaskScheduledEventAttributes, History, HistoryEvent, WorkflowExecutionSignaledEventAttributes,
+};
 use norn_proto::protos::temporal::api::taskqueue::v1::TaskQueue;
 use norn_proto::protos::temporal::api::workflow::v1::{
     PendingActivityInfo, WorkflowExecutionConfig, WorkflowExecutionInfo,
@@ -268,6 +270,80 @@ impl Frontend {
             WorkflowResult::Rejected(e) => Err(engine_status(e)),
             other => Err(Status::internal(format!("unexpected result {other:?}"))),
         }
+    }
+
+    pub(super) async fn signal(
+        &self,
+        req: SignalWorkflowExecutionRequest,
+    ) -> Result<SignalWorkflowExecutionResponse, Status> {
+        let ns = self.namespace_id(&req.namespace).await?;
+        let exec = req
+            .workflow_execution
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("execution is not set on request"))?;
+        if exec.workflow_id.is_empty() {
+            return Err(Status::invalid_argument("WorkflowId is not set on request."));
+        }
+        if req.signal_name.is_empty() {
+            return Err(Status::invalid_argument("SignalName is not set on request."));
+        }
+        let shard = self.run_shard(&ns, &exec.workflow_id);
+        let run = RunKey { namespace_id: ns, workflow_id: exec.workflow_id.clone(), run_id: exec.run_id.clone() };
+        let attrs = WorkflowExecutionSignaledEventAttributes {
+            signal_name: req.signal_name,
+            input: req.input,
+            identity: req.identity,
+            header: req.header,
+            request_id: if req.request_id.is_empty() { new_uuid() } else { req.request_id },
+            ..Default::default()
+        };
+        self.apply(shard, WorkflowCommand::Signal { run, attributes: attrs.encode_to_vec() }).await?;
+        Ok(SignalWorkflowExecutionResponse::default())
+    }
+
+    pub(super) async fn signal_with_start(
+        &self,
+        req: SignalWithStartWorkflowExecutionRequest,
+    ) -> Result<SignalWithStartWorkflowExecutionResponse, Status> {
+        let ns = self.namespace_id(&req.namespace).await?;
+        if req.signal_name.is_empty() {
+            return Err(Status::invalid_argument("SignalName is not set on request."));
+        }
+        let request_id = if req.request_id.is_empty() { new_uuid() } else { req.request_id.clone() };
+        let start = StartWorkflowExecutionRequest {
+            namespace: req.namespace.clone(),
+            workflow_id: req.workflow_id.clone(),
+            workflow_type: req.workflow_type.clone(),
+            task_queue: req.task_queue.clone(),
+            input: req.input.clone(),
+            workflow_execution_timeout: req.workflow_execution_timeout,
+            workflow_run_timeout: req.workflow_run_timeout,
+            workflow_task_timeout: req.workflow_task_timeout,
+            identity: req.identity.clone(),
+            request_id: request_id.clone(),
+            retry_policy: req.retry_policy.clone(),
+            memo: req.memo.clone(),
+            search_attributes: req.search_attributes.clone(),
+            header: req.header.clone(),
+            ..Default::default()
+        };
+        let signal = WorkflowExecutionSignaledEventAttributes {
+            signal_name: req.signal_name.clone(),
+            input: req.signal_input.clone(),
+            identity: req.identity.clone(),
+            header: req.header.clone(),
+            request_id,
+            ..Default::default()
+        };
+        let shard = self.run_shard(&ns, &req.workflow_id);
+        let cmd = WorkflowCommand::SignalWithStart {
+            namespace_id: ns,
+            run_id: new_uuid(),
+            request: start.encode_to_vec(),
+            signal: signal.encode_to_vec(),
+        };
+        let (run, _) = self.apply(shard, cmd).await?;
+        Ok(SignalWithStartWorkflowExecutionResponse { run_id: run.run_id, started: true, ..Default::default() })
     }
 
     /// Forwards a poll to the task queue's home, or runs it here if this node is the home.

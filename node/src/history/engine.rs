@@ -85,7 +85,12 @@ pub enum Buffered {
     TimerFired { timer_id: String, started_id: i64 },
     /// An activity attempt ran past its start-to-close timeout.
     ActivityTimedOut { scheduled_id: i64 },
+    /// A signal arrived (encoded `WorkflowExecutionSignaledEventAttributes`).
+    Signaled { attributes: Vec<u8> },
 }
+
+/// Signal request ids remembered per run for deduplication.
+const SIGNAL_REQUEST_IDS_MAX: usize = 1000;
 
 fn timestamp(ms: u64) -> prost_wkt_types::Timestamp {
     prost_wkt_types::Timestamp { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
@@ -199,6 +204,10 @@ impl<'a> Writer<'a> {
                         }),
                     );
                 }
+                Buffered::Signaled { attributes } => {
+                    let a = decode_or_default::<WorkflowExecutionSignaledEventAttributes>(&attributes);
+                    self.event(EventType::WorkflowExecutionSignaled, Ev::WorkflowExecutionSignaledEventAttributes(a));
+                }
                 Buffered::TimerFired { timer_id, started_id } => {
                     self.event(
                         EventType::TimerFired,
@@ -276,6 +285,17 @@ pub fn start(
     req: &StartWorkflowExecutionRequest,
     now_ms: u64,
 ) -> Result<(RunState, Outcome), EngineError> {
+    start_with_signal(namespace_id, run_id, req, None, now_ms)
+}
+
+/// Starts a run whose first event after `WorkflowExecutionStarted` is `signal` (signal-with-start).
+pub fn start_with_signal(
+    namespace_id: &str,
+    run_id: &str,
+    req: &StartWorkflowExecutionRequest,
+    signal: Option<WorkflowExecutionSignaledEventAttributes>,
+    now_ms: u64,
+) -> Result<(RunState, Outcome), EngineError> {
     let workflow_type = req.workflow_type.as_ref().map(|t| t.name.clone()).unwrap_or_default();
     let tq = req.task_queue.as_ref().map(|t| t.name.clone()).unwrap_or_default();
     if req.workflow_id.is_empty() {
@@ -307,6 +327,7 @@ pub fn start(
         workflow_task_timeout_ms: wft_timeout_ms,
         buffered_events: false,
         buffer: Vec::new(),
+        signal_request_ids: Default::default(),
     };
     let mut w = Writer::new(&mut run, now_ms);
     w.event(
@@ -330,9 +351,40 @@ pub fn start(
             ..Default::default()
         }),
     );
+    if let Some(sig) = signal {
+        if !sig.request_id.is_empty() {
+            w.run.signal_request_ids.push_back(sig.request_id.clone());
+        }
+        w.event(EventType::WorkflowExecutionSignaled, Ev::WorkflowExecutionSignaledEventAttributes(sig));
+    }
     w.schedule_workflow_task(1);
     let out = w.out;
     Ok((run, out))
+}
+
+/// A signal for an open run. Written at once, or after the started workflow task closes; a
+/// retry with a request id already seen changes nothing.
+pub fn signal(
+    run: &mut RunState,
+    attrs: WorkflowExecutionSignaledEventAttributes,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    if !run.is_open() {
+        return Err(EngineError::NotFound("workflow execution already completed".into()));
+    }
+    if attrs.signal_name.is_empty() {
+        return Err(EngineError::InvalidArgument("SignalName is not set on request.".into()));
+    }
+    if !attrs.request_id.is_empty() {
+        if run.signal_request_ids.contains(&attrs.request_id) {
+            return Ok(Outcome::default());
+        }
+        run.signal_request_ids.push_back(attrs.request_id.clone());
+        if run.signal_request_ids.len() > SIGNAL_REQUEST_IDS_MAX {
+            run.signal_request_ids.pop_front();
+        }
+    }
+    Ok(activity_result(run, Buffered::Signaled { attributes: attrs.encode_to_vec() }, now_ms))
 }
 
 /// A worker took the workflow task scheduled at `scheduled_id`.

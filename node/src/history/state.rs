@@ -110,6 +110,8 @@ pub struct RunState {
     pub buffered_events: bool,
     /// Inputs that become events once the started workflow task closes.
     pub buffer: Vec<super::engine::Buffered>,
+    /// Request ids of the signals accepted most recently (a retried signal is applied once).
+    pub signal_request_ids: std::collections::VecDeque<String>,
 }
 
 impl RunState {

@@ -7,6 +7,7 @@
 //! - `open/<ns_id>/<workflow_id>/<run_id>` -> [`RunKey`]: the open runs, scanned by the leader to
 //!   re-offer tasks, re-arm timers and enforce timeouts.
 
+use norn_proto::protos::temporal::api::history::v1::WorkflowExecutionSignaledEventAttributes;
 use norn_proto::protos::temporal::api::workflowservice::v1::{
     RespondWorkflowTaskCompletedRequest, RespondWorkflowTaskFailedRequest, StartWorkflowExecutionRequest,
 };
@@ -58,6 +59,12 @@ pub enum WorkflowCommand {
     ActivityTaskFailed { run: RunKey, scheduled_id: i64, attempt: i32, failure: Vec<u8>, identity: String },
     /// A timer's deadline passed.
     TimerFired { run: RunKey, timer_id: String, started_id: i64 },
+    /// A signal (encoded `WorkflowExecutionSignaledEventAttributes`) for the run, or for the
+    /// workflow id's current run when `run.run_id` is empty.
+    Signal { run: RunKey, attributes: Vec<u8> },
+    /// Signal the open run of the workflow id, or start one with the signal (encoded
+    /// `StartWorkflowExecutionRequest` and signal attributes); `run_id` is for a new run.
+    SignalWithStart { namespace_id: String, run_id: String, request: Vec<u8>, signal: Vec<u8> },
     /// A started workflow task ran past its timeout.
     WorkflowTaskTimedOut { run: RunKey, scheduled_id: i64, started_id: i64 },
     /// A started activity attempt ran past its start-to-close timeout.
@@ -205,6 +212,33 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
             }
             let (run, out) = engine::start(&namespace_id, &run_id, &req, now_ms)?;
             (run, out)
+        }
+        WorkflowCommand::Signal { mut run, attributes } => {
+            let attrs: WorkflowExecutionSignaledEventAttributes = decode(&attributes, "signal")?;
+            if run.run_id.is_empty() {
+                let cur = current(&*txn, &run.namespace_id, &run.workflow_id).map_err(Failure::Storage)?;
+                let cur = cur.ok_or_else(|| {
+                    Failure::Engine(EngineError::NotFound(format!("workflow execution {} not found", run.workflow_id)))
+                })?;
+                run.run_id = cur.run_id;
+            }
+            let mut state = loaded(txn, &run)?;
+            let out = engine::signal(&mut state, attrs, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::SignalWithStart { namespace_id, run_id, request, signal } => {
+            let req: StartWorkflowExecutionRequest = decode(&request, "start request")?;
+            let attrs: WorkflowExecutionSignaledEventAttributes = decode(&signal, "signal")?;
+            let open = current(&*txn, &namespace_id, &req.workflow_id).map_err(Failure::Storage)?.filter(|c| c.open);
+            match open {
+                Some(cur) => {
+                    let k = RunKey { namespace_id, workflow_id: req.workflow_id.clone(), run_id: cur.run_id };
+                    let mut state = loaded(txn, &k)?;
+                    let out = engine::signal(&mut state, attrs, now_ms)?;
+                    (state, out)
+                }
+                None => engine::start_with_signal(&namespace_id, &run_id, &req, Some(attrs), now_ms)?,
+            }
         }
         WorkflowCommand::WorkflowTaskStarted { run, scheduled_id, request_id, identity } => {
             let mut state = loaded(txn, &run)?;

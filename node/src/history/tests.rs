@@ -297,3 +297,56 @@ fn an_activity_past_start_to_close_times_out_to_the_workflow() {
         "late completion refused"
     );
 }
+
+fn signal_attrs(
+    name: &str,
+    request_id: &str,
+) -> norn_proto::protos::temporal::api::history::v1::WorkflowExecutionSignaledEventAttributes {
+    norn_proto::protos::temporal::api::history::v1::WorkflowExecutionSignaledEventAttributes {
+        signal_name: name.into(),
+        request_id: request_id.into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn signals_are_applied_once_and_never_after_close() {
+    let (mut run, _) = start("ns-id", "run-1", &start_req(), T0).unwrap();
+    // A task is scheduled but not started: the signal is written at once, no second task.
+    let out = signal(&mut run, signal_attrs("go", "s1"), T0 + 1).unwrap();
+    assert_eq!(types(&out), vec![(3, EventType::WorkflowExecutionSignaled)]);
+    assert!(out.effects.is_empty());
+    assert_eq!(
+        signal(&mut run, signal_attrs("go", "s1"), T0 + 2).unwrap(),
+        Outcome::default(),
+        "retried signal applied twice"
+    );
+    workflow_task_started(&mut run, 2, "p", "w", T0 + 3).unwrap();
+    // During a started task: buffered, then written after its completion with a new task.
+    assert!(signal(&mut run, signal_attrs("go", "s2"), T0 + 4).unwrap().events.is_empty());
+    let out = workflow_task_completed(&mut run, 2, 4, &done(vec![]), T0 + 5).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![
+            (5, EventType::WorkflowTaskCompleted),
+            (6, EventType::WorkflowExecutionSignaled),
+            (7, EventType::WorkflowTaskScheduled)
+        ]
+    );
+    workflow_task_started(&mut run, 7, "p", "w", T0 + 6).unwrap();
+    workflow_task_completed(&mut run, 7, 8, &done(vec![complete_workflow()]), T0 + 7).unwrap();
+    assert!(matches!(signal(&mut run, signal_attrs("late", "s3"), T0 + 8), Err(EngineError::NotFound(_))));
+}
+
+#[test]
+fn signal_with_start_puts_the_signal_before_the_first_task() {
+    let (_, out) = start_with_signal("ns", "run", &start_req(), Some(signal_attrs("go", "s")), T0).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![
+            (1, EventType::WorkflowExecutionStarted),
+            (2, EventType::WorkflowExecutionSignaled),
+            (3, EventType::WorkflowTaskScheduled)
+        ]
+    );
+}
