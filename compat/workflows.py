@@ -97,3 +97,61 @@ class CollectsSignals:
     async def run(self, expected: int) -> list:
         await workflow.wait_condition(lambda: len(self.items) >= expected)
         return self.items
+
+
+@workflow.defn
+class CancellableSleep:
+    @workflow.run
+    async def run(self) -> str:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise
+        return "slept"
+
+
+@activity.defn
+async def flaky(name: str) -> str:
+    """Fails its first two attempts; the server's retry policy brings it back."""
+    attempt = activity.info().attempt
+    if attempt < 3:
+        raise ApplicationError(f"attempt {attempt} fails")
+    return f"{name} succeeded on attempt {attempt}"
+
+
+@workflow.defn
+class RetriesFlaky:
+    @workflow.run
+    async def run(self, name: str) -> str:
+        return await workflow.execute_activity(
+            flaky,
+            name,
+            start_to_close_timeout=timedelta(seconds=10),
+            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=200)),
+        )
+
+
+@activity.defn
+async def heartbeats_until_canceled() -> str:
+    while True:
+        activity.heartbeat("working")
+        await asyncio.sleep(0.2)  # raises CancelledError once a heartbeat reply says so
+
+
+@workflow.defn
+class CancelsItsActivity:
+    @workflow.run
+    async def run(self) -> str:
+        handle = workflow.start_activity(
+            heartbeats_until_canceled,
+            start_to_close_timeout=timedelta(seconds=60),
+            heartbeat_timeout=timedelta(seconds=2),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        await asyncio.sleep(1)
+        handle.cancel()
+        try:
+            await handle
+        except Exception as e:  # ActivityError caused by CancelledError
+            return f"canceled: {type(e.cause).__name__}"
+        return "not canceled"

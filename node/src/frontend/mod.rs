@@ -176,4 +176,32 @@ impl WorkflowService for Frontend {
     ) -> Result<Response<SignalWithStartWorkflowExecutionResponse>, Status> {
         self.signal_with_start(request.into_inner()).await.map(Response::new)
     }
+
+    async fn request_cancel_workflow_execution(
+        &self,
+        request: Request<RequestCancelWorkflowExecutionRequest>,
+    ) -> Result<Response<RequestCancelWorkflowExecutionResponse>, Status> {
+        self.request_cancel(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn record_activity_task_heartbeat(
+        &self,
+        request: Request<RecordActivityTaskHeartbeatRequest>,
+    ) -> Result<Response<RecordActivityTaskHeartbeatResponse>, Status> {
+        self.record_heartbeat(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn respond_activity_task_canceled(
+        &self,
+        request: Request<RespondActivityTaskCanceledRequest>,
+    ) -> Result<Response<RespondActivityTaskCanceledResponse>, Status> {
+        self.respond_activity_canceled(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn terminate_workflow_execution(
+        &self,
+        request: Request<TerminateWorkflowExecutionRequest>,
+    ) -> Result<Response<TerminateWorkflowExecutionResponse>, Status> {
+        self.terminate(request.into_inner()).await.map(Response::new)
+    }
 }

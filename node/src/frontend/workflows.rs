@@ -145,11 +145,15 @@ impl Frontend {
         for effect in effects {
             let this = self.clone();
             let run = run.clone();
-            let offer = |kind: TaskKind, task_queue: String, scheduled_id: i64| {
+            let offer = |kind: TaskKind, task_queue: String, scheduled_id: i64, ready_at_ms: u64| {
                 let queue = QueueKey { namespace_id: run.namespace_id.clone(), name: task_queue, kind };
                 let task = TaskRef { shard, run: run.clone(), scheduled_id };
                 let admin = self.admin.clone();
                 tokio::spawn(async move {
+                    let now = norn_raft::SystemClock.now_ms();
+                    if ready_at_ms > now {
+                        tokio::time::sleep(Duration::from_millis(ready_at_ms - now)).await;
+                    }
                     if let Err(e) = admin.add_task(&queue, &task, 0).await {
                         tracing::warn!(queue = %queue.name, run = %task.run.run_id, error = %e, "could not offer task to matching");
                     }
@@ -157,10 +161,10 @@ impl Frontend {
             };
             match effect {
                 Effect::WorkflowTaskReady { task_queue, scheduled_id } => {
-                    offer(TaskKind::Workflow, task_queue, scheduled_id)
+                    offer(TaskKind::Workflow, task_queue, scheduled_id, 0)
                 }
-                Effect::ActivityTaskReady { task_queue, scheduled_id } => {
-                    offer(TaskKind::Activity, task_queue, scheduled_id)
+                Effect::ActivityTaskReady { task_queue, scheduled_id, ready_at_ms } => {
+                    offer(TaskKind::Activity, task_queue, scheduled_id, ready_at_ms)
                 }
                 Effect::TimerArmed { timer_id, started_id, fire_at_ms } => {
                     if self.timers.arm(&run.run_id, &timer_id) {
@@ -299,6 +303,37 @@ impl Frontend {
         };
         self.apply(shard, WorkflowCommand::Signal { run, attributes: attrs.encode_to_vec() }).await?;
         Ok(SignalWorkflowExecutionResponse::default())
+    }
+
+    fn exec_key(&self, ns: String, exec: Option<&WorkflowExecution>) -> Result<(u32, RunKey), Status> {
+        let exec = exec.ok_or_else(|| Status::invalid_argument("execution is not set on request"))?;
+        if exec.workflow_id.is_empty() {
+            return Err(Status::invalid_argument("WorkflowId is not set on request."));
+        }
+        let shard = self.run_shard(&ns, &exec.workflow_id);
+        Ok((shard, RunKey { namespace_id: ns, workflow_id: exec.workflow_id.clone(), run_id: exec.run_id.clone() }))
+    }
+
+    pub(super) async fn request_cancel(
+        &self,
+        req: RequestCancelWorkflowExecutionRequest,
+    ) -> Result<RequestCancelWorkflowExecutionResponse, Status> {
+        let ns = self.namespace_id(&req.namespace).await?;
+        let (shard, run) = self.exec_key(ns, req.workflow_execution.as_ref())?;
+        self.apply(shard, WorkflowCommand::RequestCancel { run, reason: req.reason, identity: req.identity }).await?;
+        Ok(RequestCancelWorkflowExecutionResponse::default())
+    }
+
+    pub(super) async fn terminate(
+        &self,
+        req: TerminateWorkflowExecutionRequest,
+    ) -> Result<TerminateWorkflowExecutionResponse, Status> {
+        let ns = self.namespace_id(&req.namespace).await?;
+        let (shard, run) = self.exec_key(ns, req.workflow_execution.as_ref())?;
+        let details = req.details.map(|d| d.encode_to_vec()).unwrap_or_default();
+        self.apply(shard, WorkflowCommand::Terminate { run, reason: req.reason, details, identity: req.identity })
+            .await?;
+        Ok(TerminateWorkflowExecutionResponse::default())
     }
 
     pub(super) async fn signal_with_start(
@@ -525,7 +560,7 @@ impl Frontend {
                 activity_id: a.activity_id.clone(),
                 header: sched.header,
                 input: sched.input,
-                scheduled_time: Some(timestamp(a.scheduled_ms)),
+                scheduled_time: Some(timestamp(a.first_scheduled_ms)),
                 current_attempt_scheduled_time: Some(timestamp(a.scheduled_ms)),
                 started_time: Some(timestamp(a.started_ms)),
                 attempt: a.attempt,
@@ -534,6 +569,8 @@ impl Frontend {
                 heartbeat_timeout: sched.heartbeat_timeout,
                 retry_policy: sched.retry_policy,
                 priority: sched.priority,
+                heartbeat_details: (!a.heartbeat_details.is_empty())
+                    .then(|| Payloads::decode(a.heartbeat_details.as_slice()).unwrap_or_default()),
                 ..Default::default()
             });
         }
@@ -569,6 +606,41 @@ impl Frontend {
         };
         self.apply(t.shard, cmd).await?;
         Ok(RespondActivityTaskFailedResponse::default())
+    }
+
+    pub(super) async fn respond_activity_canceled(
+        &self,
+        req: RespondActivityTaskCanceledRequest,
+    ) -> Result<RespondActivityTaskCanceledResponse, Status> {
+        let t = decode_token(&req.task_token, TaskKind::Activity)?;
+        let cmd = WorkflowCommand::ActivityTaskCanceled {
+            run: t.run,
+            scheduled_id: t.scheduled_id,
+            attempt: t.started_or_attempt as i32,
+            details: req.details.map(|d: Payloads| d.encode_to_vec()).unwrap_or_default(),
+            identity: req.identity,
+        };
+        self.apply(t.shard, cmd).await?;
+        Ok(RespondActivityTaskCanceledResponse::default())
+    }
+
+    /// Records the details (replicated, so a retry on another node sees them) and tells the
+    /// worker whether the workflow asked to cancel the activity.
+    pub(super) async fn record_heartbeat(
+        &self,
+        req: RecordActivityTaskHeartbeatRequest,
+    ) -> Result<RecordActivityTaskHeartbeatResponse, Status> {
+        let t = decode_token(&req.task_token, TaskKind::Activity)?;
+        let cmd = WorkflowCommand::ActivityHeartbeat {
+            run: t.run.clone(),
+            scheduled_id: t.scheduled_id,
+            attempt: t.started_or_attempt as i32,
+            details: req.details.map(|d: Payloads| d.encode_to_vec()).unwrap_or_default(),
+        };
+        self.apply(t.shard, cmd).await?;
+        let run = self.read_run(t.shard, &t.run).await?;
+        let cancel_requested = run.activities.get(&t.scheduled_id).map(|a| a.cancel_requested_id > 0).unwrap_or(false);
+        Ok(RecordActivityTaskHeartbeatResponse { cancel_requested, ..Default::default() })
     }
 
     pub(super) async fn get_history(
@@ -630,6 +702,8 @@ impl Frontend {
             RunStatus::Running => WorkflowExecutionStatus::Running,
             RunStatus::Completed => WorkflowExecutionStatus::Completed,
             RunStatus::Failed => WorkflowExecutionStatus::Failed,
+            RunStatus::Canceled => WorkflowExecutionStatus::Canceled,
+            RunStatus::Terminated => WorkflowExecutionStatus::Terminated,
         };
         let tq = TaskQueue { name: s.task_queue.clone(), kind: TaskQueueKind::Normal as i32, ..Default::default() };
         Ok(DescribeWorkflowExecutionResponse {
@@ -660,7 +734,7 @@ impl Frontend {
                     activity_id: a.activity_id.clone(),
                     activity_type: Some(ActivityType { name: a.activity_type.clone() }),
                     attempt: a.attempt,
-                    scheduled_time: Some(timestamp(a.scheduled_ms)),
+                    scheduled_time: Some(timestamp(a.first_scheduled_ms)),
                     ..Default::default()
                 })
                 .collect(),

@@ -34,8 +34,9 @@ pub const WORKFLOW_TASK_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 pub enum Effect {
     /// A workflow task is ready for a poller of `task_queue`.
     WorkflowTaskReady { task_queue: String, scheduled_id: i64 },
-    /// An activity task is ready for a poller of `task_queue`.
-    ActivityTaskReady { task_queue: String, scheduled_id: i64 },
+    /// An activity task is ready for a poller of `task_queue` from `ready_at_ms` (a retry waits
+    /// out its backoff).
+    ActivityTaskReady { task_queue: String, scheduled_id: i64, ready_at_ms: u64 },
     /// A timer must fire at `fire_at_ms`.
     TimerArmed { timer_id: String, started_id: i64, fire_at_ms: u64 },
     /// The run closed; wake waiters for its result.
@@ -79,14 +80,18 @@ pub struct Outcome {
 pub enum Buffered {
     /// An activity completed.
     ActivityCompleted { scheduled_id: i64, result: Vec<u8>, identity: String },
-    /// An activity failed for good.
-    ActivityFailed { scheduled_id: i64, failure: Vec<u8>, identity: String },
+    /// An activity failed for good (`retry_state` says why it is not retried).
+    ActivityFailed { scheduled_id: i64, failure: Vec<u8>, identity: String, retry_state: i32 },
     /// A timer fired.
     TimerFired { timer_id: String, started_id: i64 },
-    /// An activity attempt ran past its start-to-close timeout.
-    ActivityTimedOut { scheduled_id: i64 },
+    /// An activity attempt ran past its start-to-close timeout and is not retried.
+    ActivityTimedOut { scheduled_id: i64, retry_state: i32 },
     /// A signal arrived (encoded `WorkflowExecutionSignaledEventAttributes`).
     Signaled { attributes: Vec<u8> },
+    /// A cancel was requested.
+    CancelRequested { reason: String, identity: String },
+    /// A started activity acknowledged its cancellation (`details`: encoded `Payloads`).
+    ActivityCanceled { scheduled_id: i64, details: Vec<u8>, identity: String },
 }
 
 /// Signal request ids remembered per run for deduplication.
@@ -179,34 +184,52 @@ impl<'a> Writer<'a> {
                 Buffered::ActivityCompleted { scheduled_id, result, identity } => {
                     self.activity_closed(scheduled_id, identity, Ok(result));
                 }
-                Buffered::ActivityFailed { scheduled_id, failure, identity } => {
-                    self.activity_closed(scheduled_id, identity, Err(failure));
+                Buffered::ActivityFailed { scheduled_id, failure, identity, retry_state } => {
+                    self.activity_closed(scheduled_id, identity, Err((failure, retry_state)));
                 }
-                Buffered::ActivityTimedOut { scheduled_id } => {
+                Buffered::ActivityTimedOut { scheduled_id, retry_state } => {
                     let Some(a) = self.run.activities.remove(&scheduled_id) else { continue };
                     let started_id = self.activity_started_event(scheduled_id, &a);
-                    let failure = Failure {
-                        message: "activity StartToClose timeout".into(),
-                        source: "Server".into(),
-                        failure_info: Some(FailureInfo::TimeoutFailureInfo(TimeoutFailureInfo {
-                            timeout_type: TimeoutType::StartToClose as i32,
-                            last_heartbeat_details: None,
-                        })),
-                        ..Default::default()
-                    };
                     self.event(
                         EventType::ActivityTaskTimedOut,
                         Ev::ActivityTaskTimedOutEventAttributes(ActivityTaskTimedOutEventAttributes {
-                            failure: Some(failure),
+                            failure: Some(start_to_close_failure()),
                             scheduled_event_id: scheduled_id,
                             started_event_id: started_id,
-                            retry_state: RetryState::RetryPolicyNotSet as i32,
+                            retry_state,
+                        }),
+                    );
+                }
+                Buffered::ActivityCanceled { scheduled_id, details, identity } => {
+                    let Some(a) = self.run.activities.remove(&scheduled_id) else { continue };
+                    let started_id = self.activity_started_event(scheduled_id, &a);
+                    self.event(
+                        EventType::ActivityTaskCanceled,
+                        Ev::ActivityTaskCanceledEventAttributes(ActivityTaskCanceledEventAttributes {
+                            details: (!details.is_empty()).then(|| decode_or_default::<Payloads>(&details)),
+                            latest_cancel_requested_event_id: a.cancel_requested_id,
+                            scheduled_event_id: scheduled_id,
+                            started_event_id: started_id,
+                            identity,
+                            ..Default::default()
                         }),
                     );
                 }
                 Buffered::Signaled { attributes } => {
                     let a = decode_or_default::<WorkflowExecutionSignaledEventAttributes>(&attributes);
                     self.event(EventType::WorkflowExecutionSignaled, Ev::WorkflowExecutionSignaledEventAttributes(a));
+                }
+                Buffered::CancelRequested { reason, identity } => {
+                    self.event(
+                        EventType::WorkflowExecutionCancelRequested,
+                        Ev::WorkflowExecutionCancelRequestedEventAttributes(
+                            WorkflowExecutionCancelRequestedEventAttributes {
+                                cause: reason,
+                                identity,
+                                ..Default::default()
+                            },
+                        ),
+                    );
                 }
                 Buffered::TimerFired { timer_id, started_id } => {
                     self.event(
@@ -229,12 +252,13 @@ impl<'a> Writer<'a> {
                 identity: a.identity.clone(),
                 request_id: a.request_id.clone(),
                 attempt: a.attempt,
+                last_failure: (!a.last_failure.is_empty()).then(|| decode_or_default::<Failure>(&a.last_failure)),
                 ..Default::default()
             }),
         )
     }
 
-    fn activity_closed(&mut self, scheduled_id: i64, identity: String, result: Result<Vec<u8>, Vec<u8>>) {
+    fn activity_closed(&mut self, scheduled_id: i64, identity: String, result: Result<Vec<u8>, (Vec<u8>, i32)>) {
         let Some(a) = self.run.activities.remove(&scheduled_id) else { return };
         let started_id = self.activity_started_event(scheduled_id, &a);
         match result {
@@ -250,7 +274,7 @@ impl<'a> Writer<'a> {
                     }),
                 );
             }
-            Err(failure) => {
+            Err((failure, retry_state)) => {
                 self.event(
                     EventType::ActivityTaskFailed,
                     Ev::ActivityTaskFailedEventAttributes(ActivityTaskFailedEventAttributes {
@@ -258,7 +282,7 @@ impl<'a> Writer<'a> {
                         scheduled_event_id: scheduled_id,
                         started_event_id: started_id,
                         identity,
-                        retry_state: RetryState::RetryPolicyNotSet as i32,
+                        retry_state,
                         ..Default::default()
                     }),
                 );
@@ -328,6 +352,7 @@ pub fn start_with_signal(
         buffered_events: false,
         buffer: Vec::new(),
         signal_request_ids: Default::default(),
+        cancel_requested: false,
     };
     let mut w = Writer::new(&mut run, now_ms);
     w.event(
@@ -457,6 +482,7 @@ fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> 
                 }
                 duration_ms(&a.start_to_close_timeout)?;
                 duration_ms(&a.schedule_to_close_timeout)?;
+                retry_spec(&a.retry_policy)?;
             }
             Cmd::StartTimerCommandAttributes(t) => {
                 if t.timer_id.is_empty() {
@@ -469,7 +495,22 @@ fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> 
                     return Err(EngineError::InvalidArgument("StartToFireTimeout must be positive.".into()));
                 }
             }
-            Cmd::CompleteWorkflowExecutionCommandAttributes(_) | Cmd::FailWorkflowExecutionCommandAttributes(_) => {
+            Cmd::CancelTimerCommandAttributes(t) => {
+                if !run.timers.contains_key(&t.timer_id) {
+                    return Err(EngineError::InvalidArgument(format!("timer {} is not pending", t.timer_id)));
+                }
+            }
+            Cmd::RequestCancelActivityTaskCommandAttributes(a) => {
+                if !run.activities.contains_key(&a.scheduled_event_id) {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "no pending activity was scheduled by event {}",
+                        a.scheduled_event_id
+                    )));
+                }
+            }
+            Cmd::CompleteWorkflowExecutionCommandAttributes(_)
+            | Cmd::FailWorkflowExecutionCommandAttributes(_)
+            | Cmd::CancelWorkflowExecutionCommandAttributes(_) => {
                 closes += 1;
                 if i + 1 != req.commands.len() {
                     return Err(EngineError::InvalidArgument(
@@ -502,6 +543,7 @@ pub fn workflow_task_completed(
             c.attributes,
             Some(Cmd::CompleteWorkflowExecutionCommandAttributes(_))
                 | Some(Cmd::FailWorkflowExecutionCommandAttributes(_))
+                | Some(Cmd::CancelWorkflowExecutionCommandAttributes(_))
         )
     });
     let mut w = Writer::new(run, now_ms);
@@ -540,11 +582,13 @@ pub fn workflow_task_completed(
     w.run.last_completed_started_id = task.started_id.unwrap_or(0);
     let had_buffered = std::mem::replace(&mut w.run.buffered_events, false);
     w.flush_buffer();
+    let mut new_events = false;
     for c in &req.commands {
         match &c.attributes {
             Some(Cmd::ScheduleActivityTaskCommandAttributes(a)) => {
                 let tq = a.task_queue.as_ref().map(|t| t.name.clone()).filter(|n| !n.is_empty());
                 let tq = tq.unwrap_or_else(|| w.run.task_queue.clone());
+                let retry = retry_spec(&a.retry_policy)?;
                 let attrs = ActivityTaskScheduledEventAttributes {
                     activity_id: a.activity_id.clone(),
                     activity_type: a.activity_type.clone().or(Some(ActivityType::default())),
@@ -556,7 +600,7 @@ pub fn workflow_task_completed(
                     start_to_close_timeout: a.start_to_close_timeout,
                     heartbeat_timeout: a.heartbeat_timeout,
                     workflow_task_completed_event_id: completed_id,
-                    retry_policy: a.retry_policy.clone(),
+                    retry_policy: Some(retry_policy(&retry)),
                     priority: a.priority.clone(),
                     ..Default::default()
                 };
@@ -580,9 +624,15 @@ pub fn workflow_task_completed(
                             .unwrap_or(0),
                         request_id: String::new(),
                         identity: String::new(),
+                        first_scheduled_ms: now_ms,
+                        schedule_to_close_ms: duration_ms(&a.schedule_to_close_timeout)?.unwrap_or(0),
+                        retry,
+                        last_failure: Vec::new(),
+                        cancel_requested_id: 0,
+                        heartbeat_details: Vec::new(),
                     },
                 );
-                w.out.effects.push(Effect::ActivityTaskReady { task_queue: tq, scheduled_id: id });
+                w.out.effects.push(Effect::ActivityTaskReady { task_queue: tq, scheduled_id: id, ready_at_ms: now_ms });
             }
             Some(Cmd::StartTimerCommandAttributes(t)) => {
                 let fire_ms = duration_ms(&t.start_to_fire_timeout)?.unwrap_or(0);
@@ -599,6 +649,45 @@ pub fn workflow_task_completed(
                     .timers
                     .insert(t.timer_id.clone(), TimerInfo { timer_id: t.timer_id.clone(), started_id: id, fire_at_ms });
                 w.out.effects.push(Effect::TimerArmed { timer_id: t.timer_id.clone(), started_id: id, fire_at_ms });
+            }
+            Some(Cmd::CancelTimerCommandAttributes(t)) => {
+                let Some(timer) = w.run.timers.remove(&t.timer_id) else { continue };
+                w.event(
+                    EventType::TimerCanceled,
+                    Ev::TimerCanceledEventAttributes(TimerCanceledEventAttributes {
+                        timer_id: t.timer_id.clone(),
+                        started_event_id: timer.started_id,
+                        workflow_task_completed_event_id: completed_id,
+                        identity: req.identity.clone(),
+                    }),
+                );
+            }
+            Some(Cmd::RequestCancelActivityTaskCommandAttributes(c)) => {
+                let scheduled_id = c.scheduled_event_id;
+                let requested_id = w.event(
+                    EventType::ActivityTaskCancelRequested,
+                    Ev::ActivityTaskCancelRequestedEventAttributes(ActivityTaskCancelRequestedEventAttributes {
+                        scheduled_event_id: scheduled_id,
+                        workflow_task_completed_event_id: completed_id,
+                    }),
+                );
+                let Some(a) = w.run.activities.get_mut(&scheduled_id) else { continue };
+                a.cancel_requested_id = requested_id;
+                if a.request_id.is_empty() {
+                    // Not running anywhere: canceled at once. A started one learns of the
+                    // request from its next heartbeat and answers RespondActivityTaskCanceled.
+                    w.run.activities.remove(&scheduled_id);
+                    w.event(
+                        EventType::ActivityTaskCanceled,
+                        Ev::ActivityTaskCanceledEventAttributes(ActivityTaskCanceledEventAttributes {
+                            latest_cancel_requested_event_id: requested_id,
+                            scheduled_event_id: scheduled_id,
+                            identity: req.identity.clone(),
+                            ..Default::default()
+                        }),
+                    );
+                    new_events = true;
+                }
             }
             Some(Cmd::CompleteWorkflowExecutionCommandAttributes(a)) => {
                 w.event(
@@ -623,11 +712,21 @@ pub fn workflow_task_completed(
                 );
                 w.close(RunStatus::Failed);
             }
+            Some(Cmd::CancelWorkflowExecutionCommandAttributes(a)) => {
+                w.event(
+                    EventType::WorkflowExecutionCanceled,
+                    Ev::WorkflowExecutionCanceledEventAttributes(WorkflowExecutionCanceledEventAttributes {
+                        workflow_task_completed_event_id: completed_id,
+                        details: a.details.clone(),
+                    }),
+                );
+                w.close(RunStatus::Canceled);
+            }
             // check_commands rejected everything else.
             _ => {}
         }
     }
-    if w.run.is_open() && (had_buffered || req.force_create_new_workflow_task) {
+    if w.run.is_open() && (had_buffered || new_events || req.force_create_new_workflow_task) {
         w.schedule_workflow_task(1);
     }
     Ok(w.out)
@@ -723,8 +822,9 @@ pub fn activity_task_completed(
     Ok(activity_result(run, Buffered::ActivityCompleted { scheduled_id, result, identity: identity.into() }, now_ms))
 }
 
-/// The started activity failed (encoded `Failure`). Retries are not implemented yet: the
-/// failure goes to the workflow.
+/// The started activity failed (encoded `Failure`). If its retry policy allows another attempt,
+/// the activity is scheduled again after the backoff and no event is written (as in Temporal);
+/// otherwise the failure goes to the workflow.
 pub fn activity_task_failed(
     run: &mut RunState,
     scheduled_id: i64,
@@ -734,7 +834,141 @@ pub fn activity_task_failed(
     now_ms: u64,
 ) -> Result<Outcome, EngineError> {
     started_activity(run, scheduled_id, attempt)?;
-    Ok(activity_result(run, Buffered::ActivityFailed { scheduled_id, failure, identity: identity.into() }, now_ms))
+    let decoded = decode_or_default::<Failure>(&failure);
+    match next_attempt_at(&run.activities[&scheduled_id], &decoded, now_ms) {
+        Ok(ready_at_ms) => Ok(retry_activity(run, scheduled_id, ready_at_ms, failure)),
+        Err(retry_state) => Ok(activity_result(
+            run,
+            Buffered::ActivityFailed {
+                scheduled_id,
+                failure,
+                identity: identity.into(),
+                retry_state: retry_state as i32,
+            },
+            now_ms,
+        )),
+    }
+}
+
+/// Temporal's retry defaults: 1 s initial interval, doubling, capped at 100 × the initial one.
+const RETRY_INITIAL_MS_DEFAULT: u64 = 1_000;
+const RETRY_BACKOFF_MILLI_DEFAULT: u64 = 2_000;
+const RETRY_MAX_INTERVAL_FACTOR: u64 = 100;
+
+/// The effective retry policy of an activity: the given one with defaults filled in; a policy
+/// Temporal would refuse is refused.
+pub fn retry_spec(
+    p: &Option<norn_proto::protos::temporal::api::common::v1::RetryPolicy>,
+) -> Result<RetrySpec, EngineError> {
+    let p = p.clone().unwrap_or_default();
+    let initial = duration_ms(&p.initial_interval)?.filter(|v| *v > 0).unwrap_or(RETRY_INITIAL_MS_DEFAULT);
+    if !p.backoff_coefficient.is_finite() || (p.backoff_coefficient != 0.0 && p.backoff_coefficient < 1.0) {
+        return Err(EngineError::InvalidArgument("BackoffCoefficient cannot be less than 1.".into()));
+    }
+    let backoff_milli = if p.backoff_coefficient == 0.0 {
+        RETRY_BACKOFF_MILLI_DEFAULT
+    } else {
+        (p.backoff_coefficient.min(1.0e6) * 1000.0).round() as u64
+    };
+    let maximum = duration_ms(&p.maximum_interval)?.filter(|v| *v > 0);
+    if maximum.is_some_and(|m| m < initial) {
+        return Err(EngineError::InvalidArgument("MaximumInterval cannot be less than InitialInterval.".into()));
+    }
+    if p.maximum_attempts < 0 {
+        return Err(EngineError::InvalidArgument("MaximumAttempts cannot be negative.".into()));
+    }
+    Ok(RetrySpec {
+        initial_interval_ms: initial,
+        backoff_milli,
+        maximum_interval_ms: maximum.unwrap_or(initial.saturating_mul(RETRY_MAX_INTERVAL_FACTOR)),
+        maximum_attempts: p.maximum_attempts,
+        non_retryable_error_types: p.non_retryable_error_types,
+    })
+}
+
+/// The policy as a worker sees it in `ActivityTaskScheduled` and in the poll response.
+fn retry_policy(r: &RetrySpec) -> norn_proto::protos::temporal::api::common::v1::RetryPolicy {
+    norn_proto::protos::temporal::api::common::v1::RetryPolicy {
+        initial_interval: Some(duration(r.initial_interval_ms)),
+        backoff_coefficient: r.backoff_milli as f64 / 1000.0,
+        maximum_interval: Some(duration(r.maximum_interval_ms)),
+        maximum_attempts: r.maximum_attempts,
+        non_retryable_error_types: r.non_retryable_error_types.clone(),
+    }
+}
+
+/// When the next attempt of a failed activity becomes ready, or why there is none.
+fn next_attempt_at(a: &ActivityInfo, failure: &Failure, now_ms: u64) -> Result<u64, RetryState> {
+    if let Some(FailureInfo::ApplicationFailureInfo(info)) = &failure.failure_info {
+        if info.non_retryable || a.retry.non_retryable_error_types.contains(&info.r#type) {
+            return Err(RetryState::NonRetryableFailure);
+        }
+    }
+    if a.retry.maximum_attempts > 0 && a.attempt >= a.retry.maximum_attempts {
+        return Err(RetryState::MaximumAttemptsReached);
+    }
+    let at = now_ms.saturating_add(a.retry.delay_after(a.attempt));
+    if a.schedule_to_close_ms > 0 && at >= a.first_scheduled_ms.saturating_add(a.schedule_to_close_ms) {
+        return Err(RetryState::Timeout);
+    }
+    Ok(at)
+}
+
+/// Schedules the next attempt of an activity; nothing is written to history.
+fn retry_activity(run: &mut RunState, scheduled_id: i64, ready_at_ms: u64, failure: Vec<u8>) -> Outcome {
+    let mut out = Outcome::default();
+    if let Some(a) = run.activities.get_mut(&scheduled_id) {
+        a.attempt = a.attempt.saturating_add(1);
+        a.request_id.clear();
+        a.started_ms = 0;
+        a.scheduled_ms = ready_at_ms;
+        a.last_failure = failure;
+        out.effects.push(Effect::ActivityTaskReady { task_queue: a.task_queue.clone(), scheduled_id, ready_at_ms });
+    }
+    out
+}
+
+fn start_to_close_failure() -> Failure {
+    Failure {
+        message: "activity StartToClose timeout".into(),
+        source: "Server".into(),
+        failure_info: Some(FailureInfo::TimeoutFailureInfo(TimeoutFailureInfo {
+            timeout_type: TimeoutType::StartToClose as i32,
+            last_heartbeat_details: None,
+        })),
+        ..Default::default()
+    }
+}
+
+/// The started activity acknowledged a cancel request (`details`: encoded `Payloads`).
+pub fn activity_task_canceled(
+    run: &mut RunState,
+    scheduled_id: i64,
+    attempt: i32,
+    details: Vec<u8>,
+    identity: &str,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    started_activity(run, scheduled_id, attempt)?;
+    if run.activities[&scheduled_id].cancel_requested_id == 0 {
+        return Err(EngineError::InvalidArgument("the activity was not asked to cancel".into()));
+    }
+    Ok(activity_result(run, Buffered::ActivityCanceled { scheduled_id, details, identity: identity.into() }, now_ms))
+}
+
+/// A heartbeat of the started activity: keeps its details for the next attempt. The caller reads
+/// the run back to tell the worker whether the workflow asked to cancel.
+pub fn activity_heartbeat(
+    run: &mut RunState,
+    scheduled_id: i64,
+    attempt: i32,
+    details: Vec<u8>,
+) -> Result<Outcome, EngineError> {
+    started_activity(run, scheduled_id, attempt)?;
+    if let Some(a) = run.activities.get_mut(&scheduled_id) {
+        a.heartbeat_details = details;
+    }
+    Ok(Outcome::default())
 }
 
 /// The timer `timer_id` (started at `started_id`) fires. Never before its deadline.
@@ -784,8 +1018,8 @@ pub fn workflow_task_timed_out(
     Ok(w.out)
 }
 
-/// The started activity attempt ran past its start-to-close timeout. Retries are not
-/// implemented yet: the timeout goes to the workflow.
+/// The started activity attempt ran past its start-to-close timeout: retried like a failure,
+/// or, when the policy allows no more attempts, the timeout goes to the workflow.
 pub fn activity_timed_out(
     run: &mut RunState,
     scheduled_id: i64,
@@ -797,5 +1031,55 @@ pub fn activity_timed_out(
     if a.start_to_close_ms == 0 || now_ms < a.started_ms.saturating_add(a.start_to_close_ms) {
         return Err(EngineError::InvalidArgument("activity has not timed out yet".into()));
     }
-    Ok(activity_result(run, Buffered::ActivityTimedOut { scheduled_id }, now_ms))
+    let failure = start_to_close_failure();
+    match next_attempt_at(a, &failure, now_ms) {
+        Ok(ready_at_ms) => Ok(retry_activity(run, scheduled_id, ready_at_ms, failure.encode_to_vec())),
+        Err(retry_state) => Ok(activity_result(
+            run,
+            Buffered::ActivityTimedOut { scheduled_id, retry_state: retry_state as i32 },
+            now_ms,
+        )),
+    }
+}
+
+/// A request to cancel the run: `WorkflowExecutionCancelRequested`, delivered to the workflow
+/// like a signal. A second request changes nothing.
+pub fn request_cancel(run: &mut RunState, reason: &str, identity: &str, now_ms: u64) -> Result<Outcome, EngineError> {
+    if !run.is_open() {
+        return Err(EngineError::NotFound("workflow execution already completed".into()));
+    }
+    if run.cancel_requested {
+        return Ok(Outcome::default());
+    }
+    run.cancel_requested = true;
+    Ok(activity_result(run, Buffered::CancelRequested { reason: reason.into(), identity: identity.into() }, now_ms))
+}
+
+/// Ends the run at once: `WorkflowExecutionTerminated`; pending tasks, activities and timers are
+/// dropped (their later completions get `NotFound`).
+pub fn terminate(
+    run: &mut RunState,
+    reason: &str,
+    details: Option<Payloads>,
+    identity: &str,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    if !run.is_open() {
+        return Err(EngineError::NotFound("workflow execution already completed".into()));
+    }
+    let mut w = Writer::new(run, now_ms);
+    w.event(
+        EventType::WorkflowExecutionTerminated,
+        Ev::WorkflowExecutionTerminatedEventAttributes(WorkflowExecutionTerminatedEventAttributes {
+            reason: reason.into(),
+            details,
+            identity: identity.into(),
+        }),
+    );
+    w.run.activities.clear();
+    w.run.timers.clear();
+    w.run.buffer.clear();
+    w.run.buffered_events = false;
+    w.close(RunStatus::Terminated);
+    Ok(w.out)
 }

@@ -14,6 +14,10 @@ pub enum RunStatus {
     Completed,
     /// Closed by `FailWorkflowExecution`.
     Failed,
+    /// Closed by `CancelWorkflowExecution` after a cancel request.
+    Canceled,
+    /// Closed by `TerminateWorkflowExecution`.
+    Terminated,
 }
 
 /// The workflow task in flight, if any.
@@ -60,6 +64,48 @@ pub struct ActivityInfo {
     pub request_id: String,
     /// Identity of the worker that started it.
     pub identity: String,
+    /// When the first attempt was scheduled (leader time).
+    pub first_scheduled_ms: u64,
+    /// Schedule-to-close limit over all attempts (0: none).
+    pub schedule_to_close_ms: u64,
+    /// The effective retry policy.
+    pub retry: RetrySpec,
+    /// The previous attempt's failure (encoded `Failure`), empty on the first attempt.
+    pub last_failure: Vec<u8>,
+    /// Event id of `ActivityTaskCancelRequested` once the workflow asked to cancel (0: not asked).
+    pub cancel_requested_id: i64,
+    /// Details of the last heartbeat (encoded `Payloads`).
+    pub heartbeat_details: Vec<u8>,
+}
+
+/// An activity's retry policy with Temporal's defaults filled in. The backoff coefficient is kept
+/// in thousandths so that the state stays integer-only and every replica computes the same delay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetrySpec {
+    /// Delay before the second attempt.
+    pub initial_interval_ms: u64,
+    /// Growth of the delay per attempt, in thousandths (2000 = doubles).
+    pub backoff_milli: u64,
+    /// Upper bound of the delay.
+    pub maximum_interval_ms: u64,
+    /// Attempts allowed in all (0: unlimited).
+    pub maximum_attempts: i32,
+    /// Failure types that are never retried.
+    pub non_retryable_error_types: Vec<String>,
+}
+
+impl RetrySpec {
+    /// Delay before attempt `attempt + 1`, given that attempt `attempt` (from 1) just failed.
+    pub fn delay_after(&self, attempt: i32) -> u64 {
+        let mut ms = self.initial_interval_ms;
+        for _ in 1..attempt.max(1) {
+            if ms >= self.maximum_interval_ms {
+                break;
+            }
+            ms = u64::try_from(u128::from(ms) * u128::from(self.backoff_milli) / 1000).unwrap_or(u64::MAX);
+        }
+        ms.min(self.maximum_interval_ms)
+    }
 }
 
 /// A user timer that has not fired or been canceled.
@@ -110,6 +156,8 @@ pub struct RunState {
     pub buffered_events: bool,
     /// Inputs that become events once the started workflow task closes.
     pub buffer: Vec<super::engine::Buffered>,
+    /// A cancel was requested (later requests change nothing).
+    pub cancel_requested: bool,
     /// Request ids of the signals accepted most recently (a retried signal is applied once).
     pub signal_request_ids: std::collections::VecDeque<String>,
 }

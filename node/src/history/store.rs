@@ -7,6 +7,7 @@
 //! - `open/<ns_id>/<workflow_id>/<run_id>` -> [`RunKey`]: the open runs, scanned by the leader to
 //!   re-offer tasks, re-arm timers and enforce timeouts.
 
+use norn_proto::protos::temporal::api::common::v1::Payloads;
 use norn_proto::protos::temporal::api::history::v1::WorkflowExecutionSignaledEventAttributes;
 use norn_proto::protos::temporal::api::workflowservice::v1::{
     RespondWorkflowTaskCompletedRequest, RespondWorkflowTaskFailedRequest, StartWorkflowExecutionRequest,
@@ -57,6 +58,10 @@ pub enum WorkflowCommand {
     ActivityTaskCompleted { run: RunKey, scheduled_id: i64, attempt: i32, result: Vec<u8>, identity: String },
     /// An activity failed (encoded `Failure`).
     ActivityTaskFailed { run: RunKey, scheduled_id: i64, attempt: i32, failure: Vec<u8>, identity: String },
+    /// A started activity acknowledged a cancel request (encoded `Payloads` details).
+    ActivityTaskCanceled { run: RunKey, scheduled_id: i64, attempt: i32, details: Vec<u8>, identity: String },
+    /// A started activity's heartbeat (encoded `Payloads` details).
+    ActivityHeartbeat { run: RunKey, scheduled_id: i64, attempt: i32, details: Vec<u8> },
     /// A timer's deadline passed.
     TimerFired { run: RunKey, timer_id: String, started_id: i64 },
     /// A signal (encoded `WorkflowExecutionSignaledEventAttributes`) for the run, or for the
@@ -65,6 +70,10 @@ pub enum WorkflowCommand {
     /// Signal the open run of the workflow id, or start one with the signal (encoded
     /// `StartWorkflowExecutionRequest` and signal attributes); `run_id` is for a new run.
     SignalWithStart { namespace_id: String, run_id: String, request: Vec<u8>, signal: Vec<u8> },
+    /// Request cancellation of the run (the current run when `run.run_id` is empty).
+    RequestCancel { run: RunKey, reason: String, identity: String },
+    /// Terminate the run (the current run when `run.run_id` is empty); `details` is encoded `Payloads`.
+    Terminate { run: RunKey, reason: String, details: Vec<u8>, identity: String },
     /// A started workflow task ran past its timeout.
     WorkflowTaskTimedOut { run: RunKey, scheduled_id: i64, started_id: i64 },
     /// A started activity attempt ran past its start-to-close timeout.
@@ -192,6 +201,18 @@ impl From<EngineError> for Failure {
     }
 }
 
+/// Fills in the current run id when `run.run_id` is empty.
+fn with_current(txn: &Txn<'_>, mut run: RunKey) -> Result<RunKey, Failure> {
+    if run.run_id.is_empty() {
+        let cur = current(txn, &run.namespace_id, &run.workflow_id).map_err(Failure::Storage)?;
+        let cur = cur.ok_or_else(|| {
+            Failure::Engine(EngineError::NotFound(format!("workflow execution {} not found", run.workflow_id)))
+        })?;
+        run.run_id = cur.run_id;
+    }
+    Ok(run)
+}
+
 fn loaded(txn: &Txn<'_>, k: &RunKey) -> Result<RunState, Failure> {
     load(txn, k).map_err(Failure::Storage)?.ok_or_else(|| {
         Failure::Engine(EngineError::NotFound(format!("workflow execution {}/{} not found", k.workflow_id, k.run_id)))
@@ -213,17 +234,24 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
             let (run, out) = engine::start(&namespace_id, &run_id, &req, now_ms)?;
             (run, out)
         }
-        WorkflowCommand::Signal { mut run, attributes } => {
+        WorkflowCommand::Signal { run, attributes } => {
             let attrs: WorkflowExecutionSignaledEventAttributes = decode(&attributes, "signal")?;
-            if run.run_id.is_empty() {
-                let cur = current(&*txn, &run.namespace_id, &run.workflow_id).map_err(Failure::Storage)?;
-                let cur = cur.ok_or_else(|| {
-                    Failure::Engine(EngineError::NotFound(format!("workflow execution {} not found", run.workflow_id)))
-                })?;
-                run.run_id = cur.run_id;
-            }
+            let run = with_current(txn, run)?;
             let mut state = loaded(txn, &run)?;
             let out = engine::signal(&mut state, attrs, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::RequestCancel { run, reason, identity } => {
+            let run = with_current(txn, run)?;
+            let mut state = loaded(txn, &run)?;
+            let out = engine::request_cancel(&mut state, &reason, &identity, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::Terminate { run, reason, details, identity } => {
+            let run = with_current(txn, run)?;
+            let details = if details.is_empty() { None } else { Some(decode::<Payloads>(&details, "details")?) };
+            let mut state = loaded(txn, &run)?;
+            let out = engine::terminate(&mut state, &reason, details, &identity, now_ms)?;
             (state, out)
         }
         WorkflowCommand::SignalWithStart { namespace_id, run_id, request, signal } => {
@@ -270,6 +298,16 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
         WorkflowCommand::ActivityTaskFailed { run, scheduled_id, attempt, failure, identity } => {
             let mut state = loaded(txn, &run)?;
             let out = engine::activity_task_failed(&mut state, scheduled_id, attempt, failure, &identity, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::ActivityTaskCanceled { run, scheduled_id, attempt, details, identity } => {
+            let mut state = loaded(txn, &run)?;
+            let out = engine::activity_task_canceled(&mut state, scheduled_id, attempt, details, &identity, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::ActivityHeartbeat { run, scheduled_id, attempt, details } => {
+            let mut state = loaded(txn, &run)?;
+            let out = engine::activity_heartbeat(&mut state, scheduled_id, attempt, details)?;
             (state, out)
         }
         WorkflowCommand::TimerFired { run, timer_id, started_id } => {

@@ -1,8 +1,8 @@
 //! Exact-output tests of the history engine: events (types and ids) and effects.
 
 use norn_proto::protos::temporal::api::command::v1::{command::Attributes as Cmd, *};
-use norn_proto::protos::temporal::api::common::v1::{ActivityType, Payload, Payloads, WorkflowType};
-use norn_proto::protos::temporal::api::enums::v1::{CommandType, EventType, WorkflowTaskFailedCause};
+use norn_proto::protos::temporal::api::common::v1::{ActivityType, Payload, Payloads, RetryPolicy, WorkflowType};
+use norn_proto::protos::temporal::api::enums::v1::{CommandType, EventType, RetryState, WorkflowTaskFailedCause};
 use norn_proto::protos::temporal::api::history::v1::history_event::Attributes as Ev;
 use norn_proto::protos::temporal::api::taskqueue::v1::TaskQueue;
 use norn_proto::protos::temporal::api::workflowservice::v1::*;
@@ -103,7 +103,10 @@ fn activity_round_trip_then_completion() {
     let mut run = started();
     let out = workflow_task_completed(&mut run, 2, 3, &done(vec![schedule_activity("a1")]), T0 + 2).unwrap();
     assert_eq!(types(&out), vec![(4, EventType::WorkflowTaskCompleted), (5, EventType::ActivityTaskScheduled)]);
-    assert_eq!(out.effects, vec![Effect::ActivityTaskReady { task_queue: "q".into(), scheduled_id: 5 }]);
+    assert_eq!(
+        out.effects,
+        vec![Effect::ActivityTaskReady { task_queue: "q".into(), scheduled_id: 5, ready_at_ms: T0 + 2 }]
+    );
 
     let out = activity_task_started(&mut run, 5, "poll-a", "worker", T0 + 3).unwrap();
     assert!(out.events.is_empty(), "ActivityTaskStarted is written when the activity closes");
@@ -233,13 +236,24 @@ fn a_failed_workflow_task_is_retried_with_the_next_attempt() {
 fn bad_or_unimplemented_commands_change_nothing() {
     let mut run = started();
     let before = run.clone();
+    let marker = command(
+        CommandType::RecordMarker,
+        Cmd::RecordMarkerCommandAttributes(RecordMarkerCommandAttributes {
+            marker_name: "x".into(),
+            ..Default::default()
+        }),
+    );
+    assert!(matches!(
+        workflow_task_completed(&mut run, 2, 3, &done(vec![marker]), T0),
+        Err(EngineError::Unimplemented(_))
+    ));
     let cancel = command(
         CommandType::CancelTimer,
         Cmd::CancelTimerCommandAttributes(CancelTimerCommandAttributes { timer_id: "x".into() }),
     );
     assert!(matches!(
         workflow_task_completed(&mut run, 2, 3, &done(vec![cancel]), T0),
-        Err(EngineError::Unimplemented(_))
+        Err(EngineError::InvalidArgument(_))
     ));
     assert!(matches!(
         workflow_task_completed(&mut run, 2, 3, &done(vec![complete_workflow(), schedule_activity("a")]), T0),
@@ -272,18 +286,55 @@ fn a_started_workflow_task_times_out_into_a_new_attempt() {
     assert!(matches!(workflow_task_timed_out(&mut run, 2, 3, T0 + 20_000), Err(EngineError::NotFound(_))));
 }
 
-#[test]
-fn an_activity_past_start_to_close_times_out_to_the_workflow() {
-    let mut run = started();
-    let mut cmd = schedule_activity("a1");
+fn schedule_activity_with(id: &str, f: impl FnOnce(&mut ScheduleActivityTaskCommandAttributes)) -> Command {
+    let mut cmd = schedule_activity(id);
     if let Some(Cmd::ScheduleActivityTaskCommandAttributes(a)) = cmd.attributes.as_mut() {
-        a.start_to_close_timeout = Some(prost_wkt_types::Duration { seconds: 2, nanos: 0 });
+        f(a);
     }
+    cmd
+}
+
+fn secs(s: i64) -> Option<prost_wkt_types::Duration> {
+    Some(prost_wkt_types::Duration { seconds: s, nanos: 0 })
+}
+
+fn app_failure(non_retryable: bool, kind: &str) -> Vec<u8> {
+    use norn_proto::protos::temporal::api::failure::v1::{failure::FailureInfo, ApplicationFailureInfo, Failure};
+    Failure {
+        message: "boom".into(),
+        failure_info: Some(FailureInfo::ApplicationFailureInfo(ApplicationFailureInfo {
+            r#type: kind.into(),
+            non_retryable,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn an_activity_past_start_to_close_is_retried_then_times_out_to_the_workflow() {
+    let mut run = started();
+    let cmd = schedule_activity_with("a1", |a| {
+        a.start_to_close_timeout = secs(2);
+        a.retry_policy = Some(RetryPolicy { maximum_attempts: 2, ..Default::default() });
+    });
     workflow_task_completed(&mut run, 2, 3, &done(vec![cmd]), T0 + 2).unwrap();
     assert!(activity_timed_out(&mut run, 5, 1, T0 + 100_000).is_err(), "not started: nothing to time out");
     activity_task_started(&mut run, 5, "p", "w", T0 + 10).unwrap();
     assert!(activity_timed_out(&mut run, 5, 1, T0 + 2_009).is_err(), "early");
     let out = activity_timed_out(&mut run, 5, 1, T0 + 2_010).unwrap();
+    assert!(out.events.is_empty(), "a retried attempt writes no event");
+    assert_eq!(
+        out.effects,
+        vec![Effect::ActivityTaskReady { task_queue: "q".into(), scheduled_id: 5, ready_at_ms: T0 + 3_010 }]
+    );
+    assert!(
+        matches!(activity_task_completed(&mut run, 5, 1, vec![], "w", T0 + 2_500), Err(EngineError::NotFound(_))),
+        "the timed-out attempt's late completion is refused"
+    );
+    activity_task_started(&mut run, 5, "p2", "w2", T0 + 3_010).unwrap();
+    let out = activity_timed_out(&mut run, 5, 2, T0 + 5_010).unwrap();
     assert_eq!(
         types(&out),
         vec![
@@ -292,10 +343,84 @@ fn an_activity_past_start_to_close_times_out_to_the_workflow() {
             (8, EventType::WorkflowTaskScheduled)
         ]
     );
-    assert!(
-        matches!(activity_task_completed(&mut run, 5, 1, vec![], "w", T0 + 3000), Err(EngineError::NotFound(_))),
-        "late completion refused"
-    );
+    let Some(Ev::ActivityTaskStartedEventAttributes(st)) = &out.events[0].attributes else { panic!() };
+    assert_eq!(st.attempt, 2);
+    assert!(st.last_failure.is_some(), "the started event carries the previous attempt's failure");
+    let Some(Ev::ActivityTaskTimedOutEventAttributes(t)) = &out.events[1].attributes else { panic!() };
+    assert_eq!(t.retry_state, RetryState::MaximumAttemptsReached as i32);
+}
+
+#[test]
+fn failed_activities_retry_with_backoff_until_the_policy_says_stop() {
+    let mut run = started();
+    let cmd = schedule_activity_with("a1", |a| {
+        a.retry_policy = Some(RetryPolicy {
+            initial_interval: secs(1),
+            backoff_coefficient: 3.0,
+            maximum_interval: secs(5),
+            non_retryable_error_types: vec!["Fatal".into()],
+            ..Default::default()
+        });
+    });
+    let out = workflow_task_completed(&mut run, 2, 3, &done(vec![cmd]), T0).unwrap();
+    let Some(Ev::ActivityTaskScheduledEventAttributes(s)) = &out.events[1].attributes else { panic!() };
+    assert_eq!(s.retry_policy.as_ref().unwrap().maximum_attempts, 0, "unlimited attempts by default");
+    // Delays 1 s, 3 s, then capped at 5 s.
+    let mut now = T0;
+    for (attempt, delay) in [(1, 1_000), (2, 3_000), (3, 5_000), (4, 5_000)] {
+        activity_task_started(&mut run, 5, &format!("p{attempt}"), "w", now).unwrap();
+        let out = activity_task_failed(&mut run, 5, attempt, app_failure(false, "Transient"), "w", now + 10).unwrap();
+        assert!(out.events.is_empty());
+        assert_eq!(
+            out.effects,
+            vec![Effect::ActivityTaskReady { task_queue: "q".into(), scheduled_id: 5, ready_at_ms: now + 10 + delay }]
+        );
+        now += 10 + delay;
+    }
+    activity_task_started(&mut run, 5, "p5", "w", now).unwrap();
+    let out = activity_task_failed(&mut run, 5, 5, app_failure(false, "Fatal"), "w", now + 1).unwrap();
+    assert_eq!(types(&out)[1], (7, EventType::ActivityTaskFailed));
+    let Some(Ev::ActivityTaskFailedEventAttributes(f)) = &out.events[1].attributes else { panic!() };
+    assert_eq!(f.retry_state, RetryState::NonRetryableFailure as i32);
+}
+
+#[test]
+fn non_retryable_failures_and_schedule_to_close_end_the_retries() {
+    let mut run = started();
+    let cmds = vec![schedule_activity("a1"), schedule_activity_with("a2", |a| a.schedule_to_close_timeout = secs(3))];
+    workflow_task_completed(&mut run, 2, 3, &done(cmds), T0).unwrap();
+    activity_task_started(&mut run, 5, "p", "w", T0).unwrap();
+    let out = activity_task_failed(&mut run, 5, 1, app_failure(true, "X"), "w", T0 + 1).unwrap();
+    let Some(Ev::ActivityTaskFailedEventAttributes(f)) = &out.events[1].attributes else { panic!() };
+    assert_eq!(f.retry_state, RetryState::NonRetryableFailure as i32);
+    // a2: the first retry (at +1 s) fits in 3 s, the second (at +1 s + 2 s) does not.
+    activity_task_started(&mut run, 6, "p", "w", T0).unwrap();
+    assert!(activity_task_failed(&mut run, 6, 1, app_failure(false, "X"), "w", T0 + 10).unwrap().events.is_empty());
+    activity_task_started(&mut run, 6, "p2", "w", T0 + 1_010).unwrap();
+    let out = activity_task_failed(&mut run, 6, 2, app_failure(false, "X"), "w", T0 + 1_020).unwrap();
+    let failed = out.events.iter().find_map(|e| match &e.attributes {
+        Some(Ev::ActivityTaskFailedEventAttributes(f)) => Some(f.clone()),
+        _ => None,
+    });
+    assert_eq!(failed.unwrap().retry_state, RetryState::Timeout as i32);
+}
+
+#[test]
+fn a_retry_policy_temporal_would_refuse_is_refused() {
+    for bad in [
+        RetryPolicy { backoff_coefficient: 0.5, ..Default::default() },
+        RetryPolicy { maximum_attempts: -1, ..Default::default() },
+        RetryPolicy { initial_interval: secs(10), maximum_interval: secs(5), ..Default::default() },
+    ] {
+        let mut run = started();
+        let cmd = schedule_activity_with("a1", |a| a.retry_policy = Some(bad.clone()));
+        let before = run.clone();
+        assert!(matches!(
+            workflow_task_completed(&mut run, 2, 3, &done(vec![cmd]), T0),
+            Err(EngineError::InvalidArgument(_))
+        ));
+        assert_eq!(run, before, "a refused task changes nothing");
+    }
 }
 
 fn signal_attrs(
@@ -349,4 +474,112 @@ fn signal_with_start_puts_the_signal_before_the_first_task() {
             (3, EventType::WorkflowTaskScheduled)
         ]
     );
+}
+
+#[test]
+fn cancel_is_requested_once_and_closed_by_the_workflow() {
+    let (mut run, _) = start("ns-id", "run-1", &start_req(), T0).unwrap();
+    let out = request_cancel(&mut run, "stop", "me", T0 + 1).unwrap();
+    assert_eq!(types(&out), vec![(3, EventType::WorkflowExecutionCancelRequested)]);
+    assert_eq!(request_cancel(&mut run, "again", "me", T0 + 2).unwrap(), Outcome::default());
+    workflow_task_started(&mut run, 2, "p", "w", T0 + 3).unwrap();
+    let cancel = command(
+        CommandType::CancelWorkflowExecution,
+        Cmd::CancelWorkflowExecutionCommandAttributes(CancelWorkflowExecutionCommandAttributes { details: None }),
+    );
+    let out = workflow_task_completed(&mut run, 2, 4, &done(vec![cancel]), T0 + 4).unwrap();
+    assert_eq!(types(&out), vec![(5, EventType::WorkflowTaskCompleted), (6, EventType::WorkflowExecutionCanceled)]);
+    assert_eq!(run.status, RunStatus::Canceled);
+}
+
+#[test]
+fn terminate_closes_at_once_and_drops_pending_work() {
+    let mut run = started();
+    workflow_task_completed(&mut run, 2, 3, &done(vec![schedule_activity("a1")]), T0 + 2).unwrap();
+    let out = terminate(&mut run, "ops", None, "admin", T0 + 3).unwrap();
+    assert_eq!(types(&out), vec![(6, EventType::WorkflowExecutionTerminated)]);
+    assert_eq!(out.effects, vec![Effect::RunClosed]);
+    assert_eq!(run.status, RunStatus::Terminated);
+    assert!(activity_task_started(&mut run, 5, "p", "w", T0 + 4).is_err());
+    assert!(matches!(terminate(&mut run, "again", None, "admin", T0 + 5), Err(EngineError::NotFound(_))));
+}
+
+fn cancel_activity(scheduled_id: i64) -> Command {
+    command(
+        CommandType::RequestCancelActivityTask,
+        Cmd::RequestCancelActivityTaskCommandAttributes(RequestCancelActivityTaskCommandAttributes {
+            scheduled_event_id: scheduled_id,
+        }),
+    )
+}
+
+#[test]
+fn timers_and_activities_are_canceled_by_the_workflow() {
+    let mut run = started();
+    // 5: a1, 6: a2, 7: timer t.
+    let cmds = vec![schedule_activity("a1"), schedule_activity("a2"), timer("t", 60)];
+    workflow_task_completed(&mut run, 2, 3, &done(cmds), T0).unwrap();
+    activity_task_started(&mut run, 5, "p", "w", T0 + 1).unwrap();
+    activity_task_started(&mut run, 6, "p", "w", T0 + 1).unwrap();
+    // a1 completes (8 started, 9 completed), which schedules workflow task 10.
+    activity_task_completed(&mut run, 5, 1, vec![], "w", T0 + 2).unwrap();
+    workflow_task_started(&mut run, 10, "poll", "w", T0 + 3).unwrap();
+    let cmd = command(
+        CommandType::CancelTimer,
+        Cmd::CancelTimerCommandAttributes(CancelTimerCommandAttributes { timer_id: "t".into() }),
+    );
+    let bad = done(vec![cancel_activity(5)]);
+    assert!(
+        matches!(workflow_task_completed(&mut run.clone(), 10, 11, &bad, T0 + 4), Err(EngineError::InvalidArgument(_))),
+        "a1 is closed already"
+    );
+    let out = workflow_task_completed(&mut run, 10, 11, &done(vec![cmd, cancel_activity(6)]), T0 + 4).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![
+            (12, EventType::WorkflowTaskCompleted),
+            (13, EventType::TimerCanceled),
+            (14, EventType::ActivityTaskCancelRequested)
+        ]
+    );
+    assert!(run.timers.is_empty());
+    assert!(matches!(timer_fired(&mut run, "t", 7, T0 + 70_000), Err(EngineError::NotFound(_))));
+    // a2 is running: it hears of the cancel through its heartbeat, then acknowledges it.
+    activity_heartbeat(&mut run, 6, 1, b"d".to_vec()).unwrap();
+    assert_eq!(run.activities[&6].cancel_requested_id, 14);
+    let out = activity_task_canceled(&mut run, 6, 1, vec![], "w", T0 + 5).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![
+            (15, EventType::ActivityTaskStarted),
+            (16, EventType::ActivityTaskCanceled),
+            (17, EventType::WorkflowTaskScheduled)
+        ]
+    );
+    let Some(Ev::ActivityTaskCanceledEventAttributes(c)) = &out.events[1].attributes else { panic!() };
+    assert_eq!((c.latest_cancel_requested_event_id, c.scheduled_event_id, c.started_event_id), (14, 6, 15));
+}
+
+#[test]
+fn an_activity_not_yet_started_is_canceled_at_once() {
+    let mut run = started();
+    workflow_task_completed(&mut run, 2, 3, &done(vec![schedule_activity("a1")]), T0).unwrap();
+    let out = activity_task_canceled(&mut run, 5, 1, vec![], "w", T0 + 1);
+    assert!(matches!(out, Err(EngineError::NotFound(_))), "not started, not asked");
+    let mut run = started();
+    let cmds = vec![schedule_activity("a1"), timer("t", 1)];
+    workflow_task_completed(&mut run, 2, 3, &done(cmds), T0).unwrap();
+    timer_fired(&mut run, "t", 6, T0 + 1_000).unwrap(); // 7 fired, 8 scheduled
+    workflow_task_started(&mut run, 8, "poll", "w", T0 + 1_001).unwrap(); // 9
+    let out = workflow_task_completed(&mut run, 8, 9, &done(vec![cancel_activity(5)]), T0 + 1_002).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![
+            (10, EventType::WorkflowTaskCompleted),
+            (11, EventType::ActivityTaskCancelRequested),
+            (12, EventType::ActivityTaskCanceled),
+            (13, EventType::WorkflowTaskScheduled)
+        ]
+    );
+    assert!(run.activities.is_empty());
 }
