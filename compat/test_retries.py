@@ -7,14 +7,14 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from workflows import RetriesFlaky, flaky
+from workflows import RetriesFlaky, SilentActivity, flaky, goes_silent
 
 
 @pytest.fixture(scope="module")
 async def retry_worker(cluster):
     c = await Client.connect(cluster[1])
     tq = f"retry-{uuid.uuid4().hex[:8]}"
-    async with Worker(c, task_queue=tq, workflows=[RetriesFlaky], activities=[flaky]):
+    async with Worker(c, task_queue=tq, workflows=[RetriesFlaky, SilentActivity], activities=[flaky, goes_silent]):
         yield tq
 
 
@@ -34,3 +34,11 @@ async def test_a_failing_activity_is_retried_until_it_succeeds(client, retry_wor
     scheduled = next(e for e in events if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
     policy = scheduled.activity_task_scheduled_event_attributes.retry_policy
     assert policy.backoff_coefficient == 2.0 and policy.maximum_attempts == 0
+
+
+async def test_an_activity_that_stops_heartbeating_times_out(client, retry_worker):
+    w = f"wf-{uuid.uuid4()}"
+    result = await client.execute_workflow(SilentActivity.run, id=w, task_queue=retry_worker)
+    assert result == "TimeoutError: HEARTBEAT"
+    types = [e.event_type for e in (await client.get_workflow_handle(w).fetch_history()).events]
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT in types

@@ -155,3 +155,26 @@ class CancelsItsActivity:
         except Exception as e:  # ActivityError caused by CancelledError
             return f"canceled: {type(e.cause).__name__}"
         return "not canceled"
+
+
+@activity.defn
+async def goes_silent() -> str:
+    activity.heartbeat("started")
+    await asyncio.sleep(30)
+    return "should have timed out"
+
+
+@workflow.defn
+class SilentActivity:
+    @workflow.run
+    async def run(self) -> str:
+        try:
+            await workflow.execute_activity(
+                goes_silent,
+                start_to_close_timeout=timedelta(seconds=60),
+                heartbeat_timeout=timedelta(seconds=1),
+                retry_policy=RetryPolicy(maximum_attempts=1),
+            )
+        except Exception as e:  # ActivityError caused by TimeoutError
+            return f"{type(e.cause).__name__}: {e.cause.type.name}"
+        return "no timeout"

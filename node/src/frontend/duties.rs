@@ -1,6 +1,7 @@
 //! Leader duties: on every shard this node leads, once a second, look at the open runs and
 //! re-offer ready tasks that matching may have lost (a leader change, a node restart, a dropped
-//! offer), re-arm timers, and enforce workflow-task and activity start-to-close timeouts. The
+//! offer), re-arm timers, and enforce workflow-task start-to-close and activity start-to-close and
+//! heartbeat timeouts. The
 //! commands it proposes are validated by the engine, so a duplicate or early one changes nothing.
 
 use std::collections::HashSet;
@@ -89,7 +90,7 @@ impl Frontend {
                         };
                         self.offer(q, TaskRef { shard, run: key.clone(), scheduled_id: a.scheduled_id });
                     }
-                } else if a.start_to_close_ms > 0 && now >= a.started_ms + a.start_to_close_ms {
+                } else if a.attempt_deadline().is_some_and(|(at, _)| now >= at) {
                     let cmd = WorkflowCommand::ActivityTimedOut {
                         run: key.clone(),
                         scheduled_id: a.scheduled_id,

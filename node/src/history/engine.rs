@@ -84,8 +84,8 @@ pub enum Buffered {
     ActivityFailed { scheduled_id: i64, failure: Vec<u8>, identity: String, retry_state: i32 },
     /// A timer fired.
     TimerFired { timer_id: String, started_id: i64 },
-    /// An activity attempt ran past its start-to-close timeout and is not retried.
-    ActivityTimedOut { scheduled_id: i64, retry_state: i32 },
+    /// An activity attempt ran past a timeout and is not retried.
+    ActivityTimedOut { scheduled_id: i64, retry_state: i32, timeout: AttemptTimeout },
     /// A signal arrived (encoded `WorkflowExecutionSignaledEventAttributes`).
     Signaled { attributes: Vec<u8> },
     /// A cancel was requested.
@@ -187,13 +187,13 @@ impl<'a> Writer<'a> {
                 Buffered::ActivityFailed { scheduled_id, failure, identity, retry_state } => {
                     self.activity_closed(scheduled_id, identity, Err((failure, retry_state)));
                 }
-                Buffered::ActivityTimedOut { scheduled_id, retry_state } => {
+                Buffered::ActivityTimedOut { scheduled_id, retry_state, timeout } => {
                     let Some(a) = self.run.activities.remove(&scheduled_id) else { continue };
                     let started_id = self.activity_started_event(scheduled_id, &a);
                     self.event(
                         EventType::ActivityTaskTimedOut,
                         Ev::ActivityTaskTimedOutEventAttributes(ActivityTaskTimedOutEventAttributes {
-                            failure: Some(start_to_close_failure()),
+                            failure: Some(timeout_failure(timeout, &a.heartbeat_details)),
                             scheduled_event_id: scheduled_id,
                             started_event_id: started_id,
                             retry_state,
@@ -482,6 +482,7 @@ fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> 
                 }
                 duration_ms(&a.start_to_close_timeout)?;
                 duration_ms(&a.schedule_to_close_timeout)?;
+                duration_ms(&a.heartbeat_timeout)?;
                 retry_spec(&a.retry_policy)?;
             }
             Cmd::StartTimerCommandAttributes(t) => {
@@ -630,6 +631,8 @@ pub fn workflow_task_completed(
                         last_failure: Vec::new(),
                         cancel_requested_id: 0,
                         heartbeat_details: Vec::new(),
+                        heartbeat_timeout_ms: duration_ms(&a.heartbeat_timeout)?.unwrap_or(0),
+                        last_heartbeat_ms: 0,
                     },
                 );
                 w.out.effects.push(Effect::ActivityTaskReady { task_queue: tq, scheduled_id: id, ready_at_ms: now_ms });
@@ -782,6 +785,7 @@ pub fn activity_task_started(
     a.request_id = request_id.into();
     a.identity = identity.into();
     a.started_ms = now_ms;
+    a.last_heartbeat_ms = now_ms;
     Ok(Outcome::default())
 }
 
@@ -928,13 +932,18 @@ fn retry_activity(run: &mut RunState, scheduled_id: i64, ready_at_ms: u64, failu
     out
 }
 
-fn start_to_close_failure() -> Failure {
+fn timeout_failure(timeout: AttemptTimeout, heartbeat_details: &[u8]) -> Failure {
+    let (name, timeout_type) = match timeout {
+        AttemptTimeout::StartToClose => ("StartToClose", TimeoutType::StartToClose),
+        AttemptTimeout::Heartbeat => ("Heartbeat", TimeoutType::Heartbeat),
+    };
     Failure {
-        message: "activity StartToClose timeout".into(),
+        message: format!("activity {name} timeout"),
         source: "Server".into(),
         failure_info: Some(FailureInfo::TimeoutFailureInfo(TimeoutFailureInfo {
-            timeout_type: TimeoutType::StartToClose as i32,
-            last_heartbeat_details: None,
+            timeout_type: timeout_type as i32,
+            last_heartbeat_details: (!heartbeat_details.is_empty())
+                .then(|| decode_or_default::<Payloads>(heartbeat_details)),
         })),
         ..Default::default()
     }
@@ -963,10 +972,12 @@ pub fn activity_heartbeat(
     scheduled_id: i64,
     attempt: i32,
     details: Vec<u8>,
+    now_ms: u64,
 ) -> Result<Outcome, EngineError> {
     started_activity(run, scheduled_id, attempt)?;
     if let Some(a) = run.activities.get_mut(&scheduled_id) {
         a.heartbeat_details = details;
+        a.last_heartbeat_ms = a.last_heartbeat_ms.max(now_ms);
     }
     Ok(Outcome::default())
 }
@@ -1018,8 +1029,8 @@ pub fn workflow_task_timed_out(
     Ok(w.out)
 }
 
-/// The started activity attempt ran past its start-to-close timeout: retried like a failure,
-/// or, when the policy allows no more attempts, the timeout goes to the workflow.
+/// The started activity attempt ran past its start-to-close or heartbeat timeout: retried like a
+/// failure, or, when the policy allows no more attempts, the timeout goes to the workflow.
 pub fn activity_timed_out(
     run: &mut RunState,
     scheduled_id: i64,
@@ -1028,15 +1039,16 @@ pub fn activity_timed_out(
 ) -> Result<Outcome, EngineError> {
     started_activity(run, scheduled_id, attempt)?;
     let a = &run.activities[&scheduled_id];
-    if a.start_to_close_ms == 0 || now_ms < a.started_ms.saturating_add(a.start_to_close_ms) {
-        return Err(EngineError::InvalidArgument("activity has not timed out yet".into()));
-    }
-    let failure = start_to_close_failure();
+    let timeout = match a.attempt_deadline() {
+        Some((at, timeout)) if now_ms >= at => timeout,
+        _ => return Err(EngineError::InvalidArgument("activity has not timed out yet".into())),
+    };
+    let failure = timeout_failure(timeout, &a.heartbeat_details);
     match next_attempt_at(a, &failure, now_ms) {
         Ok(ready_at_ms) => Ok(retry_activity(run, scheduled_id, ready_at_ms, failure.encode_to_vec())),
         Err(retry_state) => Ok(activity_result(
             run,
-            Buffered::ActivityTimedOut { scheduled_id, retry_state: retry_state as i32 },
+            Buffered::ActivityTimedOut { scheduled_id, retry_state: retry_state as i32, timeout },
             now_ms,
         )),
     }

@@ -76,6 +76,36 @@ pub struct ActivityInfo {
     pub cancel_requested_id: i64,
     /// Details of the last heartbeat (encoded `Payloads`).
     pub heartbeat_details: Vec<u8>,
+    /// Longest silence allowed between heartbeats of a started attempt (0: no limit).
+    pub heartbeat_timeout_ms: u64,
+    /// Leader time of the attempt's start or last heartbeat, whichever is later.
+    pub last_heartbeat_ms: u64,
+}
+
+/// Which limit a started activity attempt ran past.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptTimeout {
+    /// Start-to-close.
+    StartToClose,
+    /// Heartbeat.
+    Heartbeat,
+}
+
+impl ActivityInfo {
+    /// The earliest deadline of the started attempt, if it has one.
+    pub fn attempt_deadline(&self) -> Option<(u64, AttemptTimeout)> {
+        if self.request_id.is_empty() {
+            return None;
+        }
+        let close = (self.start_to_close_ms > 0)
+            .then(|| (self.started_ms.saturating_add(self.start_to_close_ms), AttemptTimeout::StartToClose));
+        let beat = (self.heartbeat_timeout_ms > 0)
+            .then(|| (self.last_heartbeat_ms.saturating_add(self.heartbeat_timeout_ms), AttemptTimeout::Heartbeat));
+        match (close, beat) {
+            (Some(c), Some(b)) => Some(if b.0 < c.0 { b } else { c }),
+            (c, b) => c.or(b),
+        }
+    }
 }
 
 /// An activity's retry policy with Temporal's defaults filled in. The backoff coefficient is kept

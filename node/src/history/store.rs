@@ -307,7 +307,7 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
         }
         WorkflowCommand::ActivityHeartbeat { run, scheduled_id, attempt, details } => {
             let mut state = loaded(txn, &run)?;
-            let out = engine::activity_heartbeat(&mut state, scheduled_id, attempt, details)?;
+            let out = engine::activity_heartbeat(&mut state, scheduled_id, attempt, details, now_ms)?;
             (state, out)
         }
         WorkflowCommand::TimerFired { run, timer_id, started_id } => {

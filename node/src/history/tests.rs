@@ -545,7 +545,7 @@ fn timers_and_activities_are_canceled_by_the_workflow() {
     assert!(run.timers.is_empty());
     assert!(matches!(timer_fired(&mut run, "t", 7, T0 + 70_000), Err(EngineError::NotFound(_))));
     // a2 is running: it hears of the cancel through its heartbeat, then acknowledges it.
-    activity_heartbeat(&mut run, 6, 1, b"d".to_vec()).unwrap();
+    activity_heartbeat(&mut run, 6, 1, b"d".to_vec(), T0 + 4).unwrap();
     assert_eq!(run.activities[&6].cancel_requested_id, 14);
     let out = activity_task_canceled(&mut run, 6, 1, vec![], "w", T0 + 5).unwrap();
     assert_eq!(
@@ -582,4 +582,25 @@ fn an_activity_not_yet_started_is_canceled_at_once() {
         ]
     );
     assert!(run.activities.is_empty());
+}
+
+#[test]
+fn a_silent_activity_times_out_on_its_heartbeat() {
+    let mut run = started();
+    let cmd = schedule_activity_with("a1", |a| {
+        a.start_to_close_timeout = secs(60);
+        a.heartbeat_timeout = secs(2);
+        a.retry_policy = Some(RetryPolicy { maximum_attempts: 1, ..Default::default() });
+    });
+    workflow_task_completed(&mut run, 2, 3, &done(vec![cmd]), T0).unwrap();
+    activity_task_started(&mut run, 5, "p", "w", T0).unwrap();
+    activity_heartbeat(&mut run, 5, 1, b"progress".to_vec(), T0 + 1_500).unwrap();
+    assert!(activity_timed_out(&mut run, 5, 1, T0 + 3_000).is_err(), "the heartbeat moved the deadline");
+    let out = activity_timed_out(&mut run, 5, 1, T0 + 3_500).unwrap();
+    let Some(Ev::ActivityTaskTimedOutEventAttributes(t)) = &out.events[1].attributes else { panic!() };
+    use norn_proto::protos::temporal::api::failure::v1::failure::FailureInfo;
+    let Some(FailureInfo::TimeoutFailureInfo(info)) = &t.failure.as_ref().unwrap().failure_info else { panic!() };
+    assert_eq!(info.timeout_type, norn_proto::protos::temporal::api::enums::v1::TimeoutType::Heartbeat as i32);
+    assert!(info.last_heartbeat_details.is_some(), "the last heartbeat's details reach the workflow");
+    assert_eq!(t.retry_state, RetryState::MaximumAttemptsReached as i32);
 }
