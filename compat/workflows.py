@@ -178,3 +178,27 @@ class SilentActivity:
         except Exception as e:  # ActivityError caused by TimeoutError
             return f"{type(e.cause).__name__}: {e.cause.type.name}"
         return "no timeout"
+
+
+@workflow.defn
+class Counter:
+    def __init__(self) -> None:
+        self.count = 0
+        self.done = False
+
+    @workflow.signal
+    def bump(self) -> None:
+        self.count += 1
+
+    @workflow.signal
+    def finish(self) -> None:
+        self.done = True
+
+    @workflow.query
+    def value(self) -> int:
+        return self.count
+
+    @workflow.run
+    async def run(self) -> int:
+        await workflow.wait_condition(lambda: self.done)
+        return self.count

@@ -148,7 +148,8 @@ impl AdminService {
         placement::shard_of(&[key], self.config.shards)
     }
 
-    fn member_addr(&self, id: NodeId) -> Option<String> {
+    /// The client address of member `id`.
+    pub fn member_addr(&self, id: NodeId) -> Option<String> {
         self.config.members.iter().find(|m| m.id == id).map(|m| m.client_addr.clone())
     }
 

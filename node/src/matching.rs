@@ -50,8 +50,31 @@ pub struct TaskRef {
     pub shard: u32,
     /// The run.
     pub run: RunKey,
-    /// Event id of the task's scheduled event.
+    /// Event id of the task's scheduled event (0 for a query).
     pub scheduled_id: i64,
+    /// Set for a query task: answered by the worker, never recorded in the run.
+    pub query: Option<QueryTask>,
+}
+
+/// A query waiting for a worker. Queries are not durable: a lost one times out at its caller.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct QueryTask {
+    /// Unique id; the answer is matched to the waiting caller by it.
+    pub id: String,
+    /// The node where the caller waits.
+    pub origin: u64,
+    /// Encoded `WorkflowQuery`.
+    pub query: Vec<u8>,
+}
+
+impl TaskRef {
+    /// Key under which the queue refuses duplicates.
+    fn dedupe_key(&self) -> (String, i64) {
+        match &self.query {
+            Some(q) => (format!("query/{}", q.id), 0),
+            None => (self.run.run_id.clone(), self.scheduled_id),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -88,11 +111,11 @@ impl Matching {
                 Err(t) => task = t,
             }
         }
-        if q.queued.insert((task.run.run_id.clone(), task.scheduled_id)) {
+        if q.queued.insert(task.dedupe_key()) {
             q.tasks.push_back(task);
             if q.tasks.len() > TASKS_PER_QUEUE_MAX {
                 if let Some(old) = q.tasks.pop_front() {
-                    q.queued.remove(&(old.run.run_id, old.scheduled_id));
+                    q.queued.remove(&old.dedupe_key());
                 }
             }
         }
@@ -110,7 +133,7 @@ impl Matching {
                 }
             }
             if let Some(t) = q.tasks.pop_front() {
-                q.queued.remove(&(t.run.run_id.clone(), t.scheduled_id));
+                q.queued.remove(&t.dedupe_key());
                 return Some(t);
             }
             let (tx, rx) = oneshot::channel();
@@ -147,6 +170,7 @@ mod tests {
             shard: 0,
             run: RunKey { namespace_id: "ns".into(), workflow_id: "w".into(), run_id: "r".into() },
             scheduled_id: n,
+            query: None,
         }
     }
 

@@ -67,7 +67,7 @@ impl Frontend {
                             name: run.task_queue.clone(),
                             kind: TaskKind::Workflow,
                         };
-                        self.offer(q, TaskRef { shard, run: key.clone(), scheduled_id: t.scheduled_id });
+                        self.offer(q, TaskRef { shard, run: key.clone(), scheduled_id: t.scheduled_id, query: None });
                     }
                     Some(started_id) if now >= t.started_ms + run.workflow_task_timeout_ms => {
                         let cmd = WorkflowCommand::WorkflowTaskTimedOut {
@@ -88,7 +88,7 @@ impl Frontend {
                             name: a.task_queue.clone(),
                             kind: TaskKind::Activity,
                         };
-                        self.offer(q, TaskRef { shard, run: key.clone(), scheduled_id: a.scheduled_id });
+                        self.offer(q, TaskRef { shard, run: key.clone(), scheduled_id: a.scheduled_id, query: None });
                     }
                 } else if a.attempt_deadline().is_some_and(|(at, _)| now >= at) {
                     let cmd = WorkflowCommand::ActivityTimedOut {

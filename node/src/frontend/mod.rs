@@ -4,6 +4,7 @@
 
 mod duties;
 mod namespaces;
+mod queries;
 mod workflows;
 
 pub use namespaces::{describe_response, ensure_default, lookup};
@@ -27,12 +28,19 @@ pub struct Frontend {
     ns_cache: Arc<Mutex<HashMap<String, String>>>,
     clients: Arc<Mutex<HashMap<String, WorkflowServiceClient<Channel>>>>,
     timers: duties::ArmedTimers,
+    queries: queries::QueryWaiters,
 }
 
 impl Frontend {
     /// A frontend that routes through `admin`.
     pub fn new(admin: AdminService) -> Self {
-        Self { admin, ns_cache: Arc::default(), clients: Arc::default(), timers: Default::default() }
+        Self {
+            admin,
+            ns_cache: Arc::default(),
+            clients: Arc::default(),
+            timers: Default::default(),
+            queries: Default::default(),
+        }
     }
 
     fn workflow_client(&self, addr: &str) -> Result<WorkflowServiceClient<Channel>, Status> {
@@ -196,6 +204,20 @@ impl WorkflowService for Frontend {
         request: Request<RespondActivityTaskCanceledRequest>,
     ) -> Result<Response<RespondActivityTaskCanceledResponse>, Status> {
         self.respond_activity_canceled(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn query_workflow(
+        &self,
+        request: Request<QueryWorkflowRequest>,
+    ) -> Result<Response<QueryWorkflowResponse>, Status> {
+        self.query(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn respond_query_task_completed(
+        &self,
+        request: Request<RespondQueryTaskCompletedRequest>,
+    ) -> Result<Response<RespondQueryTaskCompletedResponse>, Status> {
+        self.respond_query_completed(request.into_inner()).await.map(Response::new)
     }
 
     async fn terminate_workflow_execution(

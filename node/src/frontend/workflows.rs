@@ -48,6 +48,15 @@ struct TaskToken {
     scheduled_id: i64,
     /// Workflow tasks: the started event id. Activity tasks: the attempt.
     started_or_attempt: i64,
+    /// Query tasks: the query id and the node where its caller waits.
+    query: Option<(String, u64)>,
+}
+
+/// The query id and origin node of a query task's token.
+pub(super) fn query_of_token(bytes: &[u8]) -> Result<(String, u64), Status> {
+    decode_token(bytes, TaskKind::Workflow)?
+        .query
+        .ok_or_else(|| Status::invalid_argument("task token is not a query task's"))
 }
 
 fn encode_token(t: &TaskToken) -> Result<Vec<u8>, Status> {
@@ -77,7 +86,7 @@ fn engine_status(e: EngineError) -> Status {
     }
 }
 
-fn new_uuid() -> String {
+pub(super) fn new_uuid() -> String {
     use rand::RngCore;
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut b);
@@ -104,7 +113,7 @@ impl Frontend {
         crate::placement::shard_of(&[namespace_id.as_bytes(), workflow_id.as_bytes()], self.admin.config().shards)
     }
 
-    async fn namespace_id(&self, name: &str) -> Result<String, Status> {
+    pub(super) async fn namespace_id(&self, name: &str) -> Result<String, Status> {
         if name.is_empty() {
             return Err(Status::invalid_argument("namespace is not set on request"));
         }
@@ -147,7 +156,7 @@ impl Frontend {
             let run = run.clone();
             let offer = |kind: TaskKind, task_queue: String, scheduled_id: i64, ready_at_ms: u64| {
                 let queue = QueueKey { namespace_id: run.namespace_id.clone(), name: task_queue, kind };
-                let task = TaskRef { shard, run: run.clone(), scheduled_id };
+                let task = TaskRef { shard, run: run.clone(), scheduled_id, query: None };
                 let admin = self.admin.clone();
                 tokio::spawn(async move {
                     let now = norn_raft::SystemClock.now_ms();
@@ -202,7 +211,7 @@ impl Frontend {
         }
     }
 
-    async fn read_run(&self, shard: u32, run: &RunKey) -> Result<RunState, Status> {
+    pub(super) async fn read_run(&self, shard: u32, run: &RunKey) -> Result<RunState, Status> {
         let pairs = self.admin.read_keys(shard, &store::run_state_key(run), false).await?;
         let (_, v) = pairs.into_iter().next().ok_or_else(|| {
             Status::not_found(format!("workflow execution {}/{} not found", run.workflow_id, run.run_id))
@@ -210,7 +219,7 @@ impl Frontend {
         postcard::from_bytes(&v).map_err(|e| Status::internal(format!("corrupt run state: {e}")))
     }
 
-    async fn read_events(&self, shard: u32, run_id: &str) -> Result<Vec<HistoryEvent>, Status> {
+    pub(super) async fn read_events(&self, shard: u32, run_id: &str) -> Result<Vec<HistoryEvent>, Status> {
         let pairs = self.admin.read_keys(shard, &store::events_prefix(run_id), true).await?;
         pairs
             .into_iter()
@@ -221,7 +230,11 @@ impl Frontend {
     }
 
     /// Resolves an execution whose run id may be empty (the current run).
-    async fn resolve(&self, namespace_id: &str, exec: Option<&WorkflowExecution>) -> Result<(u32, RunKey), Status> {
+    pub(super) async fn resolve(
+        &self,
+        namespace_id: &str,
+        exec: Option<&WorkflowExecution>,
+    ) -> Result<(u32, RunKey), Status> {
         let exec = exec.ok_or_else(|| Status::invalid_argument("execution is not set on request"))?;
         if exec.workflow_id.is_empty() {
             return Err(Status::invalid_argument("WorkflowId is not set on request."));
@@ -411,6 +424,9 @@ impl Frontend {
             let Some(task) = self.admin.matching().poll(&queue, &req.identity, left).await else {
                 return Ok(PollWorkflowTaskQueueResponse::default());
             };
+            if let Some(q) = &task.query {
+                return self.query_task_response(&task, q).await;
+            }
             let cmd = WorkflowCommand::WorkflowTaskStarted {
                 run: task.run.clone(),
                 scheduled_id: task.scheduled_id,
@@ -444,6 +460,7 @@ impl Frontend {
                 kind: TaskKind::Workflow,
                 scheduled_id: task.scheduled_id,
                 started_or_attempt: started_id,
+                query: None,
             };
             return Ok(PollWorkflowTaskQueueResponse {
                 task_token: encode_token(&token)?,
@@ -466,6 +483,44 @@ impl Frontend {
                 ..Default::default()
             });
         }
+    }
+
+    /// A query task: the run's whole history and the query; nothing is recorded.
+    async fn query_task_response(
+        &self,
+        task: &TaskRef,
+        q: &crate::matching::QueryTask,
+    ) -> Result<PollWorkflowTaskQueueResponse, Status> {
+        let run = self.read_run(task.shard, &task.run).await?;
+        let events = self.read_events(task.shard, &task.run.run_id).await?;
+        let last = events.last().map(|e| e.event_id).unwrap_or(0);
+        let token = TaskToken {
+            shard: task.shard,
+            run: task.run.clone(),
+            kind: TaskKind::Workflow,
+            scheduled_id: 0,
+            started_or_attempt: 0,
+            query: Some((q.id.clone(), q.origin)),
+        };
+        Ok(PollWorkflowTaskQueueResponse {
+            task_token: encode_token(&token)?,
+            workflow_execution: Some(WorkflowExecution {
+                workflow_id: run.workflow_id.clone(),
+                run_id: run.run_id.clone(),
+            }),
+            workflow_type: Some(WorkflowType { name: run.workflow_type.clone() }),
+            previous_started_event_id: run.last_completed_started_id,
+            started_event_id: last,
+            attempt: 1,
+            history: Some(History { events }),
+            query: Some(super::queries::decode_query(&q.query)?),
+            workflow_execution_task_queue: Some(TaskQueue {
+                name: run.task_queue.clone(),
+                kind: TaskQueueKind::Normal as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
     }
 
     pub(super) async fn respond_workflow_task_completed(
@@ -547,6 +602,7 @@ impl Frontend {
                 kind: TaskKind::Activity,
                 scheduled_id: task.scheduled_id,
                 started_or_attempt: i64::from(a.attempt),
+                query: None,
             };
             return Ok(PollActivityTaskQueueResponse {
                 task_token: encode_token(&token)?,
