@@ -23,6 +23,7 @@ pub mod config;
 pub mod frontend;
 pub mod history;
 pub mod kv;
+pub mod list_filter;
 pub mod local_cluster;
 pub mod matching;
 pub mod metrics;

@@ -5,6 +5,7 @@
 mod duties;
 mod namespaces;
 mod queries;
+mod visibility;
 mod workflows;
 
 pub use namespaces::{describe_response, ensure_default, lookup};
@@ -218,6 +219,20 @@ impl WorkflowService for Frontend {
         request: Request<RespondQueryTaskCompletedRequest>,
     ) -> Result<Response<RespondQueryTaskCompletedResponse>, Status> {
         self.respond_query_completed(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_workflow_executions(
+        &self,
+        request: Request<ListWorkflowExecutionsRequest>,
+    ) -> Result<Response<ListWorkflowExecutionsResponse>, Status> {
+        self.list(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn count_workflow_executions(
+        &self,
+        request: Request<CountWorkflowExecutionsRequest>,
+    ) -> Result<Response<CountWorkflowExecutionsResponse>, Status> {
+        self.count(request.into_inner()).await.map(Response::new)
     }
 
     async fn terminate_workflow_execution(

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use norn_proto::protos::google::rpc::Status as RpcStatus;
-use norn_proto::protos::temporal::api::enums::v1::{QueryRejectCondition, QueryResultType, WorkflowExecutionStatus};
+use norn_proto::protos::temporal::api::enums::v1::{QueryRejectCondition, QueryResultType};
 use norn_proto::protos::temporal::api::errordetails::v1::QueryFailedFailure;
 use norn_proto::protos::temporal::api::query::v1::{QueryRejected, WorkflowQuery};
 use norn_proto::protos::temporal::api::workflowservice::v1::*;
@@ -21,6 +21,7 @@ use prost::Message;
 use tokio::sync::oneshot;
 use tonic::Status;
 
+use super::workflows::status_of;
 use super::Frontend;
 use crate::history::state::RunStatus;
 use crate::matching::{QueryTask, QueueKey, TaskKind, TaskRef};
@@ -50,16 +51,6 @@ impl QueryWaiters {
             Some(tx) => tx.send(answer).is_ok(),
             None => false,
         }
-    }
-}
-
-fn status_of(s: RunStatus) -> WorkflowExecutionStatus {
-    match s {
-        RunStatus::Running => WorkflowExecutionStatus::Running,
-        RunStatus::Completed => WorkflowExecutionStatus::Completed,
-        RunStatus::Failed => WorkflowExecutionStatus::Failed,
-        RunStatus::Canceled => WorkflowExecutionStatus::Canceled,
-        RunStatus::Terminated => WorkflowExecutionStatus::Terminated,
     }
 }
 

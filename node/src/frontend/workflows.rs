@@ -754,13 +754,6 @@ impl Frontend {
         let ns = self.namespace_id(&req.namespace).await?;
         let (shard, run) = self.resolve(&ns, req.execution.as_ref()).await?;
         let s = self.read_run(shard, &run).await?;
-        let status = match s.status {
-            RunStatus::Running => WorkflowExecutionStatus::Running,
-            RunStatus::Completed => WorkflowExecutionStatus::Completed,
-            RunStatus::Failed => WorkflowExecutionStatus::Failed,
-            RunStatus::Canceled => WorkflowExecutionStatus::Canceled,
-            RunStatus::Terminated => WorkflowExecutionStatus::Terminated,
-        };
         let tq = TaskQueue { name: s.task_queue.clone(), kind: TaskQueueKind::Normal as i32, ..Default::default() };
         Ok(DescribeWorkflowExecutionResponse {
             execution_config: Some(WorkflowExecutionConfig {
@@ -771,18 +764,7 @@ impl Frontend {
                 }),
                 ..Default::default()
             }),
-            workflow_execution_info: Some(WorkflowExecutionInfo {
-                execution: Some(WorkflowExecution { workflow_id: s.workflow_id.clone(), run_id: s.run_id.clone() }),
-                r#type: Some(WorkflowType { name: s.workflow_type.clone() }),
-                start_time: Some(timestamp(s.start_ms)),
-                close_time: s.close_ms.map(timestamp),
-                status: status as i32,
-                history_length: s.next_event_id - 1,
-                execution_time: Some(timestamp(s.start_ms)),
-                task_queue: s.task_queue.clone(),
-                first_run_id: s.run_id.clone(),
-                ..Default::default()
-            }),
+            workflow_execution_info: Some(execution_info(&s)),
             pending_activities: s
                 .activities
                 .values()
@@ -796,6 +778,33 @@ impl Frontend {
                 .collect(),
             ..Default::default()
         })
+    }
+}
+
+/// What describe and list say about a run.
+pub(super) fn execution_info(s: &RunState) -> WorkflowExecutionInfo {
+    WorkflowExecutionInfo {
+        execution: Some(WorkflowExecution { workflow_id: s.workflow_id.clone(), run_id: s.run_id.clone() }),
+        r#type: Some(WorkflowType { name: s.workflow_type.clone() }),
+        start_time: Some(timestamp(s.start_ms)),
+        close_time: s.close_ms.map(timestamp),
+        status: status_of(s.status) as i32,
+        history_length: s.next_event_id - 1,
+        execution_time: Some(timestamp(s.start_ms)),
+        task_queue: s.task_queue.clone(),
+        first_run_id: s.run_id.clone(),
+        ..Default::default()
+    }
+}
+
+/// The Temporal status of a run.
+pub(super) fn status_of(s: RunStatus) -> WorkflowExecutionStatus {
+    match s {
+        RunStatus::Running => WorkflowExecutionStatus::Running,
+        RunStatus::Completed => WorkflowExecutionStatus::Completed,
+        RunStatus::Failed => WorkflowExecutionStatus::Failed,
+        RunStatus::Canceled => WorkflowExecutionStatus::Canceled,
+        RunStatus::Terminated => WorkflowExecutionStatus::Terminated,
     }
 }
 

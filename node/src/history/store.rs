@@ -134,6 +134,11 @@ pub fn load(view: &dyn StateView, k: &RunKey) -> Result<Option<RunState>, String
     }
 }
 
+/// Prefix of every run state of a namespace in a shard.
+pub fn runs_prefix(namespace_id: &str) -> Vec<u8> {
+    format!("run/{namespace_id}/").into_bytes()
+}
+
 /// The state key of a run (for remote reads).
 pub fn run_state_key(k: &RunKey) -> Vec<u8> {
     run_key(k)
