@@ -86,6 +86,34 @@ async def test_workflows_complete_when_the_leader_of_their_shard_is_killed(own_c
         os.kill(pid, signal.SIGKILL)
         results = await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 90)
     assert results == [f"Hello, Hello, {w}!!" for w in ids]
+    run_ids = {}
     for w in ids:
         events = (await survivors[1].get_workflow_handle(w).fetch_history()).events
         assert [e.event_id for e in events] == list(range(1, len(events) + 1))
+        run_ids[w] = (await survivors[1].get_workflow_handle(w).describe()).run_id
+
+    # Bring the killed node back; once it has caught up, every replica holds the same bytes.
+    cluster_file = Path(data) / "cluster.json"
+    layout = json.loads(cluster_file.read_text())
+    node = next(n for n in layout["nodes"] if n["id"] == victim)
+    with open(node["log"], "ab") as log:
+        proc = subprocess.Popen([norn_binary(), "server", "--config", node["config"]], stdout=log, stderr=log)
+    node["pid"] = proc.pid
+    cluster_file.write_text(json.dumps(layout))
+
+    def replica(addr, w):
+        out = subprocess.run(
+            [norn_binary(), "debug", "history", "--address", addr, "--workflow-id", w, "--run-id", run_ids[w], "--local"],
+            capture_output=True, text=True, timeout=30,
+        )
+        return out.stdout if out.returncode == 0 else f"error: {out.stderr}"
+
+    for w in ids:
+        expected = replica(addrs[1], w)
+        assert expected.count("\n") >= 10, expected
+        for _ in range(100):
+            copies = [replica(a, w) for a in addrs]
+            if all(c == expected for c in copies):
+                break
+            await asyncio.sleep(0.3)
+        assert copies == [expected] * 3, f"replicas of {w} differ"

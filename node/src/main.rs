@@ -43,6 +43,28 @@ enum Cmd {
     /// Read and write the replicated test map.
     #[command(subcommand)]
     Kv(KvCmd),
+    /// Inspect what one node holds.
+    #[command(subcommand)]
+    Debug(DebugCmd),
+}
+
+#[derive(Subcommand)]
+enum DebugCmd {
+    /// Print a run's history as this node's replica holds it (with --local) or as the shard
+    /// leader holds it: one JSON line per event with its id, type and a digest of its bytes.
+    History {
+        #[arg(long, default_value = "127.0.0.1:7233")]
+        address: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        #[arg(long)]
+        workflow_id: String,
+        #[arg(long)]
+        run_id: String,
+        /// Read this node's applied state instead of the leader's.
+        #[arg(long)]
+        local: bool,
+    },
 }
 
 #[derive(Args)]
@@ -394,6 +416,9 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", norn_node::bench::table(fsync, &rows));
             Ok(())
         }
+        Cmd::Debug(DebugCmd::History { address, namespace, workflow_id, run_id, local }) => {
+            debug_history(&address, &namespace, &workflow_id, &run_id, local).await
+        }
         Cmd::Kv(KvCmd::Put { key, value, address }) => {
             let r = admin(&address)
                 .await?
@@ -418,6 +443,52 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn debug_history(
+    address: &str,
+    namespace: &str,
+    workflow_id: &str,
+    run_id: &str,
+    local: bool,
+) -> anyhow::Result<()> {
+    use norn_proto::protos::temporal::api::history::v1::HistoryEvent;
+    use norn_proto::protos::temporal::api::workflowservice::v1::DescribeNamespaceRequest;
+    use prost::Message;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("connect to {address}: is a norn node running there?"))?;
+    let ns = norn_proto::WorkflowServiceClient::new(ch.clone())
+        .describe_namespace(DescribeNamespaceRequest { namespace: namespace.into(), ..Default::default() })
+        .await?
+        .into_inner()
+        .namespace_info
+        .map(|i| i.id)
+        .unwrap_or_default();
+    let mut admin = AdminClient::new(ch);
+    let shards = admin.node_status(norn_node::pb::NodeStatusRequest {}).await?.into_inner().shard_count;
+    let shard = norn_node::placement::shard_of(&[ns.as_bytes(), workflow_id.as_bytes()], shards);
+    let consistency = if local { ReadConsistency::Local } else { ReadConsistency::Linearizable };
+    let r = admin
+        .read_state(norn_node::pb::ReadStateRequest {
+            shard,
+            key: norn_node::history::store::events_prefix(run_id),
+            prefix: true,
+            limit: 0,
+            consistency: consistency as i32,
+            hops: 0,
+        })
+        .await?
+        .into_inner();
+    for kv in r.pairs {
+        let e = HistoryEvent::decode(kv.value.as_slice()).context("undecodable event")?;
+        let digest = norn_node::placement::stable_hash(&[kv.value.as_slice()]);
+        let line = serde_json::json!({"event_id": e.event_id, "event_type": e.event_type().as_str_name(), "digest": format!("{digest:016x}")});
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn status_json(s: &norn_node::pb::ClusterStatusResponse) -> serde_json::Value {
