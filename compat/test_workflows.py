@@ -119,3 +119,41 @@ async def test_unknown_workflow_is_not_found(client):
     with pytest.raises(RPCError) as e:
         await client.get_workflow_handle("no-such-workflow").describe()
     assert e.value.status == RPCStatusCode.NOT_FOUND
+
+
+async def test_workflow_id_reuse_and_conflict_policies(client, worker):
+    from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+
+    w = wid()
+    first = await client.start_workflow(WaitsLong.run, id=w, task_queue=worker)
+    same = await client.start_workflow(
+        WaitsLong.run, id=w, task_queue=worker, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING
+    )
+    assert same.result_run_id == first.result_run_id, "UseExisting returns the open run"
+    second = await client.start_workflow(
+        WaitsLong.run, id=w, task_queue=worker, id_conflict_policy=WorkflowIDConflictPolicy.TERMINATE_EXISTING
+    )
+    assert second.result_run_id != first.result_run_id
+    assert (await client.get_workflow_handle(w, run_id=first.result_run_id).describe()).status == (
+        WorkflowExecutionStatus.TERMINATED
+    )
+    await second.terminate("done")
+    with pytest.raises(WorkflowAlreadyStartedError):
+        await client.start_workflow(
+            WaitsLong.run, id=w, task_queue=worker, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE
+        )
+    # The last run was terminated, not completed: "failed only" lets a new run start.
+    third = await client.start_workflow(
+        WaitsLong.run, id=w, task_queue=worker, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
+    )
+    await third.terminate("done")
+
+    done = wid()
+    await client.execute_workflow(OneActivity.run, "x", id=done, task_queue=worker)
+    with pytest.raises(WorkflowAlreadyStartedError):
+        await client.start_workflow(
+            OneActivity.run, "x", id=done, task_queue=worker,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+        )
+    again = await client.start_workflow(OneActivity.run, "y", id=done, task_queue=worker)
+    assert await again.result() == "Hello, y!", "the default policy allows a new run after close"

@@ -283,6 +283,12 @@ impl Frontend {
                 status: WorkflowExecutionStatus::Running as i32,
                 ..Default::default()
             }),
+            WorkflowResult::UsedExisting { run_id } => Ok(StartWorkflowExecutionResponse {
+                run_id,
+                started: false,
+                status: WorkflowExecutionStatus::Running as i32,
+                ..Default::default()
+            }),
             WorkflowResult::AlreadyStarted { run_id } => Err(already_started(&req, &run_id)),
             WorkflowResult::Rejected(e) => Err(engine_status(e)),
             other => Err(Status::internal(format!("unexpected result {other:?}"))),

@@ -89,6 +89,8 @@ pub enum WorkflowResult {
     AlreadyStarted { run_id: String },
     /// A start retried with the same request id: the run it started.
     Deduplicated { run_id: String },
+    /// A start with conflict policy `UseExisting` found this open run.
+    UsedExisting { run_id: String },
     /// Rejected; nothing changed.
     Rejected(EngineError),
     /// The store failed or holds undecodable data.
@@ -224,6 +226,51 @@ fn loaded(txn: &Txn<'_>, k: &RunKey) -> Result<RunState, Failure> {
     })
 }
 
+/// Applies a start's workflow-id reuse and conflict policies to the id's current run `k`:
+/// `Some` is the answer when the start must not create a run; `None` lets it go ahead (after
+/// terminating the open run when the policy says so).
+#[allow(deprecated)] // TerminateIfRunning is deprecated but SDKs still send it
+fn apply_id_policies(
+    txn: &mut Txn<'_>,
+    req: &StartWorkflowExecutionRequest,
+    k: &RunKey,
+    open: bool,
+    now_ms: u64,
+) -> Result<Option<WorkflowResult>, Failure> {
+    use super::state::RunStatus;
+    use norn_proto::protos::temporal::api::enums::v1::{WorkflowIdConflictPolicy, WorkflowIdReusePolicy};
+    let reuse = WorkflowIdReusePolicy::try_from(req.workflow_id_reuse_policy).unwrap_or_default();
+    let conflict = WorkflowIdConflictPolicy::try_from(req.workflow_id_conflict_policy).unwrap_or_default();
+    if reuse == WorkflowIdReusePolicy::TerminateIfRunning && conflict != WorkflowIdConflictPolicy::Unspecified {
+        return Err(Failure::Engine(EngineError::InvalidArgument(
+            "WorkflowIdReusePolicy TerminateIfRunning cannot be combined with a WorkflowIdConflictPolicy".into(),
+        )));
+    }
+    if open {
+        let terminate = match conflict {
+            WorkflowIdConflictPolicy::UseExisting => {
+                return Ok(Some(WorkflowResult::UsedExisting { run_id: k.run_id.clone() }))
+            }
+            WorkflowIdConflictPolicy::TerminateExisting => true,
+            _ => reuse == WorkflowIdReusePolicy::TerminateIfRunning,
+        };
+        if !terminate {
+            return Ok(Some(WorkflowResult::AlreadyStarted { run_id: k.run_id.clone() }));
+        }
+        let mut old = loaded(txn, k)?;
+        let reason = "terminated by a new start of the same workflow id (WorkflowIdConflictPolicy TerminateExisting)";
+        let out = engine::terminate(&mut old, reason, None, &req.identity, now_ms)?;
+        save(txn, &old, &out).map_err(Failure::Storage)?;
+        return Ok(None);
+    }
+    let refused = match reuse {
+        WorkflowIdReusePolicy::RejectDuplicate => true,
+        WorkflowIdReusePolicy::AllowDuplicateFailedOnly => loaded(txn, k)?.status == RunStatus::Completed,
+        _ => false,
+    };
+    Ok(refused.then(|| WorkflowResult::AlreadyStarted { run_id: k.run_id.clone() }))
+}
+
 fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<WorkflowResult, Failure> {
     let (run, out) = match cmd {
         WorkflowCommand::Start { namespace_id, run_id, request } => {
@@ -232,8 +279,13 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
                 if !req.request_id.is_empty() && cur.request_id == req.request_id {
                     return Ok(WorkflowResult::Deduplicated { run_id: cur.run_id });
                 }
-                if cur.open {
-                    return Ok(WorkflowResult::AlreadyStarted { run_id: cur.run_id });
+                let k = RunKey {
+                    namespace_id: namespace_id.clone(),
+                    workflow_id: req.workflow_id.clone(),
+                    run_id: cur.run_id,
+                };
+                if let Some(refused) = apply_id_policies(txn, &req, &k, cur.open, now_ms)? {
+                    return Ok(refused);
                 }
             }
             let (run, out) = engine::start(&namespace_id, &run_id, &req, now_ms)?;
@@ -262,8 +314,18 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
         WorkflowCommand::SignalWithStart { namespace_id, run_id, request, signal } => {
             let req: StartWorkflowExecutionRequest = decode(&request, "start request")?;
             let attrs: WorkflowExecutionSignaledEventAttributes = decode(&signal, "signal")?;
-            let open = current(&*txn, &namespace_id, &req.workflow_id).map_err(Failure::Storage)?.filter(|c| c.open);
-            match open {
+            let cur = current(&*txn, &namespace_id, &req.workflow_id).map_err(Failure::Storage)?;
+            if let Some(closed) = cur.as_ref().filter(|c| !c.open) {
+                let k = RunKey {
+                    namespace_id: namespace_id.clone(),
+                    workflow_id: req.workflow_id.clone(),
+                    run_id: closed.run_id.clone(),
+                };
+                if let Some(refused) = apply_id_policies(txn, &req, &k, false, now_ms)? {
+                    return Ok(refused);
+                }
+            }
+            match cur.filter(|c| c.open) {
                 Some(cur) => {
                     let k = RunKey { namespace_id, workflow_id: req.workflow_id.clone(), run_id: cur.run_id };
                     let mut state = loaded(txn, &k)?;
