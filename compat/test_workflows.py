@@ -1,6 +1,8 @@
 """The core workflow loop with the real temporalio SDK against a real 3-node Norn cluster."""
 
+import asyncio
 import uuid
+from datetime import timedelta
 
 import pytest
 from temporalio.api.enums.v1 import EventType
@@ -157,3 +159,15 @@ async def test_workflow_id_reuse_and_conflict_policies(client, worker):
         )
     again = await client.start_workflow(OneActivity.run, "y", id=done, task_queue=worker)
     assert await again.result() == "Hello, y!", "the default policy allows a new run after close"
+
+
+async def test_a_run_past_its_timeout_times_out(client, worker):
+    from temporalio.exceptions import TimeoutError as TemporalTimeoutError
+
+    w = wid()
+    h = await client.start_workflow(WaitsLong.run, id=w, task_queue=worker, run_timeout=timedelta(seconds=2))
+    with pytest.raises(WorkflowFailureError) as e:
+        await asyncio.wait_for(h.result(), 30)
+    assert isinstance(e.value.cause, TemporalTimeoutError)
+    assert (await h.describe()).status == WorkflowExecutionStatus.TIMED_OUT
+    assert (await history_types(client, w))[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT

@@ -59,6 +59,10 @@ impl Frontend {
                 workflow_id: run.workflow_id.clone(),
                 run_id: run.run_id.clone(),
             };
+            if run.run_deadline_ms.is_some_and(|d| now >= d) {
+                self.propose_quietly(shard, WorkflowCommand::WorkflowTimedOut { run: key.clone() }).await;
+                continue;
+            }
             if let Some(t) = &run.workflow_task {
                 match t.started_id {
                     None if now >= t.scheduled_ms + REOFFER_AFTER_MS => {

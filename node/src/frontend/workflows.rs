@@ -811,6 +811,7 @@ pub(super) fn status_of(s: RunStatus) -> WorkflowExecutionStatus {
         RunStatus::Failed => WorkflowExecutionStatus::Failed,
         RunStatus::Canceled => WorkflowExecutionStatus::Canceled,
         RunStatus::Terminated => WorkflowExecutionStatus::Terminated,
+        RunStatus::TimedOut => WorkflowExecutionStatus::TimedOut,
     }
 }
 

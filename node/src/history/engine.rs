@@ -353,6 +353,12 @@ pub fn start_with_signal(
         buffer: Vec::new(),
         signal_request_ids: Default::default(),
         cancel_requested: false,
+        run_deadline_ms: [duration_ms(&req.workflow_run_timeout)?, duration_ms(&req.workflow_execution_timeout)?]
+            .into_iter()
+            .flatten()
+            .filter(|t| *t > 0)
+            .min()
+            .map(|t| now_ms.saturating_add(t)),
     };
     let mut w = Writer::new(&mut run, now_ms);
     w.event(
@@ -1065,6 +1071,32 @@ pub fn request_cancel(run: &mut RunState, reason: &str, identity: &str, now_ms: 
     }
     run.cancel_requested = true;
     Ok(activity_result(run, Buffered::CancelRequested { reason: reason.into(), identity: identity.into() }, now_ms))
+}
+
+/// The run ran past its run or execution timeout: `WorkflowExecutionTimedOut`, and it closes;
+/// pending work is dropped as for a termination.
+pub fn workflow_timed_out(run: &mut RunState, now_ms: u64) -> Result<Outcome, EngineError> {
+    if !run.is_open() {
+        return Err(EngineError::NotFound("workflow execution already completed".into()));
+    }
+    match run.run_deadline_ms {
+        Some(d) if now_ms >= d => {}
+        _ => return Err(EngineError::InvalidArgument("workflow run has not timed out yet".into())),
+    }
+    let mut w = Writer::new(run, now_ms);
+    w.event(
+        EventType::WorkflowExecutionTimedOut,
+        Ev::WorkflowExecutionTimedOutEventAttributes(WorkflowExecutionTimedOutEventAttributes {
+            retry_state: RetryState::RetryPolicyNotSet as i32,
+            new_execution_run_id: String::new(),
+        }),
+    );
+    w.run.activities.clear();
+    w.run.timers.clear();
+    w.run.buffer.clear();
+    w.run.buffered_events = false;
+    w.close(RunStatus::TimedOut);
+    Ok(w.out)
 }
 
 /// Ends the run at once: `WorkflowExecutionTerminated`; pending tasks, activities and timers are

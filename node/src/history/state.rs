@@ -18,6 +18,8 @@ pub enum RunStatus {
     Canceled,
     /// Closed by `TerminateWorkflowExecution`.
     Terminated,
+    /// Closed by its run or execution timeout.
+    TimedOut,
 }
 
 /// The workflow task in flight, if any.
@@ -188,6 +190,8 @@ pub struct RunState {
     pub buffer: Vec<super::engine::Buffered>,
     /// A cancel was requested (later requests change nothing).
     pub cancel_requested: bool,
+    /// When the run times out (the earlier of its run and execution timeouts), if it has one.
+    pub run_deadline_ms: Option<u64>,
     /// Request ids of the signals accepted most recently (a retried signal is applied once).
     pub signal_request_ids: std::collections::VecDeque<String>,
 }

@@ -76,8 +76,10 @@ pub enum WorkflowCommand {
     Terminate { run: RunKey, reason: String, details: Vec<u8>, identity: String },
     /// A started workflow task ran past its timeout.
     WorkflowTaskTimedOut { run: RunKey, scheduled_id: i64, started_id: i64 },
-    /// A started activity attempt ran past its start-to-close timeout.
+    /// A started activity attempt ran past its start-to-close or heartbeat timeout.
     ActivityTimedOut { run: RunKey, scheduled_id: i64, attempt: i32 },
+    /// The run ran past its run or execution timeout.
+    WorkflowTimedOut { run: RunKey },
 }
 
 /// What a workflow command returns to its proposer.
@@ -385,6 +387,11 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
         WorkflowCommand::WorkflowTaskTimedOut { run, scheduled_id, started_id } => {
             let mut state = loaded(txn, &run)?;
             let out = engine::workflow_task_timed_out(&mut state, scheduled_id, started_id, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::WorkflowTimedOut { run } => {
+            let mut state = loaded(txn, &run)?;
+            let out = engine::workflow_timed_out(&mut state, now_ms)?;
             (state, out)
         }
         WorkflowCommand::ActivityTimedOut { run, scheduled_id, attempt } => {

@@ -604,3 +604,21 @@ fn a_silent_activity_times_out_on_its_heartbeat() {
     assert!(info.last_heartbeat_details.is_some(), "the last heartbeat's details reach the workflow");
     assert_eq!(t.retry_state, RetryState::MaximumAttemptsReached as i32);
 }
+
+#[test]
+fn a_run_past_its_timeout_times_out() {
+    let mut req = start_req();
+    req.workflow_run_timeout = secs(10);
+    req.workflow_execution_timeout = secs(5);
+    let (mut run, _) = start("ns", "run-1", &req, T0).unwrap();
+    assert_eq!(run.run_deadline_ms, Some(T0 + 5_000), "the earlier of the two timeouts");
+    assert!(matches!(workflow_timed_out(&mut run, T0 + 4_999), Err(EngineError::InvalidArgument(_))));
+    let out = workflow_timed_out(&mut run, T0 + 5_000).unwrap();
+    assert_eq!(types(&out), vec![(3, EventType::WorkflowExecutionTimedOut)]);
+    assert_eq!(run.status, RunStatus::TimedOut);
+    assert!(out.effects.contains(&Effect::RunClosed));
+    assert!(workflow_timed_out(&mut run, T0 + 6_000).is_err(), "once");
+    let (mut forever, _) = start("ns", "run-2", &start_req(), T0).unwrap();
+    assert_eq!(forever.run_deadline_ms, None);
+    assert!(workflow_timed_out(&mut forever, u64::MAX).is_err());
+}
