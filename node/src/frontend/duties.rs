@@ -18,6 +18,10 @@ use crate::matching::{QueueKey, TaskKind, TaskRef};
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Ready tasks younger than this are left to the normal offer path.
 const REOFFER_AFTER_MS: u64 = 2_000;
+/// Retention runs every this many sweeps.
+const RETENTION_EVERY_SWEEPS: u64 = 5;
+/// Most closed runs one shard deletes per retention pass.
+const RETENTION_BATCH: usize = 500;
 
 /// Timers this node has armed, so a sweep does not arm them twice.
 #[derive(Clone, Default)]
@@ -38,16 +42,52 @@ impl ArmedTimers {
 impl Frontend {
     /// Runs the leader duties until the task is dropped.
     pub async fn run_duties(self) {
+        let mut sweeps = 0u64;
         loop {
             tokio::time::sleep(SWEEP_EVERY).await;
+            sweeps += 1;
             let leading: Vec<u32> =
                 self.admin.raft().status().into_iter().filter(|s| s.role == Role::Leader).map(|s| s.group).collect();
-            for shard in leading {
+            for &shard in &leading {
                 if let Err(e) = self.sweep(shard).await {
                     tracing::warn!(shard, error = %e, "leader sweep failed");
                 }
             }
+            if sweeps % RETENTION_EVERY_SWEEPS == 0 && !leading.is_empty() {
+                if let Err(e) = self.enforce_retention(&leading).await {
+                    tracing::warn!(error = %e, "retention pass failed; the next pass retries");
+                }
+            }
         }
+    }
+
+    /// Deletes closed runs older than their namespace's retention, on the shards this node leads.
+    async fn enforce_retention(&self, leading: &[u32]) -> Result<(), String> {
+        let pairs = self
+            .admin
+            .read_keys(crate::namespace::SYSTEM_SHARD, b"ns/name/", true)
+            .await
+            .map_err(|s| s.message().to_string())?;
+        let mut retention = std::collections::HashMap::new();
+        for (_, v) in pairs {
+            let rec: crate::namespace::NamespaceRecord =
+                postcard::from_bytes(&v).map_err(|e| format!("corrupt namespace record: {e}"))?;
+            retention.insert(rec.id, rec.retention_ms);
+        }
+        let Some(&shortest) = retention.values().min() else { return Ok(()) };
+        let now = norn_raft::SystemClock.now_ms();
+        for &shard in leading {
+            let closed =
+                store::closed_runs(&self.admin.raft().view(shard), now.saturating_sub(shortest), RETENTION_BATCH)?;
+            for (close_ms, run) in closed {
+                let keep = retention.get(&run.namespace_id).copied().unwrap_or(u64::MAX);
+                if now >= close_ms.saturating_add(keep) {
+                    tracing::debug!(shard, workflow_id = %run.workflow_id, run_id = %run.run_id, "retention: deleting closed run");
+                    self.propose_quietly(shard, WorkflowCommand::DeleteRun { run }).await;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn sweep(&self, shard: u32) -> Result<(), String> {

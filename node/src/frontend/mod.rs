@@ -207,6 +207,13 @@ impl WorkflowService for Frontend {
         self.respond_activity_canceled(request.into_inner()).await.map(Response::new)
     }
 
+    async fn delete_workflow_execution(
+        &self,
+        request: Request<DeleteWorkflowExecutionRequest>,
+    ) -> Result<Response<DeleteWorkflowExecutionResponse>, Status> {
+        self.delete_execution(request.into_inner()).await.map(Response::new)
+    }
+
     async fn query_workflow(
         &self,
         request: Request<QueryWorkflowRequest>,

@@ -355,6 +355,34 @@ impl Frontend {
         Ok(TerminateWorkflowExecutionResponse::default())
     }
 
+    /// Deletes a run and its history; an open run is terminated first (as Temporal does).
+    pub(super) async fn delete_execution(
+        &self,
+        req: DeleteWorkflowExecutionRequest,
+    ) -> Result<DeleteWorkflowExecutionResponse, Status> {
+        let ns = self.namespace_id(&req.namespace).await?;
+        let (shard, run) = self.resolve(&ns, req.workflow_execution.as_ref()).await?;
+        if self.read_run(shard, &run).await?.is_open() {
+            let cmd = WorkflowCommand::Terminate {
+                run: run.clone(),
+                reason: "Delete workflow execution".into(),
+                details: Vec::new(),
+                identity: String::new(),
+            };
+            match self.apply(shard, cmd).await {
+                Ok(_) => {}
+                // Closed in the meantime.
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => return Err(s),
+            }
+        }
+        match self.propose(shard, WorkflowCommand::DeleteRun { run }).await? {
+            WorkflowResult::Deleted => Ok(DeleteWorkflowExecutionResponse::default()),
+            WorkflowResult::Rejected(e) => Err(engine_status(e)),
+            other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        }
+    }
+
     pub(super) async fn signal_with_start(
         &self,
         req: SignalWithStartWorkflowExecutionRequest,

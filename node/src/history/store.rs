@@ -80,6 +80,8 @@ pub enum WorkflowCommand {
     ActivityTimedOut { run: RunKey, scheduled_id: i64, attempt: i32 },
     /// The run ran past its run or execution timeout.
     WorkflowTimedOut { run: RunKey },
+    /// Delete a closed run (retention, or DeleteWorkflowExecution).
+    DeleteRun { run: RunKey },
 }
 
 /// What a workflow command returns to its proposer.
@@ -93,6 +95,8 @@ pub enum WorkflowResult {
     Deduplicated { run_id: String },
     /// A start with conflict policy `UseExisting` found this open run.
     UsedExisting { run_id: String },
+    /// The closed run is gone.
+    Deleted,
     /// Rejected; nothing changed.
     Rejected(EngineError),
     /// The store failed or holds undecodable data.
@@ -169,8 +173,55 @@ fn save(txn: &mut Txn<'_>, run: &RunState, out: &Outcome) -> Result<(), String> 
         txn.put(open_key(&k), postcard::to_stdvec(&k).map_err(|e| e.to_string())?);
     } else {
         txn.delete(open_key(&k));
+        let close_ms = run.close_ms.unwrap_or(run.start_ms);
+        txn.put(closed_key(close_ms, &k), postcard::to_stdvec(&k).map_err(|e| e.to_string())?);
     }
     Ok(())
+}
+
+/// Closed-run index, ordered by close time: what retention reads.
+fn closed_key(close_ms: u64, k: &RunKey) -> Vec<u8> {
+    format!("closed/{close_ms:020}/{}/{}/{}", k.namespace_id, k.workflow_id, k.run_id).into_bytes()
+}
+
+/// Closed runs of a shard, oldest close first, that closed at or before `until_ms` (at most
+/// `limit`), with their close times.
+pub fn closed_runs(view: &dyn StateView, until_ms: u64, limit: usize) -> Result<Vec<(u64, RunKey)>, String> {
+    let mut out = Vec::new();
+    for (key, v) in view.scan_prefix(b"closed/", usize::MAX).map_err(|e| e.to_string())? {
+        let close_ms: u64 = std::str::from_utf8(&key[7..key.len().min(27)])
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or("corrupt closed-run index key")?;
+        if close_ms > until_ms || out.len() >= limit {
+            break;
+        }
+        out.push((close_ms, postcard::from_bytes(&v).map_err(|e| format!("corrupt closed-run index: {e}"))?));
+    }
+    Ok(out)
+}
+
+/// Removes a closed run: its state, history, index entries, and the current-run record if it
+/// still names this run.
+fn delete_run(txn: &mut Txn<'_>, k: &RunKey) -> Result<WorkflowResult, Failure> {
+    let run = loaded(txn, k)?;
+    if run.is_open() {
+        return Err(Failure::Engine(EngineError::InvalidArgument(
+            "the run is open; terminate it before deleting it".into(),
+        )));
+    }
+    for (key, _) in
+        txn.scan_prefix(&events_prefix(&k.run_id), usize::MAX).map_err(|e| Failure::Storage(e.to_string()))?
+    {
+        txn.delete(key);
+    }
+    txn.delete(run_key(k));
+    txn.delete(closed_key(run.close_ms.unwrap_or(run.start_ms), k));
+    if current(&*txn, &k.namespace_id, &k.workflow_id).map_err(Failure::Storage)?.is_some_and(|c| c.run_id == k.run_id)
+    {
+        txn.delete(cur_key(&k.namespace_id, &k.workflow_id));
+    }
+    Ok(WorkflowResult::Deleted)
 }
 
 fn applied(run: &RunState, out: Outcome) -> WorkflowResult {
@@ -389,6 +440,7 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
             let out = engine::workflow_task_timed_out(&mut state, scheduled_id, started_id, now_ms)?;
             (state, out)
         }
+        WorkflowCommand::DeleteRun { run } => return delete_run(txn, &run),
         WorkflowCommand::WorkflowTimedOut { run } => {
             let mut state = loaded(txn, &run)?;
             let out = engine::workflow_timed_out(&mut state, now_ms)?;
