@@ -53,7 +53,7 @@ impl Frontend {
                     tracing::warn!(shard, error = %e, "leader sweep failed");
                 }
             }
-            if sweeps % RETENTION_EVERY_SWEEPS == 0 && !leading.is_empty() {
+            if sweeps.is_multiple_of(RETENTION_EVERY_SWEEPS) && !leading.is_empty() {
                 if let Err(e) = self.enforce_retention(&leading).await {
                     tracing::warn!(error = %e, "retention pass failed; the next pass retries");
                 }
