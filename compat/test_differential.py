@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
@@ -77,7 +78,7 @@ async def wait_for_first_task(h) -> None:
     """Until the first workflow task completed, so what follows does not race it."""
     for _ in range(200):
         events = (await h.fetch_history()).events
-        if any(e.event_type == 6 for e in events):  # WORKFLOW_TASK_COMPLETED
+        if any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED for e in events):
             return
         await asyncio.sleep(0.05)
     raise AssertionError("first workflow task never completed")

@@ -125,22 +125,20 @@ impl Frontend {
                 }
             }
             for a in run.activities.values() {
-                if a.request_id.is_empty() {
-                    if now >= a.scheduled_ms + REOFFER_AFTER_MS {
-                        let q = QueueKey {
-                            namespace_id: run.namespace_id.clone(),
-                            name: a.task_queue.clone(),
-                            kind: TaskKind::Activity,
-                        };
-                        self.offer(q, TaskRef { shard, run: key.clone(), scheduled_id: a.scheduled_id, query: None });
-                    }
-                } else if a.attempt_deadline().is_some_and(|(at, _)| now >= at) {
+                if a.attempt_deadline().is_some_and(|(at, _)| now >= at) {
                     let cmd = WorkflowCommand::ActivityTimedOut {
                         run: key.clone(),
                         scheduled_id: a.scheduled_id,
                         attempt: a.attempt,
                     };
                     self.propose_quietly(shard, cmd).await;
+                } else if a.request_id.is_empty() && now >= a.scheduled_ms + REOFFER_AFTER_MS {
+                    let q = QueueKey {
+                        namespace_id: run.namespace_id.clone(),
+                        name: a.task_queue.clone(),
+                        kind: TaskKind::Activity,
+                    };
+                    self.offer(q, TaskRef { shard, run: key.clone(), scheduled_id: a.scheduled_id, query: None });
                 }
             }
             for t in run.timers.values() {

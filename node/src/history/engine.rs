@@ -3,9 +3,9 @@
 //! changes the state in place. A rejected input changes nothing.
 //!
 //! Events that arrive while a workflow task is started (activity results, fired timers) are
-//! buffered in the state and written after that task's `WorkflowTaskCompleted` or
-//! `WorkflowTaskFailed`, as Temporal does, so that a `WorkflowTaskStarted` is always followed by
-//! its completion or failure.
+//! buffered in the state and written after that task's `WorkflowTaskCompleted` and the events of
+//! its commands (or after its `WorkflowTaskFailed`), as Temporal does, so that a
+//! `WorkflowTaskStarted` is always followed by its completion or failure.
 
 use norn_proto::protos::temporal::api::command::v1::command::Attributes as Cmd;
 use norn_proto::protos::temporal::api::common::v1::{ActivityType, Payloads, WorkflowType};
@@ -189,7 +189,8 @@ impl<'a> Writer<'a> {
                 }
                 Buffered::ActivityTimedOut { scheduled_id, retry_state, timeout } => {
                     let Some(a) = self.run.activities.remove(&scheduled_id) else { continue };
-                    let started_id = self.activity_started_event(scheduled_id, &a);
+                    let started_id =
+                        if a.request_id.is_empty() { 0 } else { self.activity_started_event(scheduled_id, &a) };
                     self.event(
                         EventType::ActivityTaskTimedOut,
                         Ev::ActivityTaskTimedOutEventAttributes(ActivityTaskTimedOutEventAttributes {
@@ -489,6 +490,7 @@ fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> 
                 duration_ms(&a.start_to_close_timeout)?;
                 duration_ms(&a.schedule_to_close_timeout)?;
                 duration_ms(&a.heartbeat_timeout)?;
+                duration_ms(&a.schedule_to_start_timeout)?;
                 retry_spec(&a.retry_policy)?;
             }
             Cmd::StartTimerCommandAttributes(t) => {
@@ -588,7 +590,6 @@ pub fn workflow_task_completed(
     w.run.workflow_task = None;
     w.run.last_completed_started_id = task.started_id.unwrap_or(0);
     let had_buffered = std::mem::replace(&mut w.run.buffered_events, false);
-    w.flush_buffer();
     let mut new_events = false;
     for c in &req.commands {
         match &c.attributes {
@@ -639,6 +640,7 @@ pub fn workflow_task_completed(
                         heartbeat_details: Vec::new(),
                         heartbeat_timeout_ms: duration_ms(&a.heartbeat_timeout)?.unwrap_or(0),
                         last_heartbeat_ms: 0,
+                        schedule_to_start_ms: duration_ms(&a.schedule_to_start_timeout)?.unwrap_or(0),
                     },
                 );
                 w.out.effects.push(Effect::ActivityTaskReady { task_queue: tq, scheduled_id: id, ready_at_ms: now_ms });
@@ -735,6 +737,9 @@ pub fn workflow_task_completed(
             _ => {}
         }
     }
+    // What arrived during the task goes after the task's own events, as in Temporal. (A closing
+    // command never gets here with a non-empty buffer: that is an UnhandledCommand.)
+    w.flush_buffer();
     if w.run.is_open() && (had_buffered || new_events || req.force_create_new_workflow_task) {
         w.schedule_workflow_task(1);
     }
@@ -942,6 +947,8 @@ fn timeout_failure(timeout: AttemptTimeout, heartbeat_details: &[u8]) -> Failure
     let (name, timeout_type) = match timeout {
         AttemptTimeout::StartToClose => ("StartToClose", TimeoutType::StartToClose),
         AttemptTimeout::Heartbeat => ("Heartbeat", TimeoutType::Heartbeat),
+        AttemptTimeout::ScheduleToStart => ("ScheduleToStart", TimeoutType::ScheduleToStart),
+        AttemptTimeout::ScheduleToClose => ("ScheduleToClose", TimeoutType::ScheduleToClose),
     };
     Failure {
         message: format!("activity {name} timeout"),
@@ -1043,14 +1050,20 @@ pub fn activity_timed_out(
     attempt: i32,
     now_ms: u64,
 ) -> Result<Outcome, EngineError> {
-    started_activity(run, scheduled_id, attempt)?;
-    let a = &run.activities[&scheduled_id];
+    if !run.is_open() {
+        return Err(EngineError::NotFound("Activity task not found: the workflow is closed.".into()));
+    }
+    let a = match run.activities.get(&scheduled_id) {
+        Some(a) if a.attempt == attempt => a,
+        _ => return Err(EngineError::NotFound("Activity task not found.".into())),
+    };
     let timeout = match a.attempt_deadline() {
         Some((at, timeout)) if now_ms >= at => timeout,
         _ => return Err(EngineError::InvalidArgument("activity has not timed out yet".into())),
     };
     let failure = timeout_failure(timeout, &a.heartbeat_details);
-    match next_attempt_at(a, &failure, now_ms) {
+    let next = if timeout.ends_activity() { Err(RetryState::Timeout) } else { next_attempt_at(a, &failure, now_ms) };
+    match next {
         Ok(ready_at_ms) => Ok(retry_activity(run, scheduled_id, ready_at_ms, failure.encode_to_vec())),
         Err(retry_state) => Ok(activity_result(
             run,

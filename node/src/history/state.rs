@@ -82,31 +82,47 @@ pub struct ActivityInfo {
     pub heartbeat_timeout_ms: u64,
     /// Leader time of the attempt's start or last heartbeat, whichever is later.
     pub last_heartbeat_ms: u64,
+    /// Longest wait of an attempt for a worker (0: no limit).
+    pub schedule_to_start_ms: u64,
 }
 
-/// Which limit a started activity attempt ran past.
+/// Which limit an activity ran past.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AttemptTimeout {
-    /// Start-to-close.
+    /// Start-to-close (one attempt).
     StartToClose,
-    /// Heartbeat.
+    /// Heartbeat (one attempt).
     Heartbeat,
+    /// Schedule-to-start (one attempt waited too long for a worker; not retried).
+    ScheduleToStart,
+    /// Schedule-to-close (all attempts; not retried).
+    ScheduleToClose,
+}
+
+impl AttemptTimeout {
+    /// True for the limits that end the activity instead of its attempt.
+    pub fn ends_activity(self) -> bool {
+        matches!(self, AttemptTimeout::ScheduleToStart | AttemptTimeout::ScheduleToClose)
+    }
 }
 
 impl ActivityInfo {
-    /// The earliest deadline of the started attempt, if it has one.
+    /// The earliest deadline the activity has now, if any.
     pub fn attempt_deadline(&self) -> Option<(u64, AttemptTimeout)> {
-        if self.request_id.is_empty() {
-            return None;
-        }
-        let close = (self.start_to_close_ms > 0)
-            .then(|| (self.started_ms.saturating_add(self.start_to_close_ms), AttemptTimeout::StartToClose));
-        let beat = (self.heartbeat_timeout_ms > 0)
-            .then(|| (self.last_heartbeat_ms.saturating_add(self.heartbeat_timeout_ms), AttemptTimeout::Heartbeat));
-        match (close, beat) {
-            (Some(c), Some(b)) => Some(if b.0 < c.0 { b } else { c }),
-            (c, b) => c.or(b),
-        }
+        let started = !self.request_id.is_empty();
+        let candidates = [
+            (started && self.start_to_close_ms > 0)
+                .then(|| (self.started_ms.saturating_add(self.start_to_close_ms), AttemptTimeout::StartToClose)),
+            (started && self.heartbeat_timeout_ms > 0)
+                .then(|| (self.last_heartbeat_ms.saturating_add(self.heartbeat_timeout_ms), AttemptTimeout::Heartbeat)),
+            (!started && self.schedule_to_start_ms > 0).then(|| {
+                (self.scheduled_ms.saturating_add(self.schedule_to_start_ms), AttemptTimeout::ScheduleToStart)
+            }),
+            (self.schedule_to_close_ms > 0).then(|| {
+                (self.first_scheduled_ms.saturating_add(self.schedule_to_close_ms), AttemptTimeout::ScheduleToClose)
+            }),
+        ];
+        candidates.into_iter().flatten().min_by_key(|(at, _)| *at)
     }
 }
 

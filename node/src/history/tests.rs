@@ -622,3 +622,46 @@ fn a_run_past_its_timeout_times_out() {
     assert_eq!(forever.run_deadline_ms, None);
     assert!(workflow_timed_out(&mut forever, u64::MAX).is_err());
 }
+
+#[test]
+fn schedule_to_start_and_schedule_to_close_end_the_activity_without_retry() {
+    let mut run = started();
+    let cmds = vec![
+        schedule_activity_with("a1", |a| a.schedule_to_start_timeout = secs(2)),
+        schedule_activity_with("a2", |a| {
+            a.schedule_to_close_timeout = secs(5);
+            a.start_to_close_timeout = secs(60);
+        }),
+    ];
+    workflow_task_completed(&mut run, 2, 3, &done(cmds), T0).unwrap();
+    // a1 (5) is never picked up.
+    assert!(activity_timed_out(&mut run, 5, 1, T0 + 1_999).is_err());
+    let out = activity_timed_out(&mut run, 5, 1, T0 + 2_000).unwrap();
+    assert_eq!(types(&out), vec![(7, EventType::ActivityTaskTimedOut), (8, EventType::WorkflowTaskScheduled)]);
+    let Some(Ev::ActivityTaskTimedOutEventAttributes(t)) = &out.events[0].attributes else { panic!() };
+    assert_eq!((t.started_event_id, t.retry_state), (0, RetryState::Timeout as i32));
+    // a2 (6) is running when its schedule-to-close passes: no retry although attempts remain.
+    activity_task_started(&mut run, 6, "p", "w", T0 + 1_000).unwrap();
+    let out = activity_timed_out(&mut run, 6, 1, T0 + 5_000).unwrap();
+    assert_eq!(types(&out)[..2], [(9, EventType::ActivityTaskStarted), (10, EventType::ActivityTaskTimedOut)]);
+}
+
+#[test]
+fn events_buffered_during_a_task_follow_its_command_events() {
+    let mut run = started();
+    let attrs = norn_proto::protos::temporal::api::history::v1::WorkflowExecutionSignaledEventAttributes {
+        signal_name: "s".into(),
+        ..Default::default()
+    };
+    assert!(signal(&mut run, attrs, T0 + 2).unwrap().events.is_empty(), "buffered while the task runs");
+    let out = workflow_task_completed(&mut run, 2, 3, &done(vec![timer("t", 5)]), T0 + 3).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![
+            (4, EventType::WorkflowTaskCompleted),
+            (5, EventType::TimerStarted),
+            (6, EventType::WorkflowExecutionSignaled),
+            (7, EventType::WorkflowTaskScheduled)
+        ]
+    );
+}
