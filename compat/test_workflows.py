@@ -171,3 +171,27 @@ async def test_a_run_past_its_timeout_times_out(client, worker):
     assert isinstance(e.value.cause, TemporalTimeoutError)
     assert (await h.describe()).status == WorkflowExecutionStatus.TIMED_OUT
     assert (await history_types(client, w))[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT
+
+
+async def test_history_pages(client, worker):
+    from temporalio.api.common.v1 import WorkflowExecution
+    from temporalio.api.workflowservice.v1 import GetWorkflowExecutionHistoryRequest
+
+    w = wid()
+    await client.execute_workflow(ParallelActivities.run, 4, id=w, task_queue=worker)
+    everything = [e.event_id for e in (await client.get_workflow_handle(w).fetch_history()).events]
+    paged, token, pages = [], b"", 0
+    while True:
+        r = await client.workflow_service.get_workflow_execution_history(
+            GetWorkflowExecutionHistoryRequest(
+                namespace="default", execution=WorkflowExecution(workflow_id=w), maximum_page_size=3,
+                next_page_token=token,
+            )
+        )
+        paged += [e.event_id for e in r.history.events]
+        pages += 1
+        token = r.next_page_token
+        if not token:
+            break
+    assert paged == everything
+    assert pages == -(-len(everything) // 3), "pages of 3 events"

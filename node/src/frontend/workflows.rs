@@ -34,6 +34,8 @@ use crate::matching::{QueueKey, TaskKind, TaskRef};
 
 /// How long a poll waits for a task before answering empty (Temporal's SDKs wait 70 s).
 const POLL_WAIT: Duration = Duration::from_secs(60);
+/// Events per history page when the request does not say.
+const HISTORY_PAGE_DEFAULT: usize = 1000;
 /// How long a history long poll waits for a new event.
 const HISTORY_WAIT: Duration = Duration::from_secs(60);
 /// Metadata carrying how many times a call was forwarded between nodes.
@@ -766,11 +768,22 @@ impl Frontend {
             } else {
                 events.into_iter().filter(|e| e.event_id > after).collect()
             };
+            let mut selected = selected;
+            let page = match req.maximum_page_size {
+                n if n <= 0 => HISTORY_PAGE_DEFAULT,
+                n => n as usize,
+            };
+            let more = selected.len() > page;
+            selected.truncate(page);
             let ready = !req.wait_new_event || !selected.is_empty() || (closed && !close_only);
             if ready || tokio::time::Instant::now() >= deadline {
                 let last = selected.last().map(|e| e.event_id).unwrap_or(after);
-                let next_page_token =
-                    if req.wait_new_event && !closed && !close_only { last.to_be_bytes().to_vec() } else { Vec::new() };
+                // A token when this page is not the end, or when a long poll may see more later.
+                let next_page_token = if more || (req.wait_new_event && !closed && !close_only) {
+                    last.to_be_bytes().to_vec()
+                } else {
+                    Vec::new()
+                };
                 return Ok(GetWorkflowExecutionHistoryResponse {
                     history: Some(History { events: selected }),
                     next_page_token,
