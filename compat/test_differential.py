@@ -21,6 +21,7 @@ from workflows import (
     CancellableSleep,
     CatchesActivityFailure,
     CollectsSignals,
+    Countdown,
     Counter,
     Fails,
     OneActivity,
@@ -32,7 +33,7 @@ from workflows import (
     hello,
 )
 
-WORKFLOWS = [CancellableSleep, CatchesActivityFailure, CollectsSignals, Counter, Fails, OneActivity, RetriesFlaky,
+WORKFLOWS = [CancellableSleep, CatchesActivityFailure, CollectsSignals, Countdown, Counter, Fails, OneActivity, RetriesFlaky,
              TimerThenActivity, WaitsLong]
 ACTIVITIES = [always_fails, flaky, hello]
 
@@ -139,7 +140,12 @@ async def run_timeout(c, tq):
     )
 
 
-SCENARIOS = [one_activity, timer_then_activity, caught_activity_failure, workflow_failure, retried_activity,
+async def continue_as_new(c, tq):
+    # The handle names the first run: its history ends with WorkflowExecutionContinuedAsNew.
+    return await c.start_workflow(Countdown.run, 2, id=f"d-{uuid.uuid4()}", task_queue=tq)
+
+
+SCENARIOS = [continue_as_new, one_activity, timer_then_activity, caught_activity_failure, workflow_failure, retried_activity,
              signal_with_start, signals_then_query, cancel, terminate, run_timeout]
 
 

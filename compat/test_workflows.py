@@ -195,3 +195,27 @@ async def test_history_pages(client, worker):
             break
     assert paged == everything
     assert pages == -(-len(everything) // 3), "pages of 3 events"
+
+
+async def test_continue_as_new_chains_runs(client, cluster):
+    from workflows import Countdown
+
+    c = await Client.connect(cluster[2])
+    tq = f"can-{uuid.uuid4().hex[:8]}"
+    async with Worker(c, task_queue=tq, workflows=[Countdown]):
+        w = wid()
+        h = await client.start_workflow(Countdown.run, 3, id=w, task_queue=tq)
+        assert await h.result() == "liftoff", "result() follows the chain of runs"
+        first = await client.get_workflow_handle(w, run_id=h.result_run_id).describe()
+        assert first.status == WorkflowExecutionStatus.CONTINUED_AS_NEW
+        last_event = (await client.get_workflow_handle(w, run_id=h.result_run_id).fetch_history()).events[-1]
+        assert last_event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+        nxt = last_event.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+        started = (await client.get_workflow_handle(w, run_id=nxt).fetch_history()).events[0]
+        assert started.workflow_execution_started_event_attributes.continued_execution_run_id == h.result_run_id
+        assert started.workflow_execution_started_event_attributes.first_execution_run_id == h.result_run_id
+        current = await client.get_workflow_handle(w).describe()
+        assert current.status == WorkflowExecutionStatus.COMPLETED
+        runs = [x async for x in client.list_workflows(f"WorkflowId = '{w}'")]
+        assert len(runs) == 4
+        assert sorted(r.status.name for r in runs) == ["COMPLETED"] + ["CONTINUED_AS_NEW"] * 3

@@ -202,3 +202,12 @@ class Counter:
     async def run(self) -> int:
         await workflow.wait_condition(lambda: self.done)
         return self.count
+
+
+@workflow.defn
+class Countdown:
+    @workflow.run
+    async def run(self, n: int) -> str:
+        if n > 0:
+            workflow.continue_as_new(n - 1)
+        return "liftoff"

@@ -140,8 +140,11 @@ impl Frontend {
     /// Proposes and runs the effects; returns the applied run and last event id.
     pub(super) async fn apply(&self, shard: u32, cmd: WorkflowCommand) -> Result<(RunKey, i64), Status> {
         match self.propose(shard, cmd).await? {
-            WorkflowResult::Applied { run, effects, last_event_id, reply_error } => {
+            WorkflowResult::Applied { run, effects, last_event_id, reply_error, next_run } => {
                 self.run_effects(shard, &run, effects);
+                if let Some((next, next_effects)) = next_run {
+                    self.run_effects(shard, &next, next_effects);
+                }
                 match reply_error {
                     Some(e) => Err(engine_status(e)),
                     None => Ok((run, last_event_id)),
@@ -839,7 +842,7 @@ pub(super) fn execution_info(s: &RunState) -> WorkflowExecutionInfo {
         history_length: s.next_event_id - 1,
         execution_time: Some(timestamp(s.start_ms)),
         task_queue: s.task_queue.clone(),
-        first_run_id: s.run_id.clone(),
+        first_run_id: s.first_run_id.clone(),
         ..Default::default()
     }
 }
@@ -853,6 +856,7 @@ pub(super) fn status_of(s: RunStatus) -> WorkflowExecutionStatus {
         RunStatus::Canceled => WorkflowExecutionStatus::Canceled,
         RunStatus::Terminated => WorkflowExecutionStatus::Terminated,
         RunStatus::TimedOut => WorkflowExecutionStatus::TimedOut,
+        RunStatus::ContinuedAsNew => WorkflowExecutionStatus::ContinuedAsNew,
     }
 }
 

@@ -8,6 +8,7 @@
 //! `WorkflowTaskStarted` is always followed by its completion or failure.
 
 use norn_proto::protos::temporal::api::command::v1::command::Attributes as Cmd;
+use norn_proto::protos::temporal::api::command::v1::ContinueAsNewWorkflowExecutionCommandAttributes;
 use norn_proto::protos::temporal::api::common::v1::{ActivityType, Payloads, WorkflowType};
 use norn_proto::protos::temporal::api::enums::v1::TimeoutType;
 use norn_proto::protos::temporal::api::enums::v1::{
@@ -73,6 +74,30 @@ pub struct Outcome {
     pub effects: Vec<Effect>,
     /// Set when the events were written but the caller must still get this error.
     pub reply_error: Option<EngineError>,
+    /// Set when the run continued as new: the store starts the next run from it.
+    pub continued_as_new: Option<ContinueAsNew>,
+}
+
+/// The next run of a run that continued as new.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContinueAsNew {
+    /// Its run id (derived from the closing run, so every replica picks the same).
+    pub run_id: String,
+    /// The command that asked for it.
+    pub attributes: ContinueAsNewWorkflowExecutionCommandAttributes,
+}
+
+/// A run id derived from `parts`, formatted like a UUID (version 4 layout).
+fn derived_run_id(parts: &[&[u8]]) -> String {
+    let a = crate::placement::stable_hash(parts);
+    let b = crate::placement::stable_hash(&[&a.to_be_bytes(), b"norn-run-id"]);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&a.to_be_bytes());
+    bytes[8..].copy_from_slice(&b.to_be_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let h: String = bytes.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 /// Buffered input, turned into events when the started workflow task closes.
@@ -354,6 +379,7 @@ pub fn start_with_signal(
         buffer: Vec::new(),
         signal_request_ids: Default::default(),
         cancel_requested: false,
+        first_run_id: run_id.into(),
         run_deadline_ms: [duration_ms(&req.workflow_run_timeout)?, duration_ms(&req.workflow_execution_timeout)?]
             .into_iter()
             .flatten()
@@ -391,6 +417,37 @@ pub fn start_with_signal(
     }
     w.schedule_workflow_task(1);
     let out = w.out;
+    Ok((run, out))
+}
+
+/// Starts the run that continues `prev` (closed by continue-as-new).
+pub fn start_continued(prev: &RunState, next: &ContinueAsNew, now_ms: u64) -> Result<(RunState, Outcome), EngineError> {
+    let a = &next.attributes;
+    let req = StartWorkflowExecutionRequest {
+        workflow_id: prev.workflow_id.clone(),
+        workflow_type: a.workflow_type.clone(),
+        task_queue: a.task_queue.clone(),
+        input: a.input.clone(),
+        workflow_run_timeout: a.workflow_run_timeout,
+        workflow_task_timeout: a.workflow_task_timeout,
+        request_id: next.run_id.clone(),
+        retry_policy: a.retry_policy.clone(),
+        header: a.header.clone(),
+        memo: a.memo.clone(),
+        search_attributes: a.search_attributes.clone(),
+        ..Default::default()
+    };
+    let (mut run, mut out) = start_with_signal(&prev.namespace_id, &next.run_id, &req, None, now_ms)?;
+    run.first_run_id = prev.first_run_id.clone();
+    if let Some(Ev::WorkflowExecutionStartedEventAttributes(s)) =
+        out.events.first_mut().and_then(|e| e.attributes.as_mut())
+    {
+        s.continued_execution_run_id = prev.run_id.clone();
+        s.first_execution_run_id = prev.first_run_id.clone();
+        s.initiator = a.initiator;
+        s.last_completion_result = a.last_completion_result.clone();
+        s.continued_failure = a.failure.clone();
+    }
     Ok((run, out))
 }
 
@@ -519,7 +576,12 @@ fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> 
             }
             Cmd::CompleteWorkflowExecutionCommandAttributes(_)
             | Cmd::FailWorkflowExecutionCommandAttributes(_)
-            | Cmd::CancelWorkflowExecutionCommandAttributes(_) => {
+            | Cmd::CancelWorkflowExecutionCommandAttributes(_)
+            | Cmd::ContinueAsNewWorkflowExecutionCommandAttributes(_) => {
+                if let Cmd::ContinueAsNewWorkflowExecutionCommandAttributes(a) = attrs {
+                    duration_ms(&a.workflow_run_timeout)?;
+                    duration_ms(&a.workflow_task_timeout)?;
+                }
                 closes += 1;
                 if i + 1 != req.commands.len() {
                     return Err(EngineError::InvalidArgument(
@@ -553,6 +615,7 @@ pub fn workflow_task_completed(
             Some(Cmd::CompleteWorkflowExecutionCommandAttributes(_))
                 | Some(Cmd::FailWorkflowExecutionCommandAttributes(_))
                 | Some(Cmd::CancelWorkflowExecutionCommandAttributes(_))
+                | Some(Cmd::ContinueAsNewWorkflowExecutionCommandAttributes(_))
         )
     });
     let mut w = Writer::new(run, now_ms);
@@ -732,6 +795,42 @@ pub fn workflow_task_completed(
                     }),
                 );
                 w.close(RunStatus::Canceled);
+            }
+            Some(Cmd::ContinueAsNewWorkflowExecutionCommandAttributes(a)) => {
+                let run_id = derived_run_id(&[w.run.run_id.as_bytes(), &completed_id.to_be_bytes(), b"continue"]);
+                let mut a = a.clone();
+                if a.workflow_type.as_ref().is_none_or(|t| t.name.is_empty()) {
+                    a.workflow_type = Some(WorkflowType { name: w.run.workflow_type.clone() });
+                }
+                if a.task_queue.as_ref().is_none_or(|t| t.name.is_empty()) {
+                    a.task_queue = Some(task_queue(&w.run.task_queue));
+                }
+                if a.workflow_task_timeout.is_none() {
+                    a.workflow_task_timeout = Some(duration(w.run.workflow_task_timeout_ms));
+                }
+                w.event(
+                    EventType::WorkflowExecutionContinuedAsNew,
+                    Ev::WorkflowExecutionContinuedAsNewEventAttributes(
+                        WorkflowExecutionContinuedAsNewEventAttributes {
+                            new_execution_run_id: run_id.clone(),
+                            workflow_type: a.workflow_type.clone(),
+                            task_queue: a.task_queue.clone(),
+                            input: a.input.clone(),
+                            workflow_run_timeout: a.workflow_run_timeout,
+                            workflow_task_timeout: a.workflow_task_timeout,
+                            workflow_task_completed_event_id: completed_id,
+                            backoff_start_interval: a.backoff_start_interval,
+                            initiator: a.initiator,
+                            last_completion_result: a.last_completion_result.clone(),
+                            header: a.header.clone(),
+                            memo: a.memo.clone(),
+                            search_attributes: a.search_attributes.clone(),
+                            ..Default::default()
+                        },
+                    ),
+                );
+                w.close(RunStatus::ContinuedAsNew);
+                w.out.continued_as_new = Some(ContinueAsNew { run_id, attributes: a });
             }
             // check_commands rejected everything else.
             _ => {}

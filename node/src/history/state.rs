@@ -20,6 +20,8 @@ pub enum RunStatus {
     Terminated,
     /// Closed by its run or execution timeout.
     TimedOut,
+    /// Closed by `ContinueAsNewWorkflowExecution`; a new run of the same workflow id follows.
+    ContinuedAsNew,
 }
 
 /// The workflow task in flight, if any.
@@ -206,6 +208,8 @@ pub struct RunState {
     pub buffer: Vec<super::engine::Buffered>,
     /// A cancel was requested (later requests change nothing).
     pub cancel_requested: bool,
+    /// Run id of the first run in this run's continue-as-new chain (its own id if it is the first).
+    pub first_run_id: String,
     /// When the run times out (the earlier of its run and execution timeouts), if it has one.
     pub run_deadline_ms: Option<u64>,
     /// Request ids of the signals accepted most recently (a retried signal is applied once).

@@ -88,7 +88,14 @@ pub enum WorkflowCommand {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkflowResult {
     /// Applied. `reply_error` is set when events were written but the caller gets an error.
-    Applied { run: RunKey, effects: Vec<Effect>, last_event_id: i64, reply_error: Option<EngineError> },
+    Applied {
+        run: RunKey,
+        effects: Vec<Effect>,
+        last_event_id: i64,
+        reply_error: Option<EngineError>,
+        /// The run that continued this one (continue-as-new) and its effects.
+        next_run: Option<(RunKey, Vec<Effect>)>,
+    },
     /// A start found an open run with the same workflow id (started by another request).
     AlreadyStarted { run_id: String },
     /// A start retried with the same request id: the run it started.
@@ -234,6 +241,7 @@ fn applied(run: &RunState, out: Outcome) -> WorkflowResult {
         effects: out.effects,
         last_event_id: run.next_event_id - 1,
         reply_error: out.reply_error,
+        next_run: None,
     }
 }
 
@@ -396,7 +404,22 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
         WorkflowCommand::WorkflowTaskCompleted { run, scheduled_id, started_id, request } => {
             let req: RespondWorkflowTaskCompletedRequest = decode(&request, "workflow task completion")?;
             let mut state = loaded(txn, &run)?;
-            let out = engine::workflow_task_completed(&mut state, scheduled_id, started_id, &req, now_ms)?;
+            let mut out = engine::workflow_task_completed(&mut state, scheduled_id, started_id, &req, now_ms)?;
+            if let Some(next) = out.continued_as_new.take() {
+                let (new_state, new_out) = engine::start_continued(&state, &next, now_ms)?;
+                save(txn, &state, &out).map_err(Failure::Storage)?;
+                save(txn, &new_state, &new_out).map_err(Failure::Storage)?;
+                let mut result = applied(&state, out);
+                if let WorkflowResult::Applied { next_run, .. } = &mut result {
+                    let k = RunKey {
+                        namespace_id: new_state.namespace_id.clone(),
+                        workflow_id: new_state.workflow_id.clone(),
+                        run_id: new_state.run_id.clone(),
+                    };
+                    *next_run = Some((k, new_out.effects));
+                }
+                return Ok(result);
+            }
             (state, out)
         }
         WorkflowCommand::WorkflowTaskFailed { run, scheduled_id, started_id, request } => {

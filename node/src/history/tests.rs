@@ -665,3 +665,33 @@ fn events_buffered_during_a_task_follow_its_command_events() {
         ]
     );
 }
+
+#[test]
+fn continue_as_new_closes_the_run_and_describes_the_next() {
+    let mut run = started();
+    let cmd = command(
+        CommandType::ContinueAsNewWorkflowExecution,
+        Cmd::ContinueAsNewWorkflowExecutionCommandAttributes(ContinueAsNewWorkflowExecutionCommandAttributes {
+            input: Some(Payloads { payloads: vec![Payload { data: b"2".to_vec(), ..Default::default() }] }),
+            ..Default::default()
+        }),
+    );
+    let mut twin = run.clone();
+    let out = workflow_task_completed(&mut run, 2, 3, &done(vec![cmd.clone()]), T0 + 5).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![(4, EventType::WorkflowTaskCompleted), (5, EventType::WorkflowExecutionContinuedAsNew)]
+    );
+    assert_eq!(run.status, RunStatus::ContinuedAsNew);
+    let next = out.continued_as_new.clone().unwrap();
+    let again = workflow_task_completed(&mut twin, 2, 3, &done(vec![cmd]), T0 + 5).unwrap();
+    assert_eq!(again.continued_as_new.unwrap().run_id, next.run_id, "every replica derives the same run id");
+    assert_ne!(next.run_id, run.run_id);
+    let (new_run, new_out) = start_continued(&run, &next, T0 + 5).unwrap();
+    assert_eq!((new_run.workflow_type.as_str(), new_run.task_queue.as_str()), ("Greet", "q"), "inherited");
+    assert_eq!(new_run.first_run_id, run.run_id);
+    let Some(Ev::WorkflowExecutionStartedEventAttributes(s)) = &new_out.events[0].attributes else { panic!() };
+    assert_eq!(s.continued_execution_run_id, run.run_id);
+    assert_eq!(s.input.as_ref().unwrap().payloads[0].data, b"2");
+    assert!(new_out.effects.iter().any(|e| matches!(e, Effect::WorkflowTaskReady { .. })));
+}
