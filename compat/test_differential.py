@@ -24,6 +24,7 @@ from workflows import (
     Countdown,
     Counter,
     Fails,
+    FlakyTask,
     OneActivity,
     RetriesFlaky,
     TimerThenActivity,
@@ -33,7 +34,7 @@ from workflows import (
     hello,
 )
 
-WORKFLOWS = [CancellableSleep, CatchesActivityFailure, CollectsSignals, Countdown, Counter, Fails, OneActivity, RetriesFlaky,
+WORKFLOWS = [CancellableSleep, CatchesActivityFailure, CollectsSignals, Countdown, Counter, Fails, FlakyTask, OneActivity, RetriesFlaky,
              TimerThenActivity, WaitsLong]
 ACTIVITIES = [always_fails, flaky, hello]
 
@@ -145,7 +146,12 @@ async def continue_as_new(c, tq):
     return await c.start_workflow(Countdown.run, 2, id=f"d-{uuid.uuid4()}", task_queue=tq)
 
 
-SCENARIOS = [continue_as_new, one_activity, timer_then_activity, caught_activity_failure, workflow_failure, retried_activity,
+async def failing_workflow_tasks(c, tq):
+    # Two failed workflow tasks: only the first failure is in history (the transient rule).
+    return await c.start_workflow(FlakyTask.run, id=f"d-{uuid.uuid4()}", task_queue=tq)
+
+
+SCENARIOS = [failing_workflow_tasks, continue_as_new, one_activity, timer_then_activity, caught_activity_failure, workflow_failure, retried_activity,
              signal_with_start, signals_then_query, cancel, terminate, run_timeout]
 
 

@@ -7,6 +7,9 @@ from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
+with workflow.unsafe.imports_passed_through():
+    import shared_state
+
 
 @activity.defn
 async def hello(name: str) -> str:
@@ -211,3 +214,17 @@ class Countdown:
         if n > 0:
             workflow.continue_as_new(n - 1)
         return "liftoff"
+
+
+@workflow.defn
+class FlakyTask:
+    """Its first two workflow tasks fail (a bug that a deploy fixes); the third completes."""
+
+    @workflow.run
+    async def run(self) -> str:
+        key = workflow.info().workflow_id
+        n = shared_state.task_failures.get(key, 0)
+        if n < 2:
+            shared_state.task_failures[key] = n + 1
+            raise RuntimeError(f"workflow task failure {n + 1}")
+        return "third time lucky"

@@ -483,16 +483,14 @@ impl Frontend {
                 }
             };
             let run = self.read_run(task.shard, &task.run).await?;
-            let events = self.read_events(task.shard, &task.run.run_id).await?;
-            let wft = run.workflow_task.clone().unwrap_or_else(|| crate::history::WorkflowTaskInfo {
-                scheduled_id: task.scheduled_id,
-                started_id: Some(started_id),
-                attempt: 1,
-                request_id: String::new(),
-                identity: String::new(),
-                scheduled_ms: 0,
-                started_ms: 0,
-            });
+            let mut events = self.read_events(task.shard, &task.run.run_id).await?;
+            let wft = match run.workflow_task.clone() {
+                Some(t) if t.scheduled_id == task.scheduled_id && t.started_id.is_some() => t,
+                // Timed out or closed in the meantime: its completion will be refused.
+                _ => continue,
+            };
+            let started_id = wft.started_id.unwrap_or(started_id);
+            events.extend(crate::history::engine::transient_events(&run));
             let token = TaskToken {
                 shard: task.shard,
                 run: task.run.clone(),

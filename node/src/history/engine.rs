@@ -156,6 +156,20 @@ impl<'a> Writer<'a> {
     }
 
     fn event(&mut self, event_type: EventType, attributes: Ev) -> i64 {
+        let own = matches!(
+            event_type,
+            EventType::WorkflowTaskScheduled
+                | EventType::WorkflowTaskStarted
+                | EventType::WorkflowTaskCompleted
+                | EventType::WorkflowTaskFailed
+                | EventType::WorkflowTaskTimedOut
+                | EventType::WorkflowExecutionTerminated
+                | EventType::WorkflowExecutionTimedOut
+        );
+        if !own {
+            // Nothing may be written between a transient task's events and the events before.
+            self.materialize_transient();
+        }
         let id = self.run.next_event_id;
         self.run.next_event_id += 1;
         self.out.events.push(HistoryEvent {
@@ -170,14 +184,13 @@ impl<'a> Writer<'a> {
     }
 
     fn schedule_workflow_task(&mut self, attempt: i32) {
-        let id = self.event(
-            EventType::WorkflowTaskScheduled,
-            Ev::WorkflowTaskScheduledEventAttributes(WorkflowTaskScheduledEventAttributes {
-                task_queue: Some(task_queue(&self.run.task_queue)),
-                start_to_close_timeout: Some(duration(self.run.workflow_task_timeout_ms)),
-                attempt,
-            }),
-        );
+        let transient = attempt > 1;
+        let id = if transient {
+            self.run.next_event_id
+        } else {
+            let (t, a) = scheduled_event(&self.run.task_queue, self.run.workflow_task_timeout_ms, attempt);
+            self.event(t, a)
+        };
         self.run.workflow_task = Some(WorkflowTaskInfo {
             scheduled_id: id,
             started_id: None,
@@ -186,8 +199,25 @@ impl<'a> Writer<'a> {
             identity: String::new(),
             scheduled_ms: self.now_ms,
             started_ms: 0,
+            transient,
         });
         self.out.effects.push(Effect::WorkflowTaskReady { task_queue: self.run.task_queue.clone(), scheduled_id: id });
+    }
+
+    /// Writes the events of a transient workflow task (scheduled, and started if it is), making it
+    /// a normal one. Their ids were reserved: nothing was written since.
+    fn materialize_transient(&mut self) {
+        let Some(t) = self.run.workflow_task.clone().filter(|t| t.transient) else { return };
+        if let Some(task) = self.run.workflow_task.as_mut() {
+            task.transient = false;
+        }
+        let (et, a) = scheduled_event(&self.run.task_queue, self.run.workflow_task_timeout_ms, t.attempt);
+        let scheduled_id = self.event(et, a);
+        debug_assert_eq!(scheduled_id, t.scheduled_id);
+        if t.started_id.is_some() {
+            let (et, a) = started_event(&t);
+            self.event(et, a);
+        }
     }
 
     /// Something happened that the workflow must see: schedule a workflow task, or note that the
@@ -322,6 +352,56 @@ impl<'a> Writer<'a> {
         self.run.workflow_task = None;
         self.out.effects.push(Effect::RunClosed);
     }
+}
+
+fn scheduled_event(tq: &str, timeout_ms: u64, attempt: i32) -> (EventType, Ev) {
+    (
+        EventType::WorkflowTaskScheduled,
+        Ev::WorkflowTaskScheduledEventAttributes(WorkflowTaskScheduledEventAttributes {
+            task_queue: Some(task_queue(tq)),
+            start_to_close_timeout: Some(duration(timeout_ms)),
+            attempt,
+        }),
+    )
+}
+
+fn started_event(t: &WorkflowTaskInfo) -> (EventType, Ev) {
+    (
+        EventType::WorkflowTaskStarted,
+        Ev::WorkflowTaskStartedEventAttributes(WorkflowTaskStartedEventAttributes {
+            scheduled_event_id: t.scheduled_id,
+            identity: t.identity.clone(),
+            request_id: t.request_id.clone(),
+            ..Default::default()
+        }),
+    )
+}
+
+/// The events of the started transient workflow task, which the worker gets after the history
+/// (empty unless one is started).
+pub fn transient_events(run: &RunState) -> Vec<HistoryEvent> {
+    let Some(t) = run.workflow_task.as_ref().filter(|t| t.transient) else { return Vec::new() };
+    let Some(started_id) = t.started_id else { return Vec::new() };
+    let (st, sa) = scheduled_event(&run.task_queue, run.workflow_task_timeout_ms, t.attempt);
+    let (tt, ta) = started_event(t);
+    vec![
+        HistoryEvent {
+            event_id: t.scheduled_id,
+            event_time: Some(timestamp(t.scheduled_ms)),
+            event_type: st as i32,
+            task_id: t.scheduled_id,
+            attributes: Some(sa),
+            ..Default::default()
+        },
+        HistoryEvent {
+            event_id: started_id,
+            event_time: Some(timestamp(t.started_ms)),
+            event_type: tt as i32,
+            task_id: started_id,
+            attributes: Some(ta),
+            ..Default::default()
+        },
+    ]
 }
 
 fn task_queue(name: &str) -> TaskQueue {
@@ -495,15 +575,20 @@ pub fn workflow_task_started(
         return Err(EngineError::NotFound("Workflow task already started.".into()));
     }
     let mut w = Writer::new(run, now_ms);
-    let started_id = w.event(
-        EventType::WorkflowTaskStarted,
-        Ev::WorkflowTaskStartedEventAttributes(WorkflowTaskStartedEventAttributes {
-            scheduled_event_id: scheduled_id,
-            identity: identity.into(),
-            request_id: request_id.into(),
-            ..Default::default()
-        }),
-    );
+    let started_id = if task.transient {
+        // Reserved, not written: see `WorkflowTaskInfo::transient`.
+        scheduled_id + 1
+    } else {
+        w.event(
+            EventType::WorkflowTaskStarted,
+            Ev::WorkflowTaskStartedEventAttributes(WorkflowTaskStartedEventAttributes {
+                scheduled_event_id: scheduled_id,
+                identity: identity.into(),
+                request_id: request_id.into(),
+                ..Default::default()
+            }),
+        )
+    };
     if let Some(t) = w.run.workflow_task.as_mut() {
         t.started_id = Some(started_id);
         t.request_id = request_id.into();
@@ -619,6 +704,8 @@ pub fn workflow_task_completed(
         )
     });
     let mut w = Writer::new(run, now_ms);
+    // A transient task's scheduled and started events are written now, before its completion.
+    w.materialize_transient();
     if closes && w.run.buffered_events {
         // New events arrived during the task: the workflow must see them before it may close.
         w.event(
@@ -855,17 +942,20 @@ pub fn workflow_task_failed(
 ) -> Result<Outcome, EngineError> {
     let task = started_task(run, scheduled_id, started_id)?;
     let mut w = Writer::new(run, now_ms);
-    w.event(
-        EventType::WorkflowTaskFailed,
-        Ev::WorkflowTaskFailedEventAttributes(WorkflowTaskFailedEventAttributes {
-            scheduled_event_id: scheduled_id,
-            started_event_id: started_id,
-            cause: req.cause,
-            failure: req.failure.clone(),
-            identity: req.identity.clone(),
-            ..Default::default()
-        }),
-    );
+    // A failed retry leaves no trace in history (Temporal's transient rule); the first failure does.
+    if !task.transient {
+        w.event(
+            EventType::WorkflowTaskFailed,
+            Ev::WorkflowTaskFailedEventAttributes(WorkflowTaskFailedEventAttributes {
+                scheduled_event_id: scheduled_id,
+                started_event_id: started_id,
+                cause: req.cause,
+                failure: req.failure.clone(),
+                identity: req.identity.clone(),
+                ..Default::default()
+            }),
+        );
+    }
     w.run.workflow_task = None;
     w.run.buffered_events = false;
     w.flush_buffer();
@@ -1126,14 +1216,16 @@ pub fn workflow_task_timed_out(
         return Err(EngineError::InvalidArgument("workflow task has not timed out yet".into()));
     }
     let mut w = Writer::new(run, now_ms);
-    w.event(
-        EventType::WorkflowTaskTimedOut,
-        Ev::WorkflowTaskTimedOutEventAttributes(WorkflowTaskTimedOutEventAttributes {
-            scheduled_event_id: scheduled_id,
-            started_event_id: started_id,
-            timeout_type: TimeoutType::StartToClose as i32,
-        }),
-    );
+    if !task.transient {
+        w.event(
+            EventType::WorkflowTaskTimedOut,
+            Ev::WorkflowTaskTimedOutEventAttributes(WorkflowTaskTimedOutEventAttributes {
+                scheduled_event_id: scheduled_id,
+                started_event_id: started_id,
+                timeout_type: TimeoutType::StartToClose as i32,
+            }),
+        );
+    }
     w.run.workflow_task = None;
     w.run.buffered_events = false;
     w.flush_buffer();

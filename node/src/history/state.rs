@@ -41,6 +41,10 @@ pub struct WorkflowTaskInfo {
     pub scheduled_ms: u64,
     /// Leader time when started.
     pub started_ms: u64,
+    /// A retry (attempt > 1) whose `WorkflowTaskScheduled`/`Started` events are not in history
+    /// yet: they go to the worker with the task and are written only when it completes (or when
+    /// another event must be written before it starts), as in Temporal.
+    pub transient: bool,
 }
 
 /// An activity scheduled by the workflow and not yet closed.

@@ -225,11 +225,49 @@ fn timers_fire_once_and_never_early() {
 }
 
 #[test]
-fn a_failed_workflow_task_is_retried_with_the_next_attempt() {
+fn failed_workflow_task_retries_are_transient_until_one_completes() {
     let mut run = started();
-    let out = workflow_task_failed(&mut run, 2, 3, &RespondWorkflowTaskFailedRequest::default(), T0 + 2).unwrap();
-    assert_eq!(types(&out), vec![(4, EventType::WorkflowTaskFailed), (5, EventType::WorkflowTaskScheduled)]);
-    assert_eq!(run.workflow_task.as_ref().unwrap().attempt, 2);
+    let failed = RespondWorkflowTaskFailedRequest::default();
+    let out = workflow_task_failed(&mut run, 2, 3, &failed, T0 + 2).unwrap();
+    assert_eq!(types(&out), vec![(4, EventType::WorkflowTaskFailed)], "attempt 2 is not written");
+    assert_eq!(out.effects, vec![Effect::WorkflowTaskReady { task_queue: "q".into(), scheduled_id: 5 }]);
+    let t = run.workflow_task.clone().unwrap();
+    assert_eq!((t.attempt, t.transient, t.scheduled_id), (2, true, 5));
+    // Attempt 2 starts and fails: still nothing in history.
+    assert!(workflow_task_started(&mut run, 5, "p2", "w", T0 + 3).unwrap().events.is_empty());
+    let shown = transient_events(&run);
+    assert_eq!(shown.iter().map(|e| e.event_id).collect::<Vec<_>>(), vec![5, 6], "what the worker is shown");
+    assert!(workflow_task_failed(&mut run, 5, 6, &failed, T0 + 4).unwrap().events.is_empty());
+    assert_eq!(run.next_event_id, 5);
+    // Attempt 3 completes: its scheduled and started events are written with it.
+    workflow_task_started(&mut run, 5, "p3", "w", T0 + 5).unwrap();
+    let out = workflow_task_completed(&mut run, 5, 6, &done(vec![timer("t", 1)]), T0 + 6).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![
+            (5, EventType::WorkflowTaskScheduled),
+            (6, EventType::WorkflowTaskStarted),
+            (7, EventType::WorkflowTaskCompleted),
+            (8, EventType::TimerStarted)
+        ]
+    );
+    let Some(Ev::WorkflowTaskScheduledEventAttributes(a)) = &out.events[0].attributes else { panic!() };
+    assert_eq!(a.attempt, 3);
+}
+
+#[test]
+fn a_signal_makes_a_scheduled_transient_task_normal() {
+    let mut run = started();
+    workflow_task_failed(&mut run, 2, 3, &RespondWorkflowTaskFailedRequest::default(), T0 + 2).unwrap();
+    let attrs = norn_proto::protos::temporal::api::history::v1::WorkflowExecutionSignaledEventAttributes {
+        signal_name: "s".into(),
+        ..Default::default()
+    };
+    let out = signal(&mut run, attrs, T0 + 3).unwrap();
+    assert_eq!(types(&out), vec![(5, EventType::WorkflowTaskScheduled), (6, EventType::WorkflowExecutionSignaled)]);
+    assert!(!run.workflow_task.as_ref().unwrap().transient);
+    let out = workflow_task_started(&mut run, 5, "p", "w", T0 + 4).unwrap();
+    assert_eq!(types(&out), vec![(7, EventType::WorkflowTaskStarted)]);
 }
 
 #[test]
@@ -281,7 +319,7 @@ fn a_started_workflow_task_times_out_into_a_new_attempt() {
     let mut run = started();
     assert!(workflow_task_timed_out(&mut run, 2, 3, T0 + 1 + 9_999).is_err(), "timed out early");
     let out = workflow_task_timed_out(&mut run, 2, 3, T0 + 1 + 10_000).unwrap();
-    assert_eq!(types(&out), vec![(4, EventType::WorkflowTaskTimedOut), (5, EventType::WorkflowTaskScheduled)]);
+    assert_eq!(types(&out), vec![(4, EventType::WorkflowTaskTimedOut)], "the retry is transient");
     assert_eq!(run.workflow_task.as_ref().unwrap().attempt, 2);
     assert!(matches!(workflow_task_timed_out(&mut run, 2, 3, T0 + 20_000), Err(EngineError::NotFound(_))));
 }
