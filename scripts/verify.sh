@@ -16,4 +16,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 cargo build -p norn-node --bin norn --locked
-NORN_BIN="$target/debug/norn" python3 -m pytest compat -q
+# A worker built with Temporal's own Rust SDK, for compat/test_rust_worker.py (its own workspace).
+cargo fmt --manifest-path compat/rust-worker/Cargo.toml -- --check
+CARGO_TARGET_DIR="$target" cargo build --locked --manifest-path compat/rust-worker/Cargo.toml
+NORN_BIN="$target/debug/norn" CARGO_TARGET_DIR="$target" python3 -m pytest compat -q
