@@ -47,10 +47,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runtime = Runtime::from_current_tokio(Default::default())?;
     let (conn_opts, client_opts) = ClientOptions::load_from_config(LoadClientConfigProfileOptions::default())?;
     let client = Client::new(Connection::connect(conn_opts).await?, client_opts)?;
-    let options = WorkerOptions::new(task_queue.as_str())
-        .register_workflow::<RustOrder>()?
-        .register_activities(Shop)
-        .build();
+    let options =
+        WorkerOptions::new(task_queue.as_str()).register_workflow::<RustOrder>()?.register_activities(Shop).build();
     println!("rust worker polling {task_queue}");
     Worker::new(&runtime, client, options)?.run().await?;
     Ok(())
