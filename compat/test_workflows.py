@@ -219,3 +219,11 @@ async def test_continue_as_new_chains_runs(client, cluster):
         runs = [x async for x in client.list_workflows(f"WorkflowId = '{w}'")]
         assert len(runs) == 4
         assert sorted(r.status.name for r in runs) == ["COMPLETED"] + ["CONTINUED_AS_NEW"] * 3
+
+
+async def test_memo_is_stored_and_described(client, worker):
+    w = wid()
+    h = await client.start_workflow(WaitsLong.run, id=w, task_queue=worker, memo={"owner": "team-a", "n": 3})
+    d = await h.describe()
+    assert await d.memo() == {"owner": "team-a", "n": 3}
+    await h.terminate("done")

@@ -11,6 +11,7 @@ use norn_proto::protos::google::rpc::Status as RpcStatus;
 use norn_proto::protos::temporal::api::common::v1::{ActivityType, Payloads, WorkflowExecution, WorkflowType};
 use norn_proto::protos::temporal::api::enums::v1::{HistoryEventFilterType, TaskQueueKind, WorkflowExecutionStatus};
 use norn_proto::protos::temporal::api::errordetails::v1::WorkflowExecutionAlreadyStartedFailure;
+use norn_proto::protos::temporal::api::history::v1::history_event::Attributes as Ev;
 use norn_proto::protos::temporal::api::history::v1::{
     ActivityTaskScheduledEventAttributes, History, HistoryEvent, WorkflowExecutionSignaledEventAttributes,
 };
@@ -803,6 +804,21 @@ impl Frontend {
         let (shard, run) = self.resolve(&ns, req.execution.as_ref()).await?;
         let s = self.read_run(shard, &run).await?;
         let tq = TaskQueue { name: s.task_queue.clone(), kind: TaskQueueKind::Normal as i32, ..Default::default() };
+        // Memo and search attributes live in the run's first event.
+        let first = self.admin.read_keys(shard, &store::history_event_key(&run.run_id, 1), false).await?;
+        let started =
+            first.into_iter().next().and_then(|(_, v)| HistoryEvent::decode(v.as_slice()).ok()).and_then(|e| {
+                match e.attributes {
+                    Some(Ev::WorkflowExecutionStartedEventAttributes(a)) => Some(a),
+                    _ => None,
+                }
+            });
+        let mut info = execution_info(&s);
+        if let Some(a) = started {
+            info.memo = a.memo;
+            info.search_attributes = a.search_attributes;
+            info.parent_execution = a.parent_workflow_execution;
+        }
         Ok(DescribeWorkflowExecutionResponse {
             execution_config: Some(WorkflowExecutionConfig {
                 task_queue: Some(tq),
@@ -812,7 +828,7 @@ impl Frontend {
                 }),
                 ..Default::default()
             }),
-            workflow_execution_info: Some(execution_info(&s)),
+            workflow_execution_info: Some(info),
             pending_activities: s
                 .activities
                 .values()

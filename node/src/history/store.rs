@@ -127,6 +127,11 @@ pub fn events_prefix(run_id: &str) -> Vec<u8> {
     format!("ev/{run_id}/").into_bytes()
 }
 
+/// The key of one event (for remote reads).
+pub fn history_event_key(run_id: &str, event_id: i64) -> Vec<u8> {
+    event_key(run_id, event_id)
+}
+
 fn event_key(run_id: &str, event_id: i64) -> Vec<u8> {
     let mut k = events_prefix(run_id);
     k.extend_from_slice(&(event_id as u64).to_be_bytes());
