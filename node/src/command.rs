@@ -48,14 +48,24 @@ impl ShardResult {
 
 /// Norn's shard state machine: deterministic, no clock, no I/O beyond the transaction.
 #[derive(Default)]
-pub struct ShardStateMachine;
+pub struct ShardStateMachine {
+    /// Woken after each applied workflow command (a node-local side channel: it changes nothing
+    /// in the replicated state).
+    pub watch: crate::history::watch::RunWatch,
+}
 
 impl StateMachine for ShardStateMachine {
     fn apply(&mut self, txn: &mut Txn<'_>, cmd: Applied<'_>) -> Vec<u8> {
         let result = match postcard::from_bytes::<ShardCommand>(cmd.payload) {
             Err(e) => ShardResult::Rejected(format!("undecodable command: {e}")),
             Ok(ShardCommand::Kv(c)) => ShardResult::Kv(kv::apply(txn, c, &cmd)),
-            Ok(ShardCommand::Workflow(c)) => ShardResult::Workflow(store::apply(txn, c, cmd.timestamp_ms)),
+            Ok(ShardCommand::Workflow(c)) => {
+                let r = store::apply(txn, c, cmd.timestamp_ms);
+                if let store::WorkflowResult::Applied { run, .. } = &r {
+                    self.watch.notify(&run.run_id);
+                }
+                ShardResult::Workflow(r)
+            }
             Ok(ShardCommand::Namespace(c)) => {
                 if cmd.group != namespace::SYSTEM_SHARD {
                     ShardResult::Namespace(NamespaceResult::Invalid(format!(

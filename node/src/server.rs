@@ -140,11 +140,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     check_identity(&*engine, &config)?;
 
     let transport = Arc::new(Transport::new(config.node_id, Arc::new(TcpConnector)));
+    let watch = crate::history::watch::RunWatch::default();
     let specs = group_specs(&config);
     tracing::info!(node = config.node_id, shards = specs.len(), client = %config.client_addr, raft = %config.raft_addr, "starting node");
     let raft =
         RaftNode::start(config.node_id, engine, transport, Arc::new(SystemClock), config.raft.clone(), specs, |_| {
-            Box::new(ShardStateMachine)
+            Box::new(ShardStateMachine { watch: watch.clone() })
         })
         .await?;
 
@@ -165,7 +166,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .add_service(RaftService::server(raft.clone()))
         .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), stopped(stop_rx.clone()));
     let admin = AdminService::new(raft.clone(), config.clone(), metrics);
-    let frontend = Frontend::new(admin.clone());
+    let frontend = Frontend::new(admin.clone(), watch);
     let duties = tokio::spawn(frontend.clone().run_duties());
     let client_server = tonic::transport::Server::builder()
         .add_service(health_service)

@@ -30,17 +30,19 @@ pub struct Frontend {
     clients: Arc<Mutex<HashMap<String, WorkflowServiceClient<Channel>>>>,
     timers: duties::ArmedTimers,
     queries: queries::QueryWaiters,
+    watch: crate::history::watch::RunWatch,
 }
 
 impl Frontend {
     /// A frontend that routes through `admin`.
-    pub fn new(admin: AdminService) -> Self {
+    pub fn new(admin: AdminService, watch: crate::history::watch::RunWatch) -> Self {
         Self {
             admin,
             ns_cache: Arc::default(),
             clients: Arc::default(),
             timers: Default::default(),
             queries: Default::default(),
+            watch,
         }
     }
 

@@ -37,6 +37,11 @@ use crate::matching::{QueueKey, TaskKind, TaskRef};
 const POLL_WAIT: Duration = Duration::from_secs(60);
 /// Events per history page when the request does not say.
 const HISTORY_PAGE_DEFAULT: usize = 1000;
+/// Longest wait between re-reads of a long-polled history on a node with a replica of the run's
+/// shard (a safety net: applies wake the poll).
+const HISTORY_REREAD_HOSTED: Duration = Duration::from_secs(2);
+/// Re-read period of a long-polled history on a node without a replica.
+const HISTORY_REREAD_REMOTE: Duration = Duration::from_millis(100);
 /// How long a history long poll waits for a new event.
 const HISTORY_WAIT: Duration = Duration::from_secs(60);
 /// Metadata carrying how many times a call was forwarded between nodes.
@@ -751,7 +756,18 @@ impl Frontend {
                 .map_err(|_| Status::invalid_argument("malformed next_page_token"))?,
         };
         let deadline = tokio::time::Instant::now() + HISTORY_WAIT;
+        let sub = self.watch.subscribe(&run.run_id);
+        // A replica here wakes the poll on every apply; elsewhere only re-reads notice changes.
+        let reread = if self.admin.raft().group_ids().binary_search(&shard).is_ok() {
+            HISTORY_REREAD_HOSTED
+        } else {
+            HISTORY_REREAD_REMOTE
+        };
         loop {
+            // Armed before the read, so an apply between the read and the wait is not missed.
+            let woken = sub.notify().notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let events = self.read_events(shard, &run.run_id).await?;
             if events.is_empty() {
                 return Err(Status::not_found(format!(
@@ -792,7 +808,9 @@ impl Frontend {
                     ..Default::default()
                 });
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // Woken by this node's apply of a command for the run; the timeout covers nodes
+            // that host no replica of the shard.
+            let _ = tokio::time::timeout(reread, woken).await;
         }
     }
 

@@ -6,12 +6,14 @@
 //! - [`engine`]: the transitions (start, workflow tasks, commands, activities, timers).
 //!
 //! - [`store`]: runs in a shard's state, and the replicated commands that drive the engine.
+//! - [`watch`]: node-local wake-ups for history long polls (outside the deterministic core).
 
 pub mod engine;
 pub mod state;
 pub mod store;
 #[cfg(test)]
 mod tests;
+pub mod watch;
 
 pub use engine::{Effect, EngineError, Outcome};
 pub use state::{ActivityInfo, RunState, RunStatus, TimerInfo, WorkflowTaskInfo};
