@@ -20,12 +20,14 @@ from conftest import temporal_cli
 from workflows import (
     CancellableSleep,
     CatchesActivityFailure,
+    Child,
     CollectsSignals,
     Countdown,
     Counter,
     Fails,
     FlakyTask,
     OneActivity,
+    Parent,
     RetriesFlaky,
     TimerThenActivity,
     WaitsLong,
@@ -34,7 +36,7 @@ from workflows import (
     hello,
 )
 
-WORKFLOWS = [CancellableSleep, CatchesActivityFailure, CollectsSignals, Countdown, Counter, Fails, FlakyTask, OneActivity, RetriesFlaky,
+WORKFLOWS = [CancellableSleep, CatchesActivityFailure, Child, CollectsSignals, Parent, Countdown, Counter, Fails, FlakyTask, OneActivity, RetriesFlaky,
              TimerThenActivity, WaitsLong]
 ACTIVITIES = [always_fails, flaky, hello]
 
@@ -150,7 +152,12 @@ async def failing_workflow_tasks(c, tq):
     return await c.start_workflow(FlakyTask.run, id=f"d-{uuid.uuid4()}", task_queue=tq)
 
 
-SCENARIOS = [failing_workflow_tasks, continue_as_new, one_activity, timer_then_activity, caught_activity_failure, workflow_failure, retried_activity,
+async def child_workflows(c, tq):
+    # Children run one after another: a success, a failure, a success.
+    return await c.start_workflow(Parent.run, ["a", "fail", "b"], id=f"d-{uuid.uuid4()}", task_queue=tq)
+
+
+SCENARIOS = [child_workflows, failing_workflow_tasks, continue_as_new, one_activity, timer_then_activity, caught_activity_failure, workflow_failure, retried_activity,
              signal_with_start, signals_then_query, cancel, terminate, run_timeout]
 
 

@@ -228,3 +228,34 @@ class FlakyTask:
             shared_state.task_failures[key] = n + 1
             raise RuntimeError(f"workflow task failure {n + 1}")
         return "third time lucky"
+
+
+@workflow.defn
+class Child:
+    @workflow.run
+    async def run(self, name: str) -> str:
+        if name == "fail":
+            raise ApplicationError("child failed on purpose", non_retryable=True)
+        greeting = await workflow.execute_activity(hello, name, start_to_close_timeout=timedelta(seconds=10))
+        return f"child says {greeting}"
+
+
+@workflow.defn
+class Parent:
+    @workflow.run
+    async def run(self, names: list) -> list:
+        results = []
+        for n in names:
+            try:
+                results.append(await workflow.execute_child_workflow(Child.run, n, id=f"{workflow.info().workflow_id}-{n}"))
+            except Exception as e:  # ChildWorkflowError
+                results.append(f"child error: {e.cause}")
+        return results
+
+
+@workflow.defn
+class LeavesAChild:
+    @workflow.run
+    async def run(self, child_id: str) -> str:
+        await workflow.start_child_workflow(WaitsLong.run, id=child_id)
+        return "parent done"

@@ -91,6 +91,10 @@ impl Frontend {
     }
 
     async fn sweep(&self, shard: u32) -> Result<(), String> {
+        for child in store::untold_children(&self.admin.raft().view(shard), 100)? {
+            let this = self.clone();
+            tokio::spawn(async move { this.tell_parent(shard, child).await });
+        }
         let runs = store::open_runs(&self.admin.raft().view(shard))?;
         let now = norn_raft::SystemClock.now_ms();
         for run in runs {
@@ -139,6 +143,12 @@ impl Frontend {
                         kind: TaskKind::Activity,
                     };
                     self.offer(q, TaskRef { shard, run: key.clone(), scheduled_id: a.scheduled_id, query: None });
+                }
+            }
+            for c in run.children.values() {
+                if c.run_id.is_none() && !c.closed && now >= c.initiated_ms + REOFFER_AFTER_MS {
+                    let (this, k, id) = (self.clone(), key.clone(), c.initiated_id);
+                    tokio::spawn(async move { this.start_child(shard, k, id).await });
                 }
             }
             for t in run.timers.values() {

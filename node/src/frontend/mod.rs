@@ -2,6 +2,7 @@
 //! `Unimplemented` (the generated default), so the SDKs see exactly what Norn honours; see
 //! `docs/compatibility.md`.
 
+mod children;
 mod duties;
 mod namespaces;
 mod queries;

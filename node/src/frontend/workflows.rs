@@ -117,7 +117,7 @@ fn forwarded<T>(msg: T, hops: u32) -> tonic::Request<T> {
 }
 
 impl Frontend {
-    fn run_shard(&self, namespace_id: &str, workflow_id: &str) -> u32 {
+    pub(super) fn run_shard(&self, namespace_id: &str, workflow_id: &str) -> u32 {
         crate::placement::shard_of(&[namespace_id.as_bytes(), workflow_id.as_bytes()], self.admin.config().shards)
     }
 
@@ -144,6 +144,10 @@ impl Frontend {
     }
 
     /// Proposes and runs the effects; returns the applied run and last event id.
+    pub(super) async fn propose_workflow(&self, shard: u32, cmd: WorkflowCommand) -> Result<WorkflowResult, Status> {
+        self.propose(shard, cmd).await
+    }
+
     pub(super) async fn apply(&self, shard: u32, cmd: WorkflowCommand) -> Result<(RunKey, i64), Status> {
         match self.propose(shard, cmd).await? {
             WorkflowResult::Applied { run, effects, last_event_id, reply_error, next_run } => {
@@ -194,6 +198,17 @@ impl Frontend {
                     }
                 }
                 Effect::RunClosed => {}
+                Effect::StartChild { initiated_id } => {
+                    tokio::spawn(async move { this.start_child(shard, run, initiated_id).await });
+                }
+                Effect::TellParent => {
+                    tokio::spawn(async move { this.tell_parent(shard, run).await });
+                }
+                Effect::CloseChild { workflow_id, run_id, parent_close_policy } => {
+                    tokio::spawn(async move {
+                        this.close_child(&run.namespace_id, workflow_id, run_id, parent_close_policy).await
+                    });
+                }
             }
         }
     }

@@ -12,7 +12,7 @@ use norn_proto::protos::temporal::api::command::v1::ContinueAsNewWorkflowExecuti
 use norn_proto::protos::temporal::api::common::v1::{ActivityType, Payloads, WorkflowType};
 use norn_proto::protos::temporal::api::enums::v1::TimeoutType;
 use norn_proto::protos::temporal::api::enums::v1::{
-    CommandType, EventType, RetryState, TaskQueueKind, WorkflowTaskFailedCause,
+    CommandType, EventType, RetryState, StartChildWorkflowExecutionFailedCause, TaskQueueKind, WorkflowTaskFailedCause,
 };
 use norn_proto::protos::temporal::api::failure::v1::failure::FailureInfo;
 use norn_proto::protos::temporal::api::failure::v1::{Failure, TimeoutFailureInfo};
@@ -42,6 +42,12 @@ pub enum Effect {
     TimerArmed { timer_id: String, started_id: i64, fire_at_ms: u64 },
     /// The run closed; wake waiters for its result.
     RunClosed,
+    /// Start the child initiated at `initiated_id` (in its own shard) and report back.
+    StartChild { initiated_id: i64 },
+    /// This child run closed: tell its parent.
+    TellParent,
+    /// The run closed with this child open: apply the parent close policy to it.
+    CloseChild { workflow_id: String, run_id: String, parent_close_policy: i32 },
 }
 
 /// Why an input was rejected (nothing changed), or why the caller gets an error although
@@ -117,6 +123,12 @@ pub enum Buffered {
     CancelRequested { reason: String, identity: String },
     /// A started activity acknowledged its cancellation (`details`: encoded `Payloads`).
     ActivityCanceled { scheduled_id: i64, details: Vec<u8>, identity: String },
+    /// A child started.
+    ChildStarted { initiated_id: i64 },
+    /// A child could not start: its workflow id is taken.
+    ChildStartFailed { initiated_id: i64 },
+    /// A child closed.
+    ChildClosed { initiated_id: i64, outcome: ChildOutcome },
 }
 
 /// Signal request ids remembered per run for deduplication.
@@ -275,6 +287,44 @@ impl<'a> Writer<'a> {
                     let a = decode_or_default::<WorkflowExecutionSignaledEventAttributes>(&attributes);
                     self.event(EventType::WorkflowExecutionSignaled, Ev::WorkflowExecutionSignaledEventAttributes(a));
                 }
+                Buffered::ChildStarted { initiated_id } => {
+                    let Some(c) = self.run.children.get(&initiated_id).cloned() else { continue };
+                    let id = self.event(
+                        EventType::ChildWorkflowExecutionStarted,
+                        Ev::ChildWorkflowExecutionStartedEventAttributes(
+                            ChildWorkflowExecutionStartedEventAttributes {
+                                namespace_id: self.run.namespace_id.clone(),
+                                initiated_event_id: initiated_id,
+                                workflow_execution: Some(child_execution(&c)),
+                                workflow_type: Some(WorkflowType { name: c.workflow_type.clone() }),
+                                ..Default::default()
+                            },
+                        ),
+                    );
+                    if let Some(c) = self.run.children.get_mut(&initiated_id) {
+                        c.started_event_id = id;
+                    }
+                }
+                Buffered::ChildStartFailed { initiated_id } => {
+                    let Some(c) = self.run.children.remove(&initiated_id) else { continue };
+                    self.event(
+                        EventType::StartChildWorkflowExecutionFailed,
+                        Ev::StartChildWorkflowExecutionFailedEventAttributes(
+                            StartChildWorkflowExecutionFailedEventAttributes {
+                                namespace_id: self.run.namespace_id.clone(),
+                                workflow_id: c.workflow_id.clone(),
+                                workflow_type: Some(WorkflowType { name: c.workflow_type.clone() }),
+                                cause: StartChildWorkflowExecutionFailedCause::WorkflowAlreadyExists as i32,
+                                initiated_event_id: initiated_id,
+                                ..Default::default()
+                            },
+                        ),
+                    );
+                }
+                Buffered::ChildClosed { initiated_id, outcome } => {
+                    let Some(c) = self.run.children.remove(&initiated_id) else { continue };
+                    self.child_closed_event(&c, outcome);
+                }
                 Buffered::CancelRequested { reason, identity } => {
                     self.event(
                         EventType::WorkflowExecutionCancelRequested,
@@ -351,6 +401,89 @@ impl<'a> Writer<'a> {
         self.run.close_ms = Some(self.now_ms);
         self.run.workflow_task = None;
         self.out.effects.push(Effect::RunClosed);
+        // A child that continues as new tells its parent when the last run of the chain closes.
+        if self.run.parent.is_some() && status != RunStatus::ContinuedAsNew {
+            self.out.effects.push(Effect::TellParent);
+        }
+        for c in self.run.children.values().filter(|c| !c.closed) {
+            if let Some(run_id) = &c.run_id {
+                self.out.effects.push(Effect::CloseChild {
+                    workflow_id: c.workflow_id.clone(),
+                    run_id: run_id.clone(),
+                    parent_close_policy: c.parent_close_policy,
+                });
+            }
+        }
+    }
+
+    fn child_closed_event(&mut self, c: &ChildInfo, outcome: ChildOutcome) {
+        let ns = self.run.namespace_id.clone();
+        let exec = Some(child_execution(c));
+        let wt = Some(WorkflowType { name: c.workflow_type.clone() });
+        let (ini, st) = (c.initiated_id, c.started_event_id);
+        let (t, a) = match outcome {
+            ChildOutcome::Completed(r) => (
+                EventType::ChildWorkflowExecutionCompleted,
+                Ev::ChildWorkflowExecutionCompletedEventAttributes(ChildWorkflowExecutionCompletedEventAttributes {
+                    result: (!r.is_empty()).then(|| decode_or_default::<Payloads>(&r)),
+                    namespace_id: ns,
+                    workflow_execution: exec,
+                    workflow_type: wt,
+                    initiated_event_id: ini,
+                    started_event_id: st,
+                    ..Default::default()
+                }),
+            ),
+            ChildOutcome::Failed(f) => (
+                EventType::ChildWorkflowExecutionFailed,
+                Ev::ChildWorkflowExecutionFailedEventAttributes(ChildWorkflowExecutionFailedEventAttributes {
+                    failure: Some(decode_or_default::<Failure>(&f)),
+                    namespace_id: ns,
+                    workflow_execution: exec,
+                    workflow_type: wt,
+                    initiated_event_id: ini,
+                    started_event_id: st,
+                    retry_state: RetryState::RetryPolicyNotSet as i32,
+                    ..Default::default()
+                }),
+            ),
+            ChildOutcome::Canceled(d) => (
+                EventType::ChildWorkflowExecutionCanceled,
+                Ev::ChildWorkflowExecutionCanceledEventAttributes(ChildWorkflowExecutionCanceledEventAttributes {
+                    details: (!d.is_empty()).then(|| decode_or_default::<Payloads>(&d)),
+                    namespace_id: ns,
+                    workflow_execution: exec,
+                    workflow_type: wt,
+                    initiated_event_id: ini,
+                    started_event_id: st,
+                    ..Default::default()
+                }),
+            ),
+            ChildOutcome::Terminated => (
+                EventType::ChildWorkflowExecutionTerminated,
+                Ev::ChildWorkflowExecutionTerminatedEventAttributes(ChildWorkflowExecutionTerminatedEventAttributes {
+                    namespace_id: ns,
+                    workflow_execution: exec,
+                    workflow_type: wt,
+                    initiated_event_id: ini,
+                    started_event_id: st,
+                    ..Default::default()
+                }),
+            ),
+            ChildOutcome::TimedOut => (
+                EventType::ChildWorkflowExecutionTimedOut,
+                Ev::ChildWorkflowExecutionTimedOutEventAttributes(ChildWorkflowExecutionTimedOutEventAttributes {
+                    namespace_id: ns,
+                    workflow_execution: exec,
+                    workflow_type: wt,
+                    initiated_event_id: ini,
+                    started_event_id: st,
+                    retry_state: RetryState::RetryPolicyNotSet as i32,
+                    ..Default::default()
+                }),
+            ),
+        };
+        self.event(t, a);
     }
 }
 
@@ -402,6 +535,13 @@ pub fn transient_events(run: &RunState) -> Vec<HistoryEvent> {
             ..Default::default()
         },
     ]
+}
+
+fn child_execution(c: &ChildInfo) -> norn_proto::protos::temporal::api::common::v1::WorkflowExecution {
+    norn_proto::protos::temporal::api::common::v1::WorkflowExecution {
+        workflow_id: c.workflow_id.clone(),
+        run_id: c.run_id.clone().unwrap_or_default(),
+    }
 }
 
 fn task_queue(name: &str) -> TaskQueue {
@@ -460,6 +600,8 @@ pub fn start_with_signal(
         signal_request_ids: Default::default(),
         cancel_requested: false,
         first_run_id: run_id.into(),
+        children: Default::default(),
+        parent: None,
         run_deadline_ms: [duration_ms(&req.workflow_run_timeout)?, duration_ms(&req.workflow_execution_timeout)?]
             .into_iter()
             .flatten()
@@ -500,6 +642,88 @@ pub fn start_with_signal(
     Ok((run, out))
 }
 
+/// Starts a child run of `parent` from the request its parent's command produced.
+pub fn start_child(
+    namespace_id: &str,
+    run_id: &str,
+    req: &StartWorkflowExecutionRequest,
+    parent: ParentRef,
+    now_ms: u64,
+) -> Result<(RunState, Outcome), EngineError> {
+    let (mut run, mut out) = start_with_signal(namespace_id, run_id, req, None, now_ms)?;
+    if let Some(Ev::WorkflowExecutionStartedEventAttributes(s)) =
+        out.events.first_mut().and_then(|e| e.attributes.as_mut())
+    {
+        s.parent_workflow_namespace = parent.namespace.clone();
+        s.parent_workflow_namespace_id = parent.namespace_id.clone();
+        s.parent_workflow_execution = Some(norn_proto::protos::temporal::api::common::v1::WorkflowExecution {
+            workflow_id: parent.workflow_id.clone(),
+            run_id: parent.run_id.clone(),
+        });
+        s.parent_initiated_event_id = parent.initiated_id;
+    }
+    run.parent = Some(parent);
+    Ok((run, out))
+}
+
+fn pending_child(run: &RunState, initiated_id: i64) -> Result<&ChildInfo, EngineError> {
+    if !run.is_open() {
+        return Err(EngineError::NotFound("the parent workflow is closed".into()));
+    }
+    match run.children.get(&initiated_id) {
+        Some(c) if !c.closed => Ok(c),
+        _ => Err(EngineError::NotFound(format!("no pending child was initiated by event {initiated_id}"))),
+    }
+}
+
+/// The child initiated at `initiated_id` started as `child_run_id`. A repeat changes nothing.
+pub fn child_started(
+    run: &mut RunState,
+    initiated_id: i64,
+    child_run_id: &str,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    match &pending_child(run, initiated_id)?.run_id {
+        Some(r) if r == child_run_id => return Ok(Outcome::default()),
+        Some(r) => return Err(EngineError::InvalidArgument(format!("the child already started as run {r}"))),
+        None => {}
+    }
+    if let Some(c) = run.children.get_mut(&initiated_id) {
+        c.run_id = Some(child_run_id.into());
+    }
+    Ok(activity_result(run, Buffered::ChildStarted { initiated_id }, now_ms))
+}
+
+/// The child initiated at `initiated_id` could not start (its workflow id is taken).
+pub fn child_start_failed(run: &mut RunState, initiated_id: i64, now_ms: u64) -> Result<Outcome, EngineError> {
+    if pending_child(run, initiated_id)?.run_id.is_some() {
+        return Err(EngineError::InvalidArgument("the child has started".into()));
+    }
+    if let Some(c) = run.children.get_mut(&initiated_id) {
+        c.closed = true;
+    }
+    Ok(activity_result(run, Buffered::ChildStartFailed { initiated_id }, now_ms))
+}
+
+/// The child run `child_run_id` closed with `outcome`.
+pub fn child_closed(
+    run: &mut RunState,
+    initiated_id: i64,
+    child_run_id: &str,
+    outcome: ChildOutcome,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    match &pending_child(run, initiated_id)?.run_id {
+        Some(r) if r == child_run_id => {}
+        // Its start is not recorded yet: the child's shard retries.
+        _ => return Err(EngineError::InvalidArgument("the child's start is not recorded yet".into())),
+    }
+    if let Some(c) = run.children.get_mut(&initiated_id) {
+        c.closed = true;
+    }
+    Ok(activity_result(run, Buffered::ChildClosed { initiated_id, outcome }, now_ms))
+}
+
 /// Starts the run that continues `prev` (closed by continue-as-new).
 pub fn start_continued(prev: &RunState, next: &ContinueAsNew, now_ms: u64) -> Result<(RunState, Outcome), EngineError> {
     let a = &next.attributes;
@@ -519,6 +743,7 @@ pub fn start_continued(prev: &RunState, next: &ContinueAsNew, now_ms: u64) -> Re
     };
     let (mut run, mut out) = start_with_signal(&prev.namespace_id, &next.run_id, &req, None, now_ms)?;
     run.first_run_id = prev.first_run_id.clone();
+    run.parent = prev.parent.clone();
     if let Some(Ev::WorkflowExecutionStartedEventAttributes(s)) =
         out.events.first_mut().and_then(|e| e.attributes.as_mut())
     {
@@ -609,6 +834,7 @@ fn started_task(run: &RunState, scheduled_id: i64, started_id: i64) -> Result<Wo
 }
 
 /// Checks every command before any is applied, so a bad task changes nothing.
+#[allow(deprecated)] // SDKs still fill StartChildWorkflowExecution's namespace
 fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> Result<(), EngineError> {
     let mut closes = 0;
     for (i, c) in req.commands.iter().enumerate() {
@@ -645,6 +871,22 @@ fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> 
                 if duration_ms(&t.start_to_fire_timeout)?.unwrap_or(0) == 0 {
                     return Err(EngineError::InvalidArgument("StartToFireTimeout must be positive.".into()));
                 }
+            }
+            Cmd::StartChildWorkflowExecutionCommandAttributes(a) => {
+                if a.workflow_id.is_empty() {
+                    return Err(EngineError::InvalidArgument("WorkflowId is not set on command.".into()));
+                }
+                if a.workflow_type.as_ref().is_none_or(|t| t.name.is_empty()) {
+                    return Err(EngineError::InvalidArgument("WorkflowType is not set on command.".into()));
+                }
+                if !a.namespace.is_empty() && a.namespace != req.namespace {
+                    return Err(EngineError::Unimplemented(
+                        "child workflows in another namespace are not supported by Norn yet".into(),
+                    ));
+                }
+                duration_ms(&a.workflow_execution_timeout)?;
+                duration_ms(&a.workflow_run_timeout)?;
+                duration_ms(&a.workflow_task_timeout)?;
             }
             Cmd::CancelTimerCommandAttributes(t) => {
                 if !run.timers.contains_key(&t.timer_id) {
@@ -810,6 +1052,67 @@ pub fn workflow_task_completed(
                     .timers
                     .insert(t.timer_id.clone(), TimerInfo { timer_id: t.timer_id.clone(), started_id: id, fire_at_ms });
                 w.out.effects.push(Effect::TimerArmed { timer_id: t.timer_id.clone(), started_id: id, fire_at_ms });
+            }
+            Some(Cmd::StartChildWorkflowExecutionCommandAttributes(a)) => {
+                let tq = a.task_queue.as_ref().map(|t| t.name.clone()).filter(|n| !n.is_empty());
+                let tq = tq.unwrap_or_else(|| w.run.task_queue.clone());
+                let initiated_id = w.event(
+                    EventType::StartChildWorkflowExecutionInitiated,
+                    Ev::StartChildWorkflowExecutionInitiatedEventAttributes(
+                        StartChildWorkflowExecutionInitiatedEventAttributes {
+                            namespace: req.namespace.clone(),
+                            namespace_id: w.run.namespace_id.clone(),
+                            workflow_id: a.workflow_id.clone(),
+                            workflow_type: a.workflow_type.clone(),
+                            task_queue: Some(task_queue(&tq)),
+                            input: a.input.clone(),
+                            workflow_execution_timeout: a.workflow_execution_timeout,
+                            workflow_run_timeout: a.workflow_run_timeout,
+                            workflow_task_timeout: a.workflow_task_timeout,
+                            parent_close_policy: a.parent_close_policy,
+                            workflow_task_completed_event_id: completed_id,
+                            workflow_id_reuse_policy: a.workflow_id_reuse_policy,
+                            retry_policy: a.retry_policy.clone(),
+                            cron_schedule: a.cron_schedule.clone(),
+                            header: a.header.clone(),
+                            memo: a.memo.clone(),
+                            search_attributes: a.search_attributes.clone(),
+                            ..Default::default()
+                        },
+                    ),
+                );
+                let request = StartWorkflowExecutionRequest {
+                    namespace: req.namespace.clone(),
+                    workflow_id: a.workflow_id.clone(),
+                    workflow_type: a.workflow_type.clone(),
+                    task_queue: Some(task_queue(&tq)),
+                    input: a.input.clone(),
+                    workflow_execution_timeout: a.workflow_execution_timeout,
+                    workflow_run_timeout: a.workflow_run_timeout,
+                    workflow_task_timeout: a.workflow_task_timeout,
+                    request_id: derived_run_id(&[w.run.run_id.as_bytes(), &initiated_id.to_be_bytes(), b"child"]),
+                    workflow_id_reuse_policy: a.workflow_id_reuse_policy,
+                    retry_policy: a.retry_policy.clone(),
+                    header: a.header.clone(),
+                    memo: a.memo.clone(),
+                    search_attributes: a.search_attributes.clone(),
+                    ..Default::default()
+                };
+                w.run.children.insert(
+                    initiated_id,
+                    ChildInfo {
+                        initiated_id,
+                        workflow_id: a.workflow_id.clone(),
+                        workflow_type: a.workflow_type.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
+                        request: request.encode_to_vec(),
+                        run_id: None,
+                        started_event_id: 0,
+                        initiated_ms: now_ms,
+                        parent_close_policy: a.parent_close_policy,
+                        closed: false,
+                    },
+                );
+                w.out.effects.push(Effect::StartChild { initiated_id });
             }
             Some(Cmd::CancelTimerCommandAttributes(t)) => {
                 let Some(timer) = w.run.timers.remove(&t.timer_id) else { continue };

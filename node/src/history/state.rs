@@ -162,6 +162,60 @@ impl RetrySpec {
     }
 }
 
+/// A child workflow the run started (or is starting) and that has not closed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChildInfo {
+    /// Event id of `StartChildWorkflowExecutionInitiated`.
+    pub initiated_id: i64,
+    /// The child's workflow id.
+    pub workflow_id: String,
+    /// The child's workflow type.
+    pub workflow_type: String,
+    /// The child's start request (encoded `StartWorkflowExecutionRequest`; its request id makes
+    /// a retried start idempotent).
+    pub request: Vec<u8>,
+    /// The child's run id once it started.
+    pub run_id: Option<String>,
+    /// Event id of `ChildWorkflowExecutionStarted` once written.
+    pub started_event_id: i64,
+    /// Leader time of the initiation.
+    pub initiated_ms: u64,
+    /// `ParentClosePolicy` (as the proto enum's number).
+    pub parent_close_policy: i32,
+    /// Its close has been recorded (the event may still be buffered).
+    pub closed: bool,
+}
+
+/// The parent of a child run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    /// Namespace id (children live in their parent's namespace).
+    pub namespace_id: String,
+    /// Namespace name.
+    pub namespace: String,
+    /// Parent workflow id.
+    pub workflow_id: String,
+    /// Parent run id.
+    pub run_id: String,
+    /// The parent's `StartChildWorkflowExecutionInitiated` event id.
+    pub initiated_id: i64,
+}
+
+/// How a child run closed, as its parent records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChildOutcome {
+    /// Completed with a result (encoded `Payloads`, empty for none).
+    Completed(Vec<u8>),
+    /// Failed (encoded `Failure`).
+    Failed(Vec<u8>),
+    /// Canceled (encoded `Payloads` details).
+    Canceled(Vec<u8>),
+    /// Terminated.
+    Terminated,
+    /// Timed out.
+    TimedOut,
+}
+
 /// A user timer that has not fired or been canceled.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimerInfo {
@@ -212,6 +266,10 @@ pub struct RunState {
     pub buffer: Vec<super::engine::Buffered>,
     /// A cancel was requested (later requests change nothing).
     pub cancel_requested: bool,
+    /// Child workflows by initiated event id.
+    pub children: BTreeMap<i64, ChildInfo>,
+    /// The parent, for a child run.
+    pub parent: Option<ParentRef>,
     /// Run id of the first run in this run's continue-as-new chain (its own id if it is the first).
     pub first_run_id: String,
     /// When the run times out (the earlier of its run and execution timeouts), if it has one.

@@ -17,7 +17,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::engine::{self, Effect, EngineError, Outcome};
-use super::state::RunState;
+use super::state::{ChildOutcome, ParentRef, RunState};
 
 /// Identifies a run.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -82,6 +82,16 @@ pub enum WorkflowCommand {
     WorkflowTimedOut { run: RunKey },
     /// Delete a closed run (retention, or DeleteWorkflowExecution).
     DeleteRun { run: RunKey },
+    /// Start a child run (encoded `StartWorkflowExecutionRequest`) of `parent`.
+    StartChild { namespace_id: String, run_id: String, request: Vec<u8>, parent: ParentRef },
+    /// The parent's child initiated at `initiated_id` started as `child_run_id`.
+    ChildStarted { run: RunKey, initiated_id: i64, child_run_id: String },
+    /// The parent's child initiated at `initiated_id` could not start.
+    ChildStartFailed { run: RunKey, initiated_id: i64 },
+    /// The parent's child closed.
+    ChildClosed { run: RunKey, initiated_id: i64, child_run_id: String, outcome: ChildOutcome },
+    /// The parent of this closed child run has recorded its close.
+    ParentTold { run: RunKey },
 }
 
 /// What a workflow command returns to its proposer.
@@ -185,10 +195,27 @@ fn save(txn: &mut Txn<'_>, run: &RunState, out: &Outcome) -> Result<(), String> 
         txn.put(open_key(&k), postcard::to_stdvec(&k).map_err(|e| e.to_string())?);
     } else {
         txn.delete(open_key(&k));
+        if run.parent.is_some() && out.effects.contains(&Effect::TellParent) {
+            txn.put(tell_key(&k), postcard::to_stdvec(&k).map_err(|e| e.to_string())?);
+        }
         let close_ms = run.close_ms.unwrap_or(run.start_ms);
         txn.put(closed_key(close_ms, &k), postcard::to_stdvec(&k).map_err(|e| e.to_string())?);
     }
     Ok(())
+}
+
+/// Closed child runs whose parent has not recorded their close yet.
+fn tell_key(k: &RunKey) -> Vec<u8> {
+    format!("tell/{}/{}/{}", k.namespace_id, k.workflow_id, k.run_id).into_bytes()
+}
+
+/// Closed child runs of a shard whose parents still have to record their close (at most `limit`).
+pub fn untold_children(view: &dyn StateView, limit: usize) -> Result<Vec<RunKey>, String> {
+    view.scan_prefix(b"tell/", limit)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|(_, v)| postcard::from_bytes(&v).map_err(|e| format!("corrupt child index: {e}")))
+        .collect()
 }
 
 /// Closed-run index, ordered by close time: what retention reads.
@@ -469,6 +496,42 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
             (state, out)
         }
         WorkflowCommand::DeleteRun { run } => return delete_run(txn, &run),
+        WorkflowCommand::StartChild { namespace_id, run_id, request, parent } => {
+            let req: StartWorkflowExecutionRequest = decode(&request, "child start request")?;
+            if let Some(cur) = current(&*txn, &namespace_id, &req.workflow_id).map_err(Failure::Storage)? {
+                if cur.request_id == req.request_id {
+                    return Ok(WorkflowResult::Deduplicated { run_id: cur.run_id });
+                }
+                let k = RunKey {
+                    namespace_id: namespace_id.clone(),
+                    workflow_id: req.workflow_id.clone(),
+                    run_id: cur.run_id,
+                };
+                if let Some(refused) = apply_id_policies(txn, &req, &k, cur.open, now_ms)? {
+                    return Ok(refused);
+                }
+            }
+            engine::start_child(&namespace_id, &run_id, &req, parent, now_ms)?
+        }
+        WorkflowCommand::ChildStarted { run, initiated_id, child_run_id } => {
+            let mut state = loaded(txn, &run)?;
+            let out = engine::child_started(&mut state, initiated_id, &child_run_id, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::ChildStartFailed { run, initiated_id } => {
+            let mut state = loaded(txn, &run)?;
+            let out = engine::child_start_failed(&mut state, initiated_id, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::ChildClosed { run, initiated_id, child_run_id, outcome } => {
+            let mut state = loaded(txn, &run)?;
+            let out = engine::child_closed(&mut state, initiated_id, &child_run_id, outcome, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::ParentTold { run } => {
+            txn.delete(tell_key(&run));
+            return Ok(WorkflowResult::Deleted);
+        }
         WorkflowCommand::WorkflowTimedOut { run } => {
             let mut state = loaded(txn, &run)?;
             let out = engine::workflow_timed_out(&mut state, now_ms)?;

@@ -10,6 +10,7 @@ use prost::Message;
 
 use super::engine::*;
 use super::state::*;
+use super::state::{ChildOutcome, ParentRef};
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -732,4 +733,66 @@ fn continue_as_new_closes_the_run_and_describes_the_next() {
     assert_eq!(s.continued_execution_run_id, run.run_id);
     assert_eq!(s.input.as_ref().unwrap().payloads[0].data, b"2");
     assert!(new_out.effects.iter().any(|e| matches!(e, Effect::WorkflowTaskReady { .. })));
+}
+
+#[test]
+fn a_child_is_initiated_started_and_closed_in_the_parent_history() {
+    let mut run = started();
+    let cmd = command(
+        CommandType::StartChildWorkflowExecution,
+        Cmd::StartChildWorkflowExecutionCommandAttributes(StartChildWorkflowExecutionCommandAttributes {
+            workflow_id: "kid".into(),
+            workflow_type: Some(WorkflowType { name: "Kid".into() }),
+            ..Default::default()
+        }),
+    );
+    let mut req = done(vec![cmd]);
+    req.namespace = "default".into();
+    let out = workflow_task_completed(&mut run, 2, 3, &req, T0).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![(4, EventType::WorkflowTaskCompleted), (5, EventType::StartChildWorkflowExecutionInitiated)]
+    );
+    assert!(out.effects.contains(&Effect::StartChild { initiated_id: 5 }));
+    let request = StartWorkflowExecutionRequest::decode(run.children[&5].request.as_slice()).unwrap();
+    assert_eq!((request.workflow_id.as_str(), request.task_queue.unwrap().name.as_str()), ("kid", "q"));
+    assert!(
+        matches!(
+            child_closed(&mut run, 5, "kid-run", ChildOutcome::Terminated, T0 + 1),
+            Err(EngineError::InvalidArgument(_))
+        ),
+        "a close before the start is recorded is retried later"
+    );
+    let out = child_started(&mut run, 5, "kid-run", T0 + 1).unwrap();
+    assert_eq!(types(&out), vec![(6, EventType::ChildWorkflowExecutionStarted), (7, EventType::WorkflowTaskScheduled)]);
+    assert!(child_started(&mut run, 5, "kid-run", T0 + 2).unwrap().events.is_empty(), "a repeat changes nothing");
+    let out = child_closed(&mut run, 5, "kid-run", ChildOutcome::Completed(vec![]), T0 + 3).unwrap();
+    assert_eq!(types(&out), vec![(8, EventType::ChildWorkflowExecutionCompleted)]);
+    let Some(Ev::ChildWorkflowExecutionCompletedEventAttributes(c)) = &out.events[0].attributes else { panic!() };
+    assert_eq!((c.initiated_event_id, c.started_event_id), (5, 6));
+    assert!(run.children.is_empty());
+    assert!(matches!(
+        child_closed(&mut run, 5, "kid-run", ChildOutcome::Terminated, T0 + 4),
+        Err(EngineError::NotFound(_))
+    ));
+}
+
+#[test]
+fn a_child_run_tells_its_parent_unless_it_continues_as_new() {
+    let parent = ParentRef {
+        namespace_id: "ns".into(),
+        namespace: "default".into(),
+        workflow_id: "p".into(),
+        run_id: "p-run".into(),
+        initiated_id: 5,
+    };
+    let (mut child, out) = start_child("ns", "kid-run", &start_req(), parent.clone(), T0).unwrap();
+    let Some(Ev::WorkflowExecutionStartedEventAttributes(s)) = &out.events[0].attributes else { panic!() };
+    assert_eq!(
+        (s.parent_initiated_event_id, s.parent_workflow_execution.as_ref().unwrap().run_id.as_str()),
+        (5, "p-run")
+    );
+    let out = terminate(&mut child, "r", None, "", T0 + 1).unwrap();
+    assert!(out.effects.contains(&Effect::TellParent));
+    assert_eq!(child.parent, Some(parent));
 }
