@@ -48,3 +48,26 @@ async def test_an_open_child_is_terminated_when_its_parent_closes(client, cluste
                 break
             await asyncio.sleep(0.1)
         assert (await client.get_workflow_handle(kid).describe()).status == WorkflowExecutionStatus.TERMINATED
+
+
+async def test_a_workflow_signals_and_cancels_other_workflows(client, cluster):
+    import asyncio
+
+    from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+
+    from workflows import CancellableSleep, Counter, Messenger
+
+    c = await Client.connect(cluster[0])
+    tq = f"ext-{uuid.uuid4().hex[:8]}"
+    async with Worker(c, task_queue=tq, workflows=[Messenger, Counter, CancellableSleep]):
+        counter = await client.start_workflow(Counter.run, id=f"counter-{uuid.uuid4()}", task_queue=tq)
+        sleeper = await client.start_workflow(CancellableSleep.run, id=f"sleeper-{uuid.uuid4()}", task_queue=tq)
+        result = await client.execute_workflow(
+            Messenger.run, args=[counter.id, sleeper.id], id=f"messenger-{uuid.uuid4()}", task_queue=tq
+        )
+        assert result == "missing target reported"
+        assert await counter.query(Counter.value) == 1
+        with pytest.raises(WorkflowFailureError):
+            await asyncio.wait_for(sleeper.result(), 30)
+        assert (await sleeper.describe()).status == WorkflowExecutionStatus.CANCELED
+        await counter.signal(Counter.finish)

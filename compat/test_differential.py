@@ -26,6 +26,7 @@ from workflows import (
     Counter,
     Fails,
     FlakyTask,
+    Messenger,
     OneActivity,
     Parent,
     RetriesFlaky,
@@ -36,7 +37,7 @@ from workflows import (
     hello,
 )
 
-WORKFLOWS = [CancellableSleep, CatchesActivityFailure, Child, CollectsSignals, Parent, Countdown, Counter, Fails, FlakyTask, OneActivity, RetriesFlaky,
+WORKFLOWS = [CancellableSleep, CatchesActivityFailure, Child, CollectsSignals, Parent, Countdown, Counter, Fails, FlakyTask, Messenger, OneActivity, RetriesFlaky,
              TimerThenActivity, WaitsLong]
 ACTIVITIES = [always_fails, flaky, hello]
 
@@ -157,7 +158,18 @@ async def child_workflows(c, tq):
     return await c.start_workflow(Parent.run, ["a", "fail", "b"], id=f"d-{uuid.uuid4()}", task_queue=tq)
 
 
-SCENARIOS = [child_workflows, failing_workflow_tasks, continue_as_new, one_activity, timer_then_activity, caught_activity_failure, workflow_failure, retried_activity,
+async def external_signal_and_cancel(c, tq):
+    counter = await c.start_workflow(Counter.run, id=f"d-{uuid.uuid4()}", task_queue=tq)
+    sleeper = await c.start_workflow(CancellableSleep.run, id=f"d-{uuid.uuid4()}", task_queue=tq)
+    await wait_for_first_task(counter)
+    await wait_for_first_task(sleeper)
+    h = await c.start_workflow(Messenger.run, args=[counter.id, sleeper.id], id=f"d-{uuid.uuid4()}", task_queue=tq)
+    await h.result()
+    await counter.terminate("scenario done")
+    return h
+
+
+SCENARIOS = [external_signal_and_cancel, child_workflows, failing_workflow_tasks, continue_as_new, one_activity, timer_then_activity, caught_activity_failure, workflow_failure, retried_activity,
              signal_with_start, signals_then_query, cancel, terminate, run_timeout]
 
 

@@ -259,3 +259,16 @@ class LeavesAChild:
     async def run(self, child_id: str) -> str:
         await workflow.start_child_workflow(WaitsLong.run, id=child_id)
         return "parent done"
+
+
+@workflow.defn
+class Messenger:
+    @workflow.run
+    async def run(self, counter_id: str, sleeper_id: str) -> str:
+        await workflow.get_external_workflow_handle(counter_id).signal("bump")
+        await workflow.get_external_workflow_handle(sleeper_id).cancel()
+        try:
+            await workflow.get_external_workflow_handle(f"no-such-{counter_id}").signal("bump")
+        except Exception:
+            return "missing target reported"
+        return "missing target not reported"

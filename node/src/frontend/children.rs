@@ -64,6 +64,42 @@ impl Frontend {
         self.apply(shard, cmd).await.map(|_| ())
     }
 
+    /// Delivers the signal or cancel request initiated at `initiated_id` by `source` and records
+    /// the outcome there.
+    pub(super) async fn deliver_external(&self, shard: u32, source: RunKey, initiated_id: i64) {
+        if let Err(e) = self.try_deliver_external(shard, &source, initiated_id).await {
+            tracing::debug!(shard, run = %source.run_id, initiated_id, error = %e, "external request not delivered yet; the sweep retries");
+        }
+    }
+
+    async fn try_deliver_external(&self, shard: u32, source: &RunKey, initiated_id: i64) -> Result<(), Status> {
+        let run = self.read_run(shard, source).await?;
+        let Some(x) = run.externals.get(&initiated_id).filter(|x| !x.done).cloned() else { return Ok(()) };
+        let target = RunKey {
+            namespace_id: source.namespace_id.clone(),
+            workflow_id: x.workflow_id.clone(),
+            run_id: x.run_id.clone(),
+        };
+        let target_shard = self.run_shard(&target.namespace_id, &target.workflow_id);
+        let cmd = if x.signal.is_empty() {
+            WorkflowCommand::RequestCancel {
+                run: target,
+                reason: format!("requested by workflow {}", source.workflow_id),
+                identity: String::new(),
+            }
+        } else {
+            WorkflowCommand::Signal { run: target, attributes: x.signal.clone() }
+        };
+        let delivered = match self.apply(target_shard, cmd).await {
+            Ok(_) => true,
+            Err(s) if s.code() == tonic::Code::NotFound => false,
+            Err(s) => return Err(s),
+        };
+        self.apply(shard, WorkflowCommand::ExternalDone { run: source.clone(), initiated_id, delivered })
+            .await
+            .map(|_| ())
+    }
+
     /// Records the close of the child run `child` in its parent, then drops the reminder.
     pub(super) async fn tell_parent(&self, shard: u32, child: RunKey) {
         if let Err(e) = self.try_tell_parent(shard, &child).await {

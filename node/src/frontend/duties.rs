@@ -145,6 +145,12 @@ impl Frontend {
                     self.offer(q, TaskRef { shard, run: key.clone(), scheduled_id: a.scheduled_id, query: None });
                 }
             }
+            for x in run.externals.values() {
+                if !x.done && now >= x.initiated_ms + REOFFER_AFTER_MS {
+                    let (this, k, id) = (self.clone(), key.clone(), x.initiated_id);
+                    tokio::spawn(async move { this.deliver_external(shard, k, id).await });
+                }
+            }
             for c in run.children.values() {
                 if c.run_id.is_none() && !c.closed && now >= c.initiated_ms + REOFFER_AFTER_MS {
                     let (this, k, id) = (self.clone(), key.clone(), c.initiated_id);

@@ -201,6 +201,9 @@ impl Frontend {
                 Effect::StartChild { initiated_id } => {
                     tokio::spawn(async move { this.start_child(shard, run, initiated_id).await });
                 }
+                Effect::DeliverExternal { initiated_id } => {
+                    tokio::spawn(async move { this.deliver_external(shard, run, initiated_id).await });
+                }
                 Effect::TellParent => {
                     tokio::spawn(async move { this.tell_parent(shard, run).await });
                 }

@@ -12,7 +12,9 @@ use norn_proto::protos::temporal::api::command::v1::ContinueAsNewWorkflowExecuti
 use norn_proto::protos::temporal::api::common::v1::{ActivityType, Payloads, WorkflowType};
 use norn_proto::protos::temporal::api::enums::v1::TimeoutType;
 use norn_proto::protos::temporal::api::enums::v1::{
-    CommandType, EventType, RetryState, StartChildWorkflowExecutionFailedCause, TaskQueueKind, WorkflowTaskFailedCause,
+    CancelExternalWorkflowExecutionFailedCause, CommandType, EventType, RetryState,
+    SignalExternalWorkflowExecutionFailedCause, StartChildWorkflowExecutionFailedCause, TaskQueueKind,
+    WorkflowTaskFailedCause,
 };
 use norn_proto::protos::temporal::api::failure::v1::failure::FailureInfo;
 use norn_proto::protos::temporal::api::failure::v1::{Failure, TimeoutFailureInfo};
@@ -46,6 +48,8 @@ pub enum Effect {
     StartChild { initiated_id: i64 },
     /// This child run closed: tell its parent.
     TellParent,
+    /// Deliver the signal or cancel request initiated at `initiated_id` and report back.
+    DeliverExternal { initiated_id: i64 },
     /// The run closed with this child open: apply the parent close policy to it.
     CloseChild { workflow_id: String, run_id: String, parent_close_policy: i32 },
 }
@@ -123,6 +127,8 @@ pub enum Buffered {
     CancelRequested { reason: String, identity: String },
     /// A started activity acknowledged its cancellation (`details`: encoded `Payloads`).
     ActivityCanceled { scheduled_id: i64, details: Vec<u8>, identity: String },
+    /// A signal or cancel request reached (`delivered`) or missed its target.
+    ExternalDone { initiated_id: i64, delivered: bool },
     /// A child started.
     ChildStarted { initiated_id: i64 },
     /// A child could not start: its workflow id is taken.
@@ -287,6 +293,10 @@ impl<'a> Writer<'a> {
                     let a = decode_or_default::<WorkflowExecutionSignaledEventAttributes>(&attributes);
                     self.event(EventType::WorkflowExecutionSignaled, Ev::WorkflowExecutionSignaledEventAttributes(a));
                 }
+                Buffered::ExternalDone { initiated_id, delivered } => {
+                    let Some(x) = self.run.externals.remove(&initiated_id) else { continue };
+                    self.external_done_event(&x, delivered);
+                }
                 Buffered::ChildStarted { initiated_id } => {
                     let Some(c) = self.run.children.get(&initiated_id).cloned() else { continue };
                     let id = self.event(
@@ -414,6 +424,64 @@ impl<'a> Writer<'a> {
                 });
             }
         }
+    }
+
+    fn external_done_event(&mut self, x: &ExternalInfo, delivered: bool) {
+        let exec = Some(norn_proto::protos::temporal::api::common::v1::WorkflowExecution {
+            workflow_id: x.workflow_id.clone(),
+            run_id: x.run_id.clone(),
+        });
+        let ns = self.run.namespace_id.clone();
+        let id = x.initiated_id;
+        let (t, a) = match (x.signal.is_empty(), delivered) {
+            (false, true) => (
+                EventType::ExternalWorkflowExecutionSignaled,
+                Ev::ExternalWorkflowExecutionSignaledEventAttributes(
+                    ExternalWorkflowExecutionSignaledEventAttributes {
+                        initiated_event_id: id,
+                        namespace_id: ns,
+                        workflow_execution: exec,
+                        ..Default::default()
+                    },
+                ),
+            ),
+            (false, false) => (
+                EventType::SignalExternalWorkflowExecutionFailed,
+                Ev::SignalExternalWorkflowExecutionFailedEventAttributes(
+                    SignalExternalWorkflowExecutionFailedEventAttributes {
+                        cause: SignalExternalWorkflowExecutionFailedCause::ExternalWorkflowExecutionNotFound as i32,
+                        initiated_event_id: id,
+                        namespace_id: ns,
+                        workflow_execution: exec,
+                        ..Default::default()
+                    },
+                ),
+            ),
+            (true, true) => (
+                EventType::ExternalWorkflowExecutionCancelRequested,
+                Ev::ExternalWorkflowExecutionCancelRequestedEventAttributes(
+                    ExternalWorkflowExecutionCancelRequestedEventAttributes {
+                        initiated_event_id: id,
+                        namespace_id: ns,
+                        workflow_execution: exec,
+                        ..Default::default()
+                    },
+                ),
+            ),
+            (true, false) => (
+                EventType::RequestCancelExternalWorkflowExecutionFailed,
+                Ev::RequestCancelExternalWorkflowExecutionFailedEventAttributes(
+                    RequestCancelExternalWorkflowExecutionFailedEventAttributes {
+                        cause: CancelExternalWorkflowExecutionFailedCause::ExternalWorkflowExecutionNotFound as i32,
+                        initiated_event_id: id,
+                        namespace_id: ns,
+                        workflow_execution: exec,
+                        ..Default::default()
+                    },
+                ),
+            ),
+        };
+        self.event(t, a);
     }
 
     fn child_closed_event(&mut self, c: &ChildInfo, outcome: ChildOutcome) {
@@ -602,6 +670,7 @@ pub fn start_with_signal(
         first_run_id: run_id.into(),
         children: Default::default(),
         parent: None,
+        externals: Default::default(),
         run_deadline_ms: [duration_ms(&req.workflow_run_timeout)?, duration_ms(&req.workflow_execution_timeout)?]
             .into_iter()
             .flatten()
@@ -692,6 +761,24 @@ pub fn child_started(
         c.run_id = Some(child_run_id.into());
     }
     Ok(activity_result(run, Buffered::ChildStarted { initiated_id }, now_ms))
+}
+
+/// The signal or cancel request initiated at `initiated_id` reached its target (`delivered`) or
+/// found no such workflow. A repeat changes nothing.
+pub fn external_done(
+    run: &mut RunState,
+    initiated_id: i64,
+    delivered: bool,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    if !run.is_open() {
+        return Err(EngineError::NotFound("the workflow is closed".into()));
+    }
+    match run.externals.get_mut(&initiated_id) {
+        Some(x) if !x.done => x.done = true,
+        _ => return Ok(Outcome::default()),
+    }
+    Ok(activity_result(run, Buffered::ExternalDone { initiated_id, delivered }, now_ms))
 }
 
 /// The child initiated at `initiated_id` could not start (its workflow id is taken).
@@ -887,6 +974,29 @@ fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> 
                 duration_ms(&a.workflow_execution_timeout)?;
                 duration_ms(&a.workflow_run_timeout)?;
                 duration_ms(&a.workflow_task_timeout)?;
+            }
+            Cmd::SignalExternalWorkflowExecutionCommandAttributes(a) => {
+                if a.execution.as_ref().is_none_or(|e| e.workflow_id.is_empty()) {
+                    return Err(EngineError::InvalidArgument("WorkflowId is not set on command.".into()));
+                }
+                if a.signal_name.is_empty() {
+                    return Err(EngineError::InvalidArgument("SignalName is not set on command.".into()));
+                }
+                if !a.namespace.is_empty() && a.namespace != req.namespace {
+                    return Err(EngineError::Unimplemented(
+                        "signals to another namespace are not supported yet".into(),
+                    ));
+                }
+            }
+            Cmd::RequestCancelExternalWorkflowExecutionCommandAttributes(a) => {
+                if a.workflow_id.is_empty() {
+                    return Err(EngineError::InvalidArgument("WorkflowId is not set on command.".into()));
+                }
+                if !a.namespace.is_empty() && a.namespace != req.namespace {
+                    return Err(EngineError::Unimplemented(
+                        "cancels to another namespace are not supported yet".into(),
+                    ));
+                }
             }
             Cmd::CancelTimerCommandAttributes(t) => {
                 if !run.timers.contains_key(&t.timer_id) {
@@ -1113,6 +1223,80 @@ pub fn workflow_task_completed(
                     },
                 );
                 w.out.effects.push(Effect::StartChild { initiated_id });
+            }
+            Some(Cmd::SignalExternalWorkflowExecutionCommandAttributes(a)) => {
+                let exec = a.execution.clone().unwrap_or_default();
+                let initiated_id = w.event(
+                    EventType::SignalExternalWorkflowExecutionInitiated,
+                    Ev::SignalExternalWorkflowExecutionInitiatedEventAttributes(
+                        SignalExternalWorkflowExecutionInitiatedEventAttributes {
+                            workflow_task_completed_event_id: completed_id,
+                            namespace: req.namespace.clone(),
+                            namespace_id: w.run.namespace_id.clone(),
+                            workflow_execution: Some(exec.clone()),
+                            signal_name: a.signal_name.clone(),
+                            input: a.input.clone(),
+                            child_workflow_only: a.child_workflow_only,
+                            header: a.header.clone(),
+                            ..Default::default()
+                        },
+                    ),
+                );
+                let signal = WorkflowExecutionSignaledEventAttributes {
+                    signal_name: a.signal_name.clone(),
+                    input: a.input.clone(),
+                    identity: req.identity.clone(),
+                    header: a.header.clone(),
+                    external_workflow_execution: Some(
+                        norn_proto::protos::temporal::api::common::v1::WorkflowExecution {
+                            workflow_id: w.run.workflow_id.clone(),
+                            run_id: w.run.run_id.clone(),
+                        },
+                    ),
+                    request_id: derived_run_id(&[w.run.run_id.as_bytes(), &initiated_id.to_be_bytes(), b"signal"]),
+                    ..Default::default()
+                };
+                let info = ExternalInfo {
+                    initiated_id,
+                    workflow_id: exec.workflow_id,
+                    run_id: exec.run_id,
+                    signal: signal.encode_to_vec(),
+                    initiated_ms: now_ms,
+                    done: false,
+                };
+                w.run.externals.insert(initiated_id, info);
+                w.out.effects.push(Effect::DeliverExternal { initiated_id });
+            }
+            Some(Cmd::RequestCancelExternalWorkflowExecutionCommandAttributes(a)) => {
+                let initiated_id = w.event(
+                    EventType::RequestCancelExternalWorkflowExecutionInitiated,
+                    Ev::RequestCancelExternalWorkflowExecutionInitiatedEventAttributes(
+                        RequestCancelExternalWorkflowExecutionInitiatedEventAttributes {
+                            workflow_task_completed_event_id: completed_id,
+                            namespace: req.namespace.clone(),
+                            namespace_id: w.run.namespace_id.clone(),
+                            workflow_execution: Some(
+                                norn_proto::protos::temporal::api::common::v1::WorkflowExecution {
+                                    workflow_id: a.workflow_id.clone(),
+                                    run_id: a.run_id.clone(),
+                                },
+                            ),
+                            child_workflow_only: a.child_workflow_only,
+                            reason: a.reason.clone(),
+                            ..Default::default()
+                        },
+                    ),
+                );
+                let info = ExternalInfo {
+                    initiated_id,
+                    workflow_id: a.workflow_id.clone(),
+                    run_id: a.run_id.clone(),
+                    signal: Vec::new(),
+                    initiated_ms: now_ms,
+                    done: false,
+                };
+                w.run.externals.insert(initiated_id, info);
+                w.out.effects.push(Effect::DeliverExternal { initiated_id });
             }
             Some(Cmd::CancelTimerCommandAttributes(t)) => {
                 let Some(timer) = w.run.timers.remove(&t.timer_id) else { continue };

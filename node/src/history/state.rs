@@ -186,6 +186,23 @@ pub struct ChildInfo {
     pub closed: bool,
 }
 
+/// A signal or cancel request the run sends to another workflow, until it is delivered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalInfo {
+    /// Event id of the `...Initiated` event.
+    pub initiated_id: i64,
+    /// Target workflow id.
+    pub workflow_id: String,
+    /// Target run id (empty: the current run).
+    pub run_id: String,
+    /// Encoded `WorkflowExecutionSignaledEventAttributes` for a signal; empty for a cancel.
+    pub signal: Vec<u8>,
+    /// Leader time of the initiation.
+    pub initiated_ms: u64,
+    /// Its outcome has been recorded (the event may still be buffered).
+    pub done: bool,
+}
+
 /// The parent of a child run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParentRef {
@@ -270,6 +287,8 @@ pub struct RunState {
     pub children: BTreeMap<i64, ChildInfo>,
     /// The parent, for a child run.
     pub parent: Option<ParentRef>,
+    /// Signals and cancel requests to other workflows, by initiated event id.
+    pub externals: BTreeMap<i64, ExternalInfo>,
     /// Run id of the first run in this run's continue-as-new chain (its own id if it is the first).
     pub first_run_id: String,
     /// When the run times out (the earlier of its run and execution timeouts), if it has one.

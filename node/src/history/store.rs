@@ -90,6 +90,8 @@ pub enum WorkflowCommand {
     ChildStartFailed { run: RunKey, initiated_id: i64 },
     /// The parent's child closed.
     ChildClosed { run: RunKey, initiated_id: i64, child_run_id: String, outcome: ChildOutcome },
+    /// The signal or cancel request initiated at `initiated_id` reached its target or missed it.
+    ExternalDone { run: RunKey, initiated_id: i64, delivered: bool },
     /// The parent of this closed child run has recorded its close.
     ParentTold { run: RunKey },
 }
@@ -526,6 +528,11 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
         WorkflowCommand::ChildClosed { run, initiated_id, child_run_id, outcome } => {
             let mut state = loaded(txn, &run)?;
             let out = engine::child_closed(&mut state, initiated_id, &child_run_id, outcome, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::ExternalDone { run, initiated_id, delivered } => {
+            let mut state = loaded(txn, &run)?;
+            let out = engine::external_done(&mut state, initiated_id, delivered, now_ms)?;
             (state, out)
         }
         WorkflowCommand::ParentTold { run } => {
