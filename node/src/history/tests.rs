@@ -796,3 +796,36 @@ fn a_child_run_tells_its_parent_unless_it_continues_as_new() {
     assert!(out.effects.contains(&Effect::TellParent));
     assert_eq!(child.parent, Some(parent));
 }
+
+#[test]
+fn external_signals_are_initiated_then_recorded_once() {
+    let mut run = started();
+    let cmd = command(
+        CommandType::SignalExternalWorkflowExecution,
+        Cmd::SignalExternalWorkflowExecutionCommandAttributes(SignalExternalWorkflowExecutionCommandAttributes {
+            execution: Some(norn_proto::protos::temporal::api::common::v1::WorkflowExecution {
+                workflow_id: "other".into(),
+                run_id: String::new(),
+            }),
+            signal_name: "poke".into(),
+            ..Default::default()
+        }),
+    );
+    let out = workflow_task_completed(&mut run, 2, 3, &done(vec![cmd]), T0).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![(4, EventType::WorkflowTaskCompleted), (5, EventType::SignalExternalWorkflowExecutionInitiated)]
+    );
+    assert!(out.effects.contains(&Effect::DeliverExternal { initiated_id: 5 }));
+    let sent = norn_proto::protos::temporal::api::history::v1::WorkflowExecutionSignaledEventAttributes::decode(
+        run.externals[&5].signal.as_slice(),
+    )
+    .unwrap();
+    assert!(!sent.request_id.is_empty(), "the target deduplicates redeliveries by this id");
+    let out = external_done(&mut run, 5, false, T0 + 1).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![(6, EventType::SignalExternalWorkflowExecutionFailed), (7, EventType::WorkflowTaskScheduled)]
+    );
+    assert!(external_done(&mut run, 5, true, T0 + 2).unwrap().events.is_empty(), "recorded once");
+}
