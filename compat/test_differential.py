@@ -26,6 +26,7 @@ from workflows import (
     Counter,
     Fails,
     FlakyTask,
+    LocalSteps,
     Messenger,
     OneActivity,
     Parent,
@@ -37,7 +38,7 @@ from workflows import (
     hello,
 )
 
-WORKFLOWS = [CancellableSleep, CatchesActivityFailure, Child, CollectsSignals, Parent, Countdown, Counter, Fails, FlakyTask, Messenger, OneActivity, RetriesFlaky,
+WORKFLOWS = [CancellableSleep, CatchesActivityFailure, Child, CollectsSignals, Parent, Countdown, Counter, Fails, FlakyTask, LocalSteps, Messenger, OneActivity, RetriesFlaky,
              TimerThenActivity, WaitsLong]
 ACTIVITIES = [always_fails, flaky, hello]
 
@@ -169,7 +170,11 @@ async def external_signal_and_cancel(c, tq):
     return h
 
 
-SCENARIOS = [external_signal_and_cancel, child_workflows, failing_workflow_tasks, continue_as_new, one_activity, timer_then_activity, caught_activity_failure, workflow_failure, retried_activity,
+async def local_activity_and_memo(c, tq):
+    return await c.start_workflow(LocalSteps.run, "x", id=f"d-{uuid.uuid4()}", task_queue=tq)
+
+
+SCENARIOS = [local_activity_and_memo, external_signal_and_cancel, child_workflows, failing_workflow_tasks, continue_as_new, one_activity, timer_then_activity, caught_activity_failure, workflow_failure, retried_activity,
              signal_with_start, signals_then_query, cancel, terminate, run_timeout]
 
 

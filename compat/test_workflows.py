@@ -227,3 +227,17 @@ async def test_memo_is_stored_and_described(client, worker):
     d = await h.describe()
     assert await d.memo() == {"owner": "team-a", "n": 3}
     await h.terminate("done")
+
+
+async def test_local_activities_record_markers(client, cluster):
+    from workflows import LocalSteps
+
+    c = await Client.connect(cluster[0])
+    tq = f"local-{uuid.uuid4().hex[:8]}"
+    async with Worker(c, task_queue=tq, workflows=[LocalSteps], activities=[hello]):
+        w = wid()
+        assert await client.execute_workflow(LocalSteps.run, "la", id=w, task_queue=tq) == "Hello, la!"
+        types = await history_types(client, w)
+        assert EventType.EVENT_TYPE_MARKER_RECORDED in types
+        assert EventType.EVENT_TYPE_WORKFLOW_PROPERTIES_MODIFIED in types
+        assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in types, "local activities never reach the server"

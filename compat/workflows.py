@@ -272,3 +272,12 @@ class Messenger:
         except Exception:
             return "missing target reported"
         return "missing target not reported"
+
+
+@workflow.defn
+class LocalSteps:
+    @workflow.run
+    async def run(self, name: str) -> str:
+        greeting = await workflow.execute_local_activity(hello, name, start_to_close_timeout=timedelta(seconds=10))
+        workflow.upsert_memo({"step": "greeted"})
+        return greeting

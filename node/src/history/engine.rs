@@ -975,6 +975,13 @@ fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> 
                 duration_ms(&a.workflow_run_timeout)?;
                 duration_ms(&a.workflow_task_timeout)?;
             }
+            Cmd::RecordMarkerCommandAttributes(m) => {
+                if m.marker_name.is_empty() {
+                    return Err(EngineError::InvalidArgument("MarkerName is not set on command.".into()));
+                }
+            }
+            Cmd::UpsertWorkflowSearchAttributesCommandAttributes(_)
+            | Cmd::ModifyWorkflowPropertiesCommandAttributes(_) => {}
             Cmd::SignalExternalWorkflowExecutionCommandAttributes(a) => {
                 if a.execution.as_ref().is_none_or(|e| e.workflow_id.is_empty()) {
                     return Err(EngineError::InvalidArgument("WorkflowId is not set on command.".into()));
@@ -1223,6 +1230,36 @@ pub fn workflow_task_completed(
                     },
                 );
                 w.out.effects.push(Effect::StartChild { initiated_id });
+            }
+            Some(Cmd::RecordMarkerCommandAttributes(m)) => {
+                w.event(
+                    EventType::MarkerRecorded,
+                    Ev::MarkerRecordedEventAttributes(MarkerRecordedEventAttributes {
+                        marker_name: m.marker_name.clone(),
+                        details: m.details.clone(),
+                        workflow_task_completed_event_id: completed_id,
+                        header: m.header.clone(),
+                        failure: m.failure.clone(),
+                    }),
+                );
+            }
+            Some(Cmd::UpsertWorkflowSearchAttributesCommandAttributes(u)) => {
+                w.event(
+                    EventType::UpsertWorkflowSearchAttributes,
+                    Ev::UpsertWorkflowSearchAttributesEventAttributes(UpsertWorkflowSearchAttributesEventAttributes {
+                        workflow_task_completed_event_id: completed_id,
+                        search_attributes: u.search_attributes.clone(),
+                    }),
+                );
+            }
+            Some(Cmd::ModifyWorkflowPropertiesCommandAttributes(p)) => {
+                w.event(
+                    EventType::WorkflowPropertiesModified,
+                    Ev::WorkflowPropertiesModifiedEventAttributes(WorkflowPropertiesModifiedEventAttributes {
+                        workflow_task_completed_event_id: completed_id,
+                        upserted_memo: p.upserted_memo.clone(),
+                    }),
+                );
             }
             Some(Cmd::SignalExternalWorkflowExecutionCommandAttributes(a)) => {
                 let exec = a.execution.clone().unwrap_or_default();

@@ -275,15 +275,12 @@ fn a_signal_makes_a_scheduled_transient_task_normal() {
 fn bad_or_unimplemented_commands_change_nothing() {
     let mut run = started();
     let before = run.clone();
-    let marker = command(
-        CommandType::RecordMarker,
-        Cmd::RecordMarkerCommandAttributes(RecordMarkerCommandAttributes {
-            marker_name: "x".into(),
-            ..Default::default()
-        }),
+    let nexus = command(
+        CommandType::ProtocolMessage,
+        Cmd::ProtocolMessageCommandAttributes(ProtocolMessageCommandAttributes { message_id: "m".into() }),
     );
     assert!(matches!(
-        workflow_task_completed(&mut run, 2, 3, &done(vec![marker]), T0),
+        workflow_task_completed(&mut run, 2, 3, &done(vec![nexus]), T0),
         Err(EngineError::Unimplemented(_))
     ));
     let cancel = command(
