@@ -28,3 +28,24 @@ def test_the_temporal_cli_drives_a_workflow(cluster):
     assert types[0] == "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED"
     assert "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED" in types
     assert types[-1] == "EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED"
+
+
+async def test_task_queue_pollers_and_cluster_info(client, cluster):
+    import asyncio
+
+    from temporalio.api.workflowservice.v1 import GetClusterInfoRequest, GetSearchAttributesRequest
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    from workflows import OneActivity, hello
+
+    c = await Client.connect(cluster[2])
+    tq = f"desc-{uuid.uuid4().hex[:8]}"
+    async with Worker(c, task_queue=tq, workflows=[OneActivity], activities=[hello], identity="norn-desc-worker"):
+        await asyncio.sleep(1.0)  # let the worker's pollers arrive
+        out = json.loads(temporal("task-queue", "describe", "--task-queue", tq, "--legacy-mode", "-o", "json", address=cluster[0]))
+        assert "norn-desc-worker" in json.dumps(out), out
+    info = await client.workflow_service.get_cluster_info(GetClusterInfoRequest())
+    assert info.server_version.startswith("norn-")
+    keys = (await client.workflow_service.get_search_attributes(GetSearchAttributesRequest())).keys
+    assert {"WorkflowId", "StartTime", "ExecutionStatus"} <= set(keys)

@@ -4,6 +4,7 @@
 
 mod children;
 mod duties;
+mod info;
 mod namespaces;
 mod queries;
 mod visibility;
@@ -76,6 +77,14 @@ impl WorkflowService for Frontend {
         let capabilities = Capabilities {
             // Errors carry distinct codes (InvalidArgument, NotFound, ...) rather than Internal.
             internal_error_differentiation: true,
+            // Headers of signals and queries reach the workflow.
+            signal_and_query_header: true,
+            // Failures are stored as sent, so encoded attributes survive.
+            encoded_failure_attributes: true,
+            // WorkflowTaskCompleted keeps the SDK's metadata (flags used on replay).
+            sdk_metadata: true,
+            count_group_by_execution_status: true,
+            upsert_memo: true,
             ..Default::default()
         };
         Ok(Response::new(GetSystemInfoResponse {
@@ -215,6 +224,27 @@ impl WorkflowService for Frontend {
         request: Request<DeleteWorkflowExecutionRequest>,
     ) -> Result<Response<DeleteWorkflowExecutionResponse>, Status> {
         self.delete_execution(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn describe_task_queue(
+        &self,
+        request: Request<DescribeTaskQueueRequest>,
+    ) -> Result<Response<DescribeTaskQueueResponse>, Status> {
+        self.describe_task_queue(request).await.map(Response::new)
+    }
+
+    async fn get_cluster_info(
+        &self,
+        _request: Request<GetClusterInfoRequest>,
+    ) -> Result<Response<GetClusterInfoResponse>, Status> {
+        Ok(Response::new(self.cluster_info()))
+    }
+
+    async fn get_search_attributes(
+        &self,
+        _request: Request<GetSearchAttributesRequest>,
+    ) -> Result<Response<GetSearchAttributesResponse>, Status> {
+        Ok(Response::new(self.search_attributes()))
     }
 
     async fn query_workflow(

@@ -104,11 +104,11 @@ pub(super) fn new_uuid() -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
-fn hops<T>(req: &tonic::Request<T>) -> u32 {
+pub(super) fn hops<T>(req: &tonic::Request<T>) -> u32 {
     req.metadata().get(HOPS_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
-fn forwarded<T>(msg: T, hops: u32) -> tonic::Request<T> {
+pub(super) fn forwarded<T>(msg: T, hops: u32) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     if let Ok(v) = (hops + 1).to_string().parse() {
         r.metadata_mut().insert(HOPS_HEADER, v);
