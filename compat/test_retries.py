@@ -7,14 +7,15 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from workflows import RetriesFlaky, SilentActivity, flaky, goes_silent
+from workflows import ResumesFromHeartbeat, RetriesFlaky, SilentActivity, flaky, goes_silent, resumes_from_heartbeat
 
 
 @pytest.fixture(scope="module")
 async def retry_worker(cluster):
     c = await Client.connect(cluster[1])
     tq = f"retry-{uuid.uuid4().hex[:8]}"
-    async with Worker(c, task_queue=tq, workflows=[RetriesFlaky, SilentActivity], activities=[flaky, goes_silent]):
+    async with Worker(c, task_queue=tq, workflows=[RetriesFlaky, SilentActivity, ResumesFromHeartbeat],
+                      activities=[flaky, goes_silent, resumes_from_heartbeat]):
         yield tq
 
 
@@ -42,3 +43,8 @@ async def test_an_activity_that_stops_heartbeating_times_out(client, retry_worke
     assert result == "TimeoutError: HEARTBEAT"
     types = [e.event_type for e in (await client.get_workflow_handle(w).fetch_history()).events]
     assert EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT in types
+
+
+async def test_the_next_attempt_sees_the_last_heartbeat(client, retry_worker):
+    result = await client.execute_workflow(ResumesFromHeartbeat.run, id=f"wf-{uuid.uuid4()}", task_queue=retry_worker)
+    assert result == "resumed from checkpoint-7 on attempt 2"

@@ -281,3 +281,24 @@ class LocalSteps:
         greeting = await workflow.execute_local_activity(hello, name, start_to_close_timeout=timedelta(seconds=10))
         workflow.upsert_memo({"step": "greeted"})
         return greeting
+
+
+@activity.defn
+async def resumes_from_heartbeat() -> str:
+    info = activity.info()
+    if info.attempt == 1:
+        activity.heartbeat("checkpoint-7")
+        raise ApplicationError("first attempt fails after a checkpoint")
+    return f"resumed from {info.heartbeat_details[0]} on attempt {info.attempt}"
+
+
+@workflow.defn
+class ResumesFromHeartbeat:
+    @workflow.run
+    async def run(self) -> str:
+        return await workflow.execute_activity(
+            resumes_from_heartbeat,
+            start_to_close_timeout=timedelta(seconds=10),
+            heartbeat_timeout=timedelta(seconds=5),
+            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100)),
+        )

@@ -231,6 +231,11 @@ impl AdminService {
         match self.client(&addr).map_err(Failure::Fail)?.propose(fwd).await {
             Ok(r) => Ok(r.into_inner()),
             Err(s) if retryable_forward(&s) && !s.message().contains("may or may not") => Err(Failure::Retry(s)),
+            // The leader's connection broke after the request left: the outcome is unknown.
+            Err(s) if s.code() == tonic::Code::Cancelled => Err(Failure::Fail(Status::unavailable(format!(
+                "shard {shard}: the connection to the leader at {addr} broke mid-call; the write may or may \
+                 not have been applied; retry it if it is idempotent"
+            )))),
             Err(s) => Err(Failure::Fail(s)),
         }
     }
@@ -271,7 +276,8 @@ impl AdminService {
         fwd.hops += 1;
         match self.client(&addr).map_err(Failure::Fail)?.read_state(fwd).await {
             Ok(r) => Ok(r.into_inner()),
-            Err(s) if retryable_forward(&s) => Err(Failure::Retry(s)),
+            // A read changes nothing: a connection that broke mid-call is simply retried.
+            Err(s) if retryable_forward(&s) || s.code() == tonic::Code::Cancelled => Err(Failure::Retry(s)),
             Err(s) => Err(Failure::Fail(s)),
         }
     }

@@ -84,6 +84,8 @@ impl WorkflowService for Frontend {
             // WorkflowTaskCompleted keeps the SDK's metadata (flags used on replay).
             sdk_metadata: true,
             count_group_by_execution_status: true,
+            // RespondActivityTaskFailed's last heartbeat details reach the next attempt.
+            activity_failure_include_heartbeat: true,
             upsert_memo: true,
             ..Default::default()
         };

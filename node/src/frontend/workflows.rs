@@ -714,6 +714,16 @@ impl Frontend {
         req: RespondActivityTaskFailedRequest,
     ) -> Result<RespondActivityTaskFailedResponse, Status> {
         let t = decode_token(&req.task_token, TaskKind::Activity)?;
+        if let Some(details) = &req.last_heartbeat_details {
+            // Kept for the next attempt (and a later timeout's failure), like a last heartbeat.
+            let beat = WorkflowCommand::ActivityHeartbeat {
+                run: t.run.clone(),
+                scheduled_id: t.scheduled_id,
+                attempt: t.started_or_attempt as i32,
+                details: details.encode_to_vec(),
+            };
+            self.apply(t.shard, beat).await?;
+        }
         let cmd = WorkflowCommand::ActivityTaskFailed {
             run: t.run,
             scheduled_id: t.scheduled_id,
