@@ -304,13 +304,16 @@ fn print_status(s: &norn_node::pb::ClusterStatusResponse) {
     }
 }
 
-async fn admin(address: &str) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+async fn channel(address: &str) -> anyhow::Result<tonic::transport::Channel> {
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await
-        .with_context(|| format!("connect to {address}: is a norn node running there?"))?;
-    Ok(AdminClient::new(ch))
+        .with_context(|| format!("connect to {address}: is a norn node running there?"))
+}
+
+async fn admin(address: &str) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
+    Ok(AdminClient::new(channel(address).await?))
 }
 
 #[tokio::main]
@@ -455,11 +458,7 @@ async fn debug_history(
     use norn_proto::protos::temporal::api::history::v1::HistoryEvent;
     use norn_proto::protos::temporal::api::workflowservice::v1::DescribeNamespaceRequest;
     use prost::Message;
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
-        .connect_timeout(Duration::from_secs(3))
-        .connect()
-        .await
-        .with_context(|| format!("connect to {address}: is a norn node running there?"))?;
+    let ch = channel(address).await?;
     let ns = norn_proto::WorkflowServiceClient::new(ch.clone())
         .describe_namespace(DescribeNamespaceRequest { namespace: namespace.into(), ..Default::default() })
         .await?

@@ -44,7 +44,7 @@ impl Frontend {
                 initiated_id,
             },
         };
-        let started = match self.propose_workflow(child_shard, cmd).await? {
+        let started = match self.propose(child_shard, cmd).await? {
             WorkflowResult::Applied { run, effects, .. } => {
                 self.run_effects(child_shard, &run, effects);
                 Some(run.run_id)
@@ -155,7 +155,7 @@ impl Frontend {
             child_run_id: run.first_run_id.clone(),
             outcome,
         };
-        match self.propose_workflow(parent_shard, cmd).await? {
+        match self.propose(parent_shard, cmd).await? {
             WorkflowResult::Applied { run: p, effects, .. } => self.run_effects(parent_shard, &p, effects),
             // The parent closed, or recorded this already: nothing more to tell.
             WorkflowResult::Rejected(EngineError::NotFound(_)) => {}
@@ -166,7 +166,7 @@ impl Frontend {
     }
 
     async fn drop_reminder(&self, shard: u32, child: &RunKey) -> Result<(), Status> {
-        self.propose_workflow(shard, WorkflowCommand::ParentTold { run: child.clone() }).await.map(|_| ())
+        self.propose(shard, WorkflowCommand::ParentTold { run: child.clone() }).await.map(|_| ())
     }
 
     /// Applies a closed parent's close policy to one of its open children (best effort).

@@ -51,9 +51,7 @@ impl Frontend {
             return c.describe_task_queue(super::workflows::forwarded(req, hops)).await.map(|r| r.into_inner());
         }
         use norn_raft::Clock;
-        let now = norn_raft::SystemClock.now_ms();
-        let seen =
-            prost_wkt_types::Timestamp { seconds: (now / 1000) as i64, nanos: ((now % 1000) * 1_000_000) as i32 };
+        let seen = super::workflows::timestamp(norn_raft::SystemClock.now_ms());
         let pollers = self
             .admin
             .matching()

@@ -28,8 +28,6 @@ use crate::matching::{QueryTask, QueueKey, TaskKind, TaskRef};
 
 /// How long a query waits for a worker's answer.
 const QUERY_WAIT: Duration = Duration::from_secs(30);
-/// How often a query re-reads a run whose workflow task is in flight.
-const BUSY_POLL: Duration = Duration::from_millis(50);
 
 /// Callers waiting for query answers on this node, by query id.
 #[derive(Clone, Default)]
@@ -75,7 +73,13 @@ impl Frontend {
         }
         let (shard, run_key) = self.resolve(&ns, req.execution.as_ref()).await?;
         let deadline = tokio::time::Instant::now() + QUERY_WAIT;
+        let sub = self.watch.subscribe(&run_key.run_id);
+        let reread = self.reread_every(shard);
         let run = loop {
+            // Armed before the read: the apply that completes the task wakes this wait.
+            let woken = sub.notify().notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let run = self.read_run(shard, &run_key).await?;
             let rejected = match QueryRejectCondition::try_from(req.query_reject_condition) {
                 Ok(QueryRejectCondition::NotOpen) => !run.is_open(),
@@ -100,8 +104,9 @@ impl Frontend {
                      check that a worker polls its task queue",
                 ));
             }
-            tokio::time::sleep(BUSY_POLL).await;
+            let _ = tokio::time::timeout(reread, woken).await;
         };
+        drop(sub);
         let id = super::workflows::new_uuid();
         let origin = self.admin.config().node_id;
         let rx = self.queries.park(&id);

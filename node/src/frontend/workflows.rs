@@ -80,7 +80,7 @@ fn decode_token(bytes: &[u8], kind: TaskKind) -> Result<TaskToken, Status> {
     Ok(t)
 }
 
-fn timestamp(ms: u64) -> prost_wkt_types::Timestamp {
+pub(super) fn timestamp(ms: u64) -> prost_wkt_types::Timestamp {
     prost_wkt_types::Timestamp { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
 }
 
@@ -98,10 +98,7 @@ pub(super) fn new_uuid() -> String {
     use rand::RngCore;
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    crate::history::engine::uuid_v4_string(b)
 }
 
 pub(super) fn hops<T>(req: &tonic::Request<T>) -> u32 {
@@ -133,7 +130,7 @@ impl Frontend {
         Ok(rec.id)
     }
 
-    async fn propose(&self, shard: u32, cmd: WorkflowCommand) -> Result<WorkflowResult, Status> {
+    pub(super) async fn propose(&self, shard: u32, cmd: WorkflowCommand) -> Result<WorkflowResult, Status> {
         match self.admin.propose_command(shard, &ShardCommand::Workflow(cmd)).await? {
             ShardResult::Workflow(WorkflowResult::StorageFailed(e)) => {
                 Err(Status::internal(format!("shard {shard} storage failure: {e}")))
@@ -144,10 +141,6 @@ impl Frontend {
     }
 
     /// Proposes and runs the effects; returns the applied run and last event id.
-    pub(super) async fn propose_workflow(&self, shard: u32, cmd: WorkflowCommand) -> Result<WorkflowResult, Status> {
-        self.propose(shard, cmd).await
-    }
-
     pub(super) async fn apply(&self, shard: u32, cmd: WorkflowCommand) -> Result<(RunKey, i64), Status> {
         match self.propose(shard, cmd).await? {
             WorkflowResult::Applied { run, effects, last_event_id, reply_error, next_run } => {
@@ -714,22 +707,13 @@ impl Frontend {
         req: RespondActivityTaskFailedRequest,
     ) -> Result<RespondActivityTaskFailedResponse, Status> {
         let t = decode_token(&req.task_token, TaskKind::Activity)?;
-        if let Some(details) = &req.last_heartbeat_details {
-            // Kept for the next attempt (and a later timeout's failure), like a last heartbeat.
-            let beat = WorkflowCommand::ActivityHeartbeat {
-                run: t.run.clone(),
-                scheduled_id: t.scheduled_id,
-                attempt: t.started_or_attempt as i32,
-                details: details.encode_to_vec(),
-            };
-            self.apply(t.shard, beat).await?;
-        }
         let cmd = WorkflowCommand::ActivityTaskFailed {
             run: t.run,
             scheduled_id: t.scheduled_id,
             attempt: t.started_or_attempt as i32,
             failure: req.failure.map(|f| f.encode_to_vec()).unwrap_or_default(),
             identity: req.identity,
+            last_heartbeat_details: req.last_heartbeat_details.map(|d| d.encode_to_vec()).unwrap_or_default(),
         };
         self.apply(t.shard, cmd).await?;
         Ok(RespondActivityTaskFailedResponse::default())
@@ -770,6 +754,16 @@ impl Frontend {
         Ok(RecordActivityTaskHeartbeatResponse { cancel_requested, ..Default::default() })
     }
 
+    /// How long a wait on a run's changes may go without re-reading: a replica here wakes the
+    /// waiter on every apply, elsewhere only re-reads notice changes.
+    pub(super) fn reread_every(&self, shard: u32) -> Duration {
+        if self.admin.raft().group_ids().binary_search(&shard).is_ok() {
+            HISTORY_REREAD_HOSTED
+        } else {
+            HISTORY_REREAD_REMOTE
+        }
+    }
+
     pub(super) async fn get_history(
         &self,
         req: GetWorkflowExecutionHistoryRequest,
@@ -785,12 +779,7 @@ impl Frontend {
         };
         let deadline = tokio::time::Instant::now() + HISTORY_WAIT;
         let sub = self.watch.subscribe(&run.run_id);
-        // A replica here wakes the poll on every apply; elsewhere only re-reads notice changes.
-        let reread = if self.admin.raft().group_ids().binary_search(&shard).is_ok() {
-            HISTORY_REREAD_HOSTED
-        } else {
-            HISTORY_REREAD_REMOTE
-        };
+        let reread = self.reread_every(shard);
         loop {
             // Armed before the read, so an apply between the read and the wait is not missed.
             let woken = sub.notify().notified();

@@ -104,6 +104,11 @@ fn derived_run_id(parts: &[&[u8]]) -> String {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&a.to_be_bytes());
     bytes[8..].copy_from_slice(&b.to_be_bytes());
+    uuid_v4_string(bytes)
+}
+
+/// `bytes` as a version-4 UUID string (the version and variant bits are set).
+pub fn uuid_v4_string(mut bytes: [u8; 16]) -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let h: String = bytes.iter().map(|x| format!("{x:02x}")).collect();

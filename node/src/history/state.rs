@@ -153,10 +153,13 @@ impl RetrySpec {
     pub fn delay_after(&self, attempt: i32) -> u64 {
         let mut ms = self.initial_interval_ms;
         for _ in 1..attempt.max(1) {
-            if ms >= self.maximum_interval_ms {
+            let next = u64::try_from(u128::from(ms) * u128::from(self.backoff_milli) / 1000).unwrap_or(u64::MAX);
+            // Capped, or no longer growing (a coefficient of 1): later attempts change nothing, so
+            // the loop never runs long however many attempts an activity has had.
+            if ms >= self.maximum_interval_ms || next <= ms {
                 break;
             }
-            ms = u64::try_from(u128::from(ms) * u128::from(self.backoff_milli) / 1000).unwrap_or(u64::MAX);
+            ms = next;
         }
         ms.min(self.maximum_interval_ms)
     }

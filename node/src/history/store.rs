@@ -56,8 +56,16 @@ pub enum WorkflowCommand {
     ActivityTaskStarted { run: RunKey, scheduled_id: i64, request_id: String, identity: String },
     /// An activity completed (encoded `Payloads`, empty for none).
     ActivityTaskCompleted { run: RunKey, scheduled_id: i64, attempt: i32, result: Vec<u8>, identity: String },
-    /// An activity failed (encoded `Failure`).
-    ActivityTaskFailed { run: RunKey, scheduled_id: i64, attempt: i32, failure: Vec<u8>, identity: String },
+    /// An activity failed (encoded `Failure`), with its last heartbeat's details (encoded
+    /// `Payloads`, empty for none) that the next attempt gets.
+    ActivityTaskFailed {
+        run: RunKey,
+        scheduled_id: i64,
+        attempt: i32,
+        failure: Vec<u8>,
+        identity: String,
+        last_heartbeat_details: Vec<u8>,
+    },
     /// A started activity acknowledged a cancel request (encoded `Payloads` details).
     ActivityTaskCanceled { run: RunKey, scheduled_id: i64, attempt: i32, details: Vec<u8>, identity: String },
     /// A started activity's heartbeat (encoded `Payloads` details).
@@ -321,6 +329,24 @@ fn loaded(txn: &Txn<'_>, k: &RunKey) -> Result<RunState, Failure> {
     })
 }
 
+/// What a start finds at its workflow id: `Some` answer when it must not create a run (a retry of
+/// the same request, or a policy refusal), `None` to go ahead.
+fn check_start(
+    txn: &mut Txn<'_>,
+    namespace_id: &str,
+    req: &StartWorkflowExecutionRequest,
+    now_ms: u64,
+) -> Result<Option<WorkflowResult>, Failure> {
+    let Some(cur) = current(&*txn, namespace_id, &req.workflow_id).map_err(Failure::Storage)? else {
+        return Ok(None);
+    };
+    if !req.request_id.is_empty() && cur.request_id == req.request_id {
+        return Ok(Some(WorkflowResult::Deduplicated { run_id: cur.run_id }));
+    }
+    let k = RunKey { namespace_id: namespace_id.to_string(), workflow_id: req.workflow_id.clone(), run_id: cur.run_id };
+    apply_id_policies(txn, req, &k, cur.open, now_ms)
+}
+
 /// Applies a start's workflow-id reuse and conflict policies to the id's current run `k`:
 /// `Some` is the answer when the start must not create a run; `None` lets it go ahead (after
 /// terminating the open run when the policy says so).
@@ -370,18 +396,8 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
     let (run, out) = match cmd {
         WorkflowCommand::Start { namespace_id, run_id, request } => {
             let req: StartWorkflowExecutionRequest = decode(&request, "start request")?;
-            if let Some(cur) = current(&*txn, &namespace_id, &req.workflow_id).map_err(Failure::Storage)? {
-                if !req.request_id.is_empty() && cur.request_id == req.request_id {
-                    return Ok(WorkflowResult::Deduplicated { run_id: cur.run_id });
-                }
-                let k = RunKey {
-                    namespace_id: namespace_id.clone(),
-                    workflow_id: req.workflow_id.clone(),
-                    run_id: cur.run_id,
-                };
-                if let Some(refused) = apply_id_policies(txn, &req, &k, cur.open, now_ms)? {
-                    return Ok(refused);
-                }
+            if let Some(answer) = check_start(txn, &namespace_id, &req, now_ms)? {
+                return Ok(answer);
             }
             let (run, out) = engine::start(&namespace_id, &run_id, &req, now_ms)?;
             (run, out)
@@ -472,8 +488,18 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
             let out = engine::activity_task_completed(&mut state, scheduled_id, attempt, result, &identity, now_ms)?;
             (state, out)
         }
-        WorkflowCommand::ActivityTaskFailed { run, scheduled_id, attempt, failure, identity } => {
+        WorkflowCommand::ActivityTaskFailed {
+            run,
+            scheduled_id,
+            attempt,
+            failure,
+            identity,
+            last_heartbeat_details,
+        } => {
             let mut state = loaded(txn, &run)?;
+            if !last_heartbeat_details.is_empty() {
+                engine::activity_heartbeat(&mut state, scheduled_id, attempt, last_heartbeat_details, now_ms)?;
+            }
             let out = engine::activity_task_failed(&mut state, scheduled_id, attempt, failure, &identity, now_ms)?;
             (state, out)
         }
@@ -500,18 +526,8 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
         WorkflowCommand::DeleteRun { run } => return delete_run(txn, &run),
         WorkflowCommand::StartChild { namespace_id, run_id, request, parent } => {
             let req: StartWorkflowExecutionRequest = decode(&request, "child start request")?;
-            if let Some(cur) = current(&*txn, &namespace_id, &req.workflow_id).map_err(Failure::Storage)? {
-                if cur.request_id == req.request_id {
-                    return Ok(WorkflowResult::Deduplicated { run_id: cur.run_id });
-                }
-                let k = RunKey {
-                    namespace_id: namespace_id.clone(),
-                    workflow_id: req.workflow_id.clone(),
-                    run_id: cur.run_id,
-                };
-                if let Some(refused) = apply_id_policies(txn, &req, &k, cur.open, now_ms)? {
-                    return Ok(refused);
-                }
+            if let Some(answer) = check_start(txn, &namespace_id, &req, now_ms)? {
+                return Ok(answer);
             }
             engine::start_child(&namespace_id, &run_id, &req, parent, now_ms)?
         }

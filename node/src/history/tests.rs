@@ -826,3 +826,18 @@ fn external_signals_are_initiated_then_recorded_once() {
     );
     assert!(external_done(&mut run, 5, true, T0 + 2).unwrap().events.is_empty(), "recorded once");
 }
+
+#[test]
+fn retry_delays_are_computed_in_bounded_time_for_any_attempt() {
+    let flat = RetrySpec {
+        initial_interval_ms: 1_000,
+        backoff_milli: 1_000,
+        maximum_interval_ms: 100_000,
+        maximum_attempts: 0,
+        non_retryable_error_types: vec![],
+    };
+    assert_eq!(flat.delay_after(i32::MAX), 1_000, "a coefficient of 1 never grows");
+    let doubling = RetrySpec { backoff_milli: 2_000, ..flat };
+    assert_eq!(doubling.delay_after(3), 4_000);
+    assert_eq!(doubling.delay_after(i32::MAX), 100_000);
+}
