@@ -22,8 +22,8 @@ def norn_binary() -> str:
 
 def free_base_port() -> int:
     """A base port whose client, peer and metrics ranges for 3 nodes are all free."""
-    start = 21000 + (os.getpid() % 1500) * 11
-    for base in range(start, 60000, 13):
+    start = 21000 + (os.getpid() % 800) * 11
+    for base in range(start, 31500, 13):
         ports = [base + off + i for off in (0, 100, 200) for i in range(3)]
         ok = True
         for p in ports:

@@ -31,8 +31,5 @@ pub mod namespace;
 pub mod placement;
 pub mod server;
 
-/// Generated admin protocol.
-pub mod pb {
-    #![allow(missing_docs, clippy::all)]
-    tonic::include_proto!("norn.admin.v1");
-}
+/// Generated admin protocol (it lives in `norn-proto`, which the client SDK shares).
+pub use norn_proto::admin as pb;

@@ -70,8 +70,23 @@ pub struct ClusterFile {
     pub nodes: Vec<NodeEntry>,
 }
 
+/// A port that is free now, taken from 20000..32000: below Linux's ephemeral range, so an outgoing
+/// connection of another process cannot grab it between this check and the node's bind. Each
+/// call in a process moves on to a new port, so one test run never hands out a port twice.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + (start + n) % SPAN).context("port range")?;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 /// Writes every node's config file and returns the layout (nothing started yet).

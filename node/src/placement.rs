@@ -19,27 +19,11 @@ pub fn replicas(shard: GroupId, nodes: &[NodeId], replicas: usize) -> Vec<NodeId
     (0..r).map(|k| sorted[(shard as usize + k) % n]).collect()
 }
 
-/// FNV-1a, 64-bit: the stable hash Norn routes by. It never changes across versions, because
-/// the shard of existing data depends on it.
-pub fn stable_hash(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            // Separator, so that ("ab","c") and ("a","bc") hash apart.
-            h ^= 0xff;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        for b in *part {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
-}
+pub use norn_proto::placement::stable_hash;
 
 /// The shard of a key among `shards`.
 pub fn shard_of(parts: &[&[u8]], shards: u32) -> GroupId {
-    (stable_hash(parts) % u64::from(shards.max(1))) as GroupId
+    norn_proto::placement::shard_of(parts, shards) as GroupId
 }
 
 #[cfg(test)]

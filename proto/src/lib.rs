@@ -15,5 +15,49 @@ pub mod workflowservice {
 }
 
 pub use temporalio_protos as protos;
+
+/// The encoded `FileDescriptorSet` of every Temporal message (from `temporalio-protos`), for
+/// reading and writing Temporal's proto-JSON (for example history files from `temporal workflow
+/// show --output json`).
+pub const TEMPORAL_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/temporal_descriptors.bin"));
 pub use workflowservice::workflow_service_client::WorkflowServiceClient;
 pub use workflowservice::workflow_service_server::{WorkflowService, WorkflowServiceServer};
+
+/// Norn's own operator protocol (`norn.admin.v1.Admin`), served on every node's client port beside
+/// the Temporal API: cluster status (who leads which shard), and test and benchmark calls.
+pub mod admin {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("norn.admin.v1");
+}
+
+/// How Norn maps keys to shards. Shared by the server and the Rust client SDK, which uses it to
+/// send each workflow call straight to the leader of the workflow's shard.
+pub mod placement {
+    /// FNV-1a, 64-bit: the stable hash Norn routes by. It never changes across versions, because
+    /// the shard of existing data depends on it.
+    pub fn stable_hash(parts: &[&[u8]]) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                // Separator, so that ("ab","c") and ("a","bc") hash apart.
+                h ^= 0xff;
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            for b in *part {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        h
+    }
+
+    /// The shard (0-based) of a key among `shards`.
+    pub fn shard_of(parts: &[&[u8]], shards: u32) -> u64 {
+        stable_hash(parts) % u64::from(shards.max(1))
+    }
+
+    /// The shard of a workflow: by namespace id (not name) and workflow id.
+    pub fn workflow_shard(namespace_id: &str, workflow_id: &str, shards: u32) -> u64 {
+        shard_of(&[namespace_id.as_bytes(), workflow_id.as_bytes()], shards)
+    }
+}

@@ -1049,6 +1049,7 @@ fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> 
 }
 
 /// The worker completed the started workflow task with `req.commands`.
+#[allow(deprecated)] // `control` of SignalExternalWorkflowExecution is echoed as Temporal does
 pub fn workflow_task_completed(
     run: &mut RunState,
     scheduled_id: i64,
@@ -1280,7 +1281,7 @@ pub fn workflow_task_completed(
                             input: a.input.clone(),
                             child_workflow_only: a.child_workflow_only,
                             header: a.header.clone(),
-                            ..Default::default()
+                            control: a.control.clone(),
                         },
                     ),
                 );

@@ -1,8 +1,0 @@
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=proto/admin.proto");
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .compile_protos(&["proto/admin.proto"], &["proto"])?;
-    Ok(())
-}
