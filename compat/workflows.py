@@ -302,3 +302,41 @@ class ResumesFromHeartbeat:
             heartbeat_timeout=timedelta(seconds=5),
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100)),
         )
+
+
+# ---- Interop with Norn's Rust SDK (compat/test_sdk_interop.py, client/examples/interop.rs) ----
+
+
+@activity.defn(name="py_price")
+async def py_price(order: dict) -> dict:
+    return {**order, "total": len(order["items"]) * 10.0}
+
+
+@workflow.defn(name="PyOrder")
+class PyOrder:
+    @workflow.run
+    async def run(self, order: dict) -> dict:
+        return await workflow.execute_activity(py_price, order, start_to_close_timeout=timedelta(seconds=10))
+
+
+@workflow.defn(name="PyBytes")
+class PyBytes:
+    @workflow.run
+    async def run(self, data: bytes) -> bytes:
+        assert isinstance(data, bytes)
+        return bytes(reversed(data))
+
+
+@workflow.defn(name="PyNull")
+class PyNull:
+    @workflow.run
+    async def run(self, value: None) -> None:
+        assert value is None
+        return None
+
+
+@workflow.defn(name="PyFail")
+class PyFail:
+    @workflow.run
+    async def run(self, why: str) -> None:
+        raise ApplicationError(why, {"code": 42}, type="PyError", non_retryable=True)

@@ -16,6 +16,8 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 cargo build -p norn-node --bin norn --locked
+# The Norn Rust SDK examples (compat/test_sdk_examples.py, compat/test_sdk_interop.py).
+cargo build -p norn-client --examples --locked
 # A worker built with Temporal's own Rust SDK, for compat/test_rust_worker.py (its own workspace).
 cargo fmt --manifest-path compat/rust-worker/Cargo.toml -- --check
 CARGO_TARGET_DIR="$target" cargo build --locked --manifest-path compat/rust-worker/Cargo.toml

@@ -71,6 +71,7 @@ pub(crate) struct State {
     pub next_side_effect: u32,
     pub activities: HashMap<String, Slot>,
     pub activity_scheduled: HashMap<String, i64>,
+    pub activity_types: HashMap<String, String>,
     pub timers: HashMap<String, Slot>,
     pub children: HashMap<String, Slot>,
     pub externals: HashMap<String, Slot>,
@@ -135,6 +136,7 @@ impl WorkflowMachine {
             next_side_effect: 0,
             activities: HashMap::new(),
             activity_scheduled: HashMap::new(),
+            activity_types: HashMap::new(),
             timers: HashMap::new(),
             children: HashMap::new(),
             externals: HashMap::new(),
@@ -309,7 +311,10 @@ impl WorkflowMachine {
         match &e.attributes {
             Some(Ev::ActivityTaskScheduledEventAttributes(a)) => {
                 self.by_event.insert(e.event_id, a.activity_id.clone());
-                self.state.borrow_mut().activity_scheduled.insert(a.activity_id.clone(), e.event_id);
+                let mut st = self.state.borrow_mut();
+                st.activity_scheduled.insert(a.activity_id.clone(), e.event_id);
+                let ty = a.activity_type.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+                st.activity_types.insert(a.activity_id.clone(), ty);
             }
             Some(Ev::StartChildWorkflowExecutionInitiatedEventAttributes(a)) => {
                 self.by_event.insert(e.event_id, a.workflow_id.clone());
@@ -548,11 +553,10 @@ fn activity_failure(
     cause: Option<&temporalio_protos::temporal::api::failure::v1::Failure>,
     retry_state: i32,
 ) -> Failure {
-    let _ = st;
     Failure {
         message: "activity failed".into(),
         kind: FailureKind::Activity {
-            activity_type: String::new(),
+            activity_type: st.activity_types.get(activity_id).cloned().unwrap_or_default(),
             activity_id: activity_id.into(),
             retry_state: RetryState::try_from(retry_state).unwrap_or(RetryState::Unspecified),
         },

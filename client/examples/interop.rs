@@ -1,0 +1,120 @@
+//! Cross-language check with the Python SDK, driven by `compat/test_sdk_interop.py`:
+//!
+//! - `interop worker <address> <task-queue>`: a Norn Rust worker with workflows that a Python
+//!   client runs (`RustOrder`, `RustBytes`, `RustNull`, `RustFail`), until stdin closes.
+//! - `interop client <address> <task-queue>`: a Norn Rust client that runs the Python workflows
+//!   `PyOrder`, `PyBytes`, `PyNull` and `PyFail` and checks every value; exits non-zero on a
+//!   mismatch.
+
+use std::time::Duration;
+
+use norn_client::workflow::{ActivityOptions, WfContext, WfResult};
+use norn_client::{
+    ApplicationError, Client, ClientOptions, Error, FailureKind, RawBytes, StartOptions, Worker, WorkerOptions,
+};
+use serde::{Deserialize, Serialize};
+
+/// The struct both languages exchange (a dict on the Python side).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Order {
+    id: u32,
+    items: Vec<String>,
+    total: Option<f64>,
+}
+
+async fn rust_order(ctx: WfContext, o: Order) -> WfResult<Order> {
+    ctx.activity("rust_price", &o, ActivityOptions::start_to_close(Duration::from_secs(10))).await
+}
+
+async fn rust_bytes(_ctx: WfContext, b: RawBytes) -> WfResult<RawBytes> {
+    Ok(RawBytes(b.0.into_iter().rev().collect()))
+}
+
+async fn rust_null(_ctx: WfContext, v: Option<String>) -> WfResult<Option<String>> {
+    assert!(v.is_none());
+    Ok(None)
+}
+
+async fn rust_fail(_ctx: WfContext, why: String) -> WfResult<()> {
+    Err(ApplicationError::non_retryable(why, "RustError").with_details(&Order { id: 9, items: vec![], total: None })?.into())
+}
+
+async fn worker(address: String, tq: String) -> Result<(), Box<dyn std::error::Error>> {
+    let client = Client::connect(&[address], ClientOptions::default()).await?;
+    let mut w = Worker::new(client, WorkerOptions::new(tq));
+    w.register_workflow("RustOrder", rust_order)
+        .register_workflow("RustBytes", rust_bytes)
+        .register_workflow("RustNull", rust_null)
+        .register_workflow("RustFail", rust_fail)
+        .register_activity("rust_price", |_c, mut o: Order| async move {
+            o.total = Some(o.items.len() as f64 * 2.5);
+            Ok(o)
+        });
+    println!("ready");
+    w.run(async {
+        // Stop when the parent closes stdin.
+        let mut buf = String::new();
+        let stdin = tokio::io::stdin();
+        let mut r = tokio::io::BufReader::new(stdin);
+        let _ = tokio::io::AsyncBufReadExt::read_line(&mut r, &mut buf).await;
+    })
+    .await?;
+    Ok(())
+}
+
+fn check(cond: bool, what: &str) -> Result<(), Box<dyn std::error::Error>> {
+    if cond {
+        println!("ok: {what}");
+        Ok(())
+    } else {
+        Err(format!("mismatch: {what}").into())
+    }
+}
+
+async fn client(address: String, tq: String) -> Result<(), Box<dyn std::error::Error>> {
+    let client = Client::connect(&[address], ClientOptions::default()).await?;
+    let id = |k: &str| format!("interop-{k}-{}", client.new_request_id());
+
+    let o = Order { id: 1, items: vec!["a".into(), "b".into(), "c".into()], total: None };
+    let h = client.start_workflow("PyOrder", &o, StartOptions::new(id("order"), &tq)).await?;
+    let back: Order = h.result().await?;
+    check(back == Order { total: Some(30.0), ..o }, "struct through a Python workflow and activity")?;
+
+    let h = client.start_workflow("PyBytes", &RawBytes(vec![1, 2, 0, 255]), StartOptions::new(id("bytes"), &tq)).await?;
+    let b: RawBytes = h.result().await?;
+    check(b == RawBytes(vec![255, 0, 2, 1]), "bytes as binary/plain both ways")?;
+
+    let h = client.start_workflow("PyNull", &None::<String>, StartOptions::new(id("null"), &tq)).await?;
+    let n: Option<String> = h.result().await?;
+    check(n.is_none(), "null as binary/null both ways")?;
+
+    let h = client.start_workflow("PyFail", &"out of stock".to_string(), StartOptions::new(id("fail"), &tq)).await?;
+    match h.result::<()>().await {
+        Err(Error::WorkflowFailed(f)) => {
+            check(f.message == "out of stock", "failure message")?;
+            check(f.application_type() == Some("PyError"), "failure type")?;
+            let details = match &f.kind {
+                FailureKind::Application { details, non_retryable, .. } => {
+                    check(*non_retryable, "non_retryable flag")?;
+                    details.clone()
+                }
+                _ => None,
+            };
+            let d: serde_json::Value = norn_client::payload::from_payloads(details.as_ref())?;
+            check(d == serde_json::json!({"code": 42}), "failure details")?;
+        }
+        other => return Err(format!("expected a failed workflow, got {other:?}").into()),
+    }
+    println!("all checks passed");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1..4) {
+        Some([mode, address, tq]) if mode == "worker" => worker(address.clone(), tq.clone()).await,
+        Some([mode, address, tq]) if mode == "client" => client(address.clone(), tq.clone()).await,
+        _ => Err("usage: interop worker|client <address> <task-queue>".into()),
+    }
+}
