@@ -36,7 +36,9 @@ async fn rust_null(_ctx: WfContext, v: Option<String>) -> WfResult<Option<String
 }
 
 async fn rust_fail(_ctx: WfContext, why: String) -> WfResult<()> {
-    Err(ApplicationError::non_retryable(why, "RustError").with_details(&Order { id: 9, items: vec![], total: None })?.into())
+    Err(ApplicationError::non_retryable(why, "RustError")
+        .with_details(&Order { id: 9, items: vec![], total: None })?
+        .into())
 }
 
 async fn worker(address: String, tq: String) -> Result<(), Box<dyn std::error::Error>> {
@@ -80,7 +82,8 @@ async fn client(address: String, tq: String) -> Result<(), Box<dyn std::error::E
     let back: Order = h.result().await?;
     check(back == Order { total: Some(30.0), ..o }, "struct through a Python workflow and activity")?;
 
-    let h = client.start_workflow("PyBytes", &RawBytes(vec![1, 2, 0, 255]), StartOptions::new(id("bytes"), &tq)).await?;
+    let h =
+        client.start_workflow("PyBytes", &RawBytes(vec![1, 2, 0, 255]), StartOptions::new(id("bytes"), &tq)).await?;
     let b: RawBytes = h.result().await?;
     check(b == RawBytes(vec![255, 0, 2, 1]), "bytes as binary/plain both ways")?;
 
