@@ -31,16 +31,18 @@ from workflows import (
     OneActivity,
     Parent,
     RetriesFlaky,
+    Tally,
     TimerThenActivity,
     WaitsLong,
     always_fails,
+    double_int,
     flaky,
     hello,
 )
 
 WORKFLOWS = [CancellableSleep, CatchesActivityFailure, Child, CollectsSignals, Parent, Countdown, Counter, Fails, FlakyTask, LocalSteps, Messenger, OneActivity, RetriesFlaky,
-             TimerThenActivity, WaitsLong]
-ACTIVITIES = [always_fails, flaky, hello]
+             Tally, TimerThenActivity, WaitsLong]
+ACTIVITIES = [always_fails, double_int, flaky, hello]
 
 
 def free_port() -> int:
@@ -174,7 +176,18 @@ async def local_activity_and_memo(c, tq):
     return await c.start_workflow(LocalSteps.run, "x", id=f"d-{uuid.uuid4()}", task_queue=tq)
 
 
-SCENARIOS = [local_activity_and_memo, external_signal_and_cancel, child_workflows, failing_workflow_tasks, continue_as_new, one_activity, timer_then_activity, caught_activity_failure, workflow_failure, retried_activity,
+async def update(c, tq):
+    # An accepted update whose handler runs an activity. (A rejected update differs: Temporal
+    # drops its speculative workflow task from history, Norn records the task; see
+    # docs/compatibility.md.)
+    h = await c.start_workflow(Tally.run, id=f"d-{uuid.uuid4()}", task_queue=tq)
+    await wait_for_first_task(h)
+    assert await h.execute_update(Tally.add, 5) == 10
+    await h.signal(Tally.finish)
+    return h
+
+
+SCENARIOS = [update, local_activity_and_memo, external_signal_and_cancel, child_workflows, failing_workflow_tasks, continue_as_new, one_activity, timer_then_activity, caught_activity_failure, workflow_failure, retried_activity,
              signal_with_start, signals_then_query, cancel, terminate, run_timeout]
 
 

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
@@ -55,6 +55,16 @@ async def test_python_clients_drive_a_norn_rust_worker(client, cluster):
         assert cause.message == "no stock"
         assert cause.non_retryable
         assert cause.details == ({"id": 9, "items": [], "total": None},)
+
+        # Updates from Python to a Rust workflow: accepted, rejected by the Rust validator.
+        h = await client.start_workflow("RustTally", id=f"RustTally-{uuid.uuid4()}", task_queue=tq)
+        assert await h.execute_update("add", 4, result_type=int) == 4
+        assert await h.execute_update("add", 3, result_type=int) == 7
+        with pytest.raises(WorkflowUpdateFailedError) as uerr:
+            await h.execute_update("add", -2, result_type=int)
+        assert isinstance(uerr.value.cause, ApplicationError) and uerr.value.cause.type == "Negative"
+        await h.signal("finish")
+        assert await h.result() == 7
     finally:
         proc.stdin.close()
         try:

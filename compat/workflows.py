@@ -340,3 +340,37 @@ class PyFail:
     @workflow.run
     async def run(self, why: str) -> None:
         raise ApplicationError(why, {"code": 42}, type="PyError", non_retryable=True)
+
+
+# ---- Workflow updates (compat/test_updates.py) ----
+
+
+@activity.defn(name="double_int")
+async def double_int(n: int) -> int:
+    return n * 2
+
+
+@workflow.defn(name="Tally")
+class Tally:
+    def __init__(self) -> None:
+        self.total = 0
+        self.done = False
+
+    @workflow.run
+    async def run(self) -> int:
+        await workflow.wait_condition(lambda: self.done)
+        return self.total
+
+    @workflow.signal
+    def finish(self) -> None:
+        self.done = True
+
+    @workflow.update
+    async def add(self, n: int) -> int:
+        self.total += await workflow.execute_activity(double_int, n, start_to_close_timeout=timedelta(seconds=10))
+        return self.total
+
+    @add.validator
+    def validate_add(self, n: int) -> None:
+        if n < 0:
+            raise ValueError("only positive amounts")

@@ -1,7 +1,8 @@
 //! Cross-language check with the Python SDK, driven by `compat/test_sdk_interop.py`:
 //!
 //! - `interop worker <address> <task-queue>`: a Norn Rust worker with workflows that a Python
-//!   client runs (`RustOrder`, `RustBytes`, `RustNull`, `RustFail`), until stdin closes.
+//!   client runs (`RustOrder`, `RustBytes`, `RustNull`, `RustFail`, and `RustTally` with an
+//!   update handler), until stdin closes.
 //! - `interop client <address> <task-queue>`: a Norn Rust client that runs the Python workflows
 //!   `PyOrder`, `PyBytes`, `PyNull` and `PyFail` and checks every value; exits non-zero on a
 //!   mismatch.
@@ -41,6 +42,24 @@ async fn rust_fail(_ctx: WfContext, why: String) -> WfResult<()> {
         .into())
 }
 
+async fn rust_tally(ctx: WfContext, _: ()) -> WfResult<i64> {
+    let total = std::rc::Rc::new(std::cell::Cell::new(0i64));
+    let t = total.clone();
+    ctx.update_handler_with_validator(
+        "add",
+        |n: &i64| if *n < 0 { Err(ApplicationError::new("negative amount", "Negative")) } else { Ok(()) },
+        move |_c: WfContext, n: i64| {
+            let t = t.clone();
+            async move {
+                t.set(t.get() + n);
+                Ok(t.get())
+            }
+        },
+    );
+    ctx.signal_channel::<()>("finish").recv().await?;
+    Ok(total.get())
+}
+
 async fn worker(address: String, tq: String) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect(&[address], ClientOptions::default()).await?;
     let mut w = Worker::new(client, WorkerOptions::new(tq));
@@ -48,6 +67,7 @@ async fn worker(address: String, tq: String) -> Result<(), Box<dyn std::error::E
         .register_workflow("RustBytes", rust_bytes)
         .register_workflow("RustNull", rust_null)
         .register_workflow("RustFail", rust_fail)
+        .register_workflow("RustTally", rust_tally)
         .register_activity("rust_price", |_c, mut o: Order| async move {
             o.total = Some(o.items.len() as f64 * 2.5);
             Ok(o)

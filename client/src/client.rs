@@ -240,6 +240,64 @@ pub(crate) fn duration(d: Duration) -> prost_wkt_types::Duration {
     prost_wkt_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
 }
 
+/// The stage an update call waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateWait {
+    /// The workflow accepted it (its validator passed); the result comes later.
+    Accepted,
+    /// The handler finished.
+    Completed,
+}
+
+/// An update sent to a workflow.
+#[derive(Clone, Debug)]
+pub struct UpdateHandle {
+    client: Client,
+    workflow_id: String,
+    run_id: String,
+    update_id: String,
+    outcome: Option<temporalio_protos::temporal::api::update::v1::Outcome>,
+}
+
+impl UpdateHandle {
+    /// The update id.
+    pub fn update_id(&self) -> &str {
+        &self.update_id
+    }
+
+    /// Waits for the handler's result (or the rejection or failure, as `Error::UpdateFailed`).
+    pub async fn result<R: serde::de::DeserializeOwned + 'static>(&self) -> Result<R, Error> {
+        use temporalio_protos::temporal::api::enums::v1::UpdateWorkflowExecutionLifecycleStage as Stage;
+        use temporalio_protos::temporal::api::update::v1::{outcome, UpdateRef, WaitPolicy};
+        let mut outcome = self.outcome.clone();
+        while outcome.is_none() {
+            let req = ws::PollWorkflowExecutionUpdateRequest {
+                namespace: self.client.namespace().into(),
+                update_ref: Some(UpdateRef {
+                    workflow_execution: Some(execution(&self.workflow_id, Some(&self.run_id))),
+                    update_id: self.update_id.clone(),
+                }),
+                identity: self.client.identity().into(),
+                wait_policy: Some(WaitPolicy { lifecycle_stage: Stage::Completed as i32 }),
+            };
+            let resp = self
+                .client
+                .call(Route::Workflow(self.workflow_id.clone()), true, req, |mut c, r| async move {
+                    c.poll_workflow_execution_update(r).await
+                })
+                .await?;
+            outcome = resp.outcome;
+        }
+        match outcome.and_then(|o| o.value) {
+            Some(outcome::Value::Success(p)) => Ok(crate::payload::from_payloads(Some(&p))?),
+            Some(outcome::Value::Failure(f)) => {
+                Err(Error::UpdateFailed(Box::new(crate::failure::Failure::from_proto(&f))))
+            }
+            None => Ok(crate::payload::from_payloads(None)?),
+        }
+    }
+}
+
 /// A description of one workflow run.
 #[derive(Clone, Debug)]
 pub struct WorkflowDescription {
@@ -691,6 +749,60 @@ impl Client {
             return Err(Error::FailedPrecondition(format!("query rejected: workflow status {}", rej.status)));
         }
         Ok(resp.query_result)
+    }
+
+    /// Sends a workflow update with one argument and waits until it reaches `wait` (accepted
+    /// or completed). The same `update_id` (a fresh one when `None`) is used across retries, so
+    /// a retried call joins the same update.
+    pub async fn start_update<A: Serialize + 'static>(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+        name: &str,
+        arg: &A,
+        wait: UpdateWait,
+        update_id: Option<String>,
+    ) -> Result<UpdateHandle, Error> {
+        use temporalio_protos::temporal::api::enums::v1::UpdateWorkflowExecutionLifecycleStage as Stage;
+        use temporalio_protos::temporal::api::update::v1::{Input, Meta, Request as UpdateRequest, WaitPolicy};
+        let update_id = update_id.unwrap_or_else(|| self.new_request_id());
+        let want = match wait {
+            UpdateWait::Accepted => Stage::Accepted,
+            UpdateWait::Completed => Stage::Completed,
+        };
+        let req = ws::UpdateWorkflowExecutionRequest {
+            namespace: self.namespace().into(),
+            workflow_execution: Some(execution(workflow_id, run_id)),
+            wait_policy: Some(WaitPolicy { lifecycle_stage: want as i32 }),
+            request: Some(UpdateRequest {
+                meta: Some(Meta { update_id: update_id.clone(), identity: self.identity().into() }),
+                input: Some(Input { header: None, name: name.into(), args: Some(to_payloads(arg)?) }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        // The server answers with the stage reached when its wait ends; ask again until done.
+        loop {
+            let resp = self
+                .call(Route::Workflow(workflow_id.into()), true, req.clone(), |mut c, r| async move {
+                    c.update_workflow_execution(r).await
+                })
+                .await?;
+            if resp.outcome.is_some() || resp.stage >= want as i32 {
+                let run_id = resp
+                    .update_ref
+                    .and_then(|r| r.workflow_execution)
+                    .map(|e| e.run_id)
+                    .unwrap_or_else(|| run_id.unwrap_or_default().to_string());
+                return Ok(UpdateHandle {
+                    client: self.clone(),
+                    workflow_id: workflow_id.into(),
+                    run_id,
+                    update_id,
+                    outcome: resp.outcome,
+                });
+            }
+        }
     }
 
     /// Requests cancellation.

@@ -45,6 +45,9 @@ pub enum Error {
     /// that the reject condition excludes, or a call the server has not enabled).
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
+    /// The update was rejected by the workflow's validator, or its handler failed.
+    #[error("update failed: {0}")]
+    UpdateFailed(Box<Failure>),
     /// The query handler failed or does not exist.
     #[error("query failed: {0}")]
     QueryFailed(String),

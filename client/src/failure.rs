@@ -267,12 +267,12 @@ impl std::fmt::Display for Failure {
 /// Any `std::error::Error` converts into it (its `Display` is the message, its type name the
 /// error type), so `?` works in activity and workflow code.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ApplicationError(pub Failure);
+pub struct ApplicationError(pub Box<Failure>);
 
 impl ApplicationError {
     /// A retryable application error.
     pub fn new(message: impl Into<String>, error_type: impl Into<String>) -> ApplicationError {
-        ApplicationError(Failure::application(message, error_type))
+        ApplicationError(Box::new(Failure::application(message, error_type)))
     }
 
     /// A non-retryable application error: the server stops retrying at once.
@@ -281,7 +281,7 @@ impl ApplicationError {
         if let FailureKind::Application { non_retryable, .. } = &mut f.kind {
             *non_retryable = true;
         }
-        ApplicationError(f)
+        ApplicationError(Box::new(f))
     }
 
     /// Attaches details (encoded with the default converter).
@@ -303,13 +303,13 @@ impl<E: std::error::Error> From<E> for ApplicationError {
     fn from(e: E) -> ApplicationError {
         let full = std::any::type_name::<E>();
         let short = full.rsplit("::").next().unwrap_or(full);
-        ApplicationError(Failure::application(e.to_string(), short))
+        ApplicationError(Box::new(Failure::application(e.to_string(), short)))
     }
 }
 
 impl From<Failure> for ApplicationError {
     fn from(f: Failure) -> ApplicationError {
-        ApplicationError(f)
+        ApplicationError(Box::new(f))
     }
 }
 
@@ -337,7 +337,7 @@ mod tests {
             cause: None,
         };
         let inner = ApplicationError::non_retryable("card declined", "CardError").with_details(&"visa").unwrap();
-        outer.cause = Some(Box::new(inner.0.clone()));
+        outer.cause = Some(inner.0.clone());
         let back = Failure::from_proto(&outer.to_proto());
         assert_eq!(back, outer);
         assert_eq!(back.application_type(), Some("CardError"));

@@ -5,7 +5,7 @@ use serde::Serialize;
 use temporalio_protos::temporal::api::history::v1::history_event::Attributes;
 use temporalio_protos::temporal::api::history::v1::HistoryEvent;
 
-use crate::client::{Client, WorkflowDescription};
+use crate::client::{Client, UpdateHandle, UpdateWait, WorkflowDescription};
 use crate::error::Error;
 use crate::failure::Failure;
 use crate::payload::{from_payloads, to_payloads};
@@ -74,6 +74,25 @@ impl WorkflowHandle {
         let args = to_payloads(arg)?;
         let r = self.client.query_raw(&self.workflow_id, self.run_id.as_deref(), query, Some(args)).await?;
         Ok(from_payloads(r.as_ref())?)
+    }
+
+    /// Sends an update with one argument and waits for the handler's result.
+    pub async fn update<A: Serialize + 'static, R: DeserializeOwned + 'static>(
+        &self,
+        name: &str,
+        arg: &A,
+    ) -> Result<R, Error> {
+        let u = self
+            .client
+            .start_update(&self.workflow_id, self.run_id.as_deref(), name, arg, UpdateWait::Completed, None)
+            .await?;
+        u.result().await
+    }
+
+    /// Sends an update and returns once the workflow accepted it; `result()` on the handle waits
+    /// for the outcome.
+    pub async fn start_update<A: Serialize + 'static>(&self, name: &str, arg: &A) -> Result<UpdateHandle, Error> {
+        self.client.start_update(&self.workflow_id, self.run_id.as_deref(), name, arg, UpdateWait::Accepted, None).await
     }
 
     /// Requests cancellation.

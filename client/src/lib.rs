@@ -40,7 +40,10 @@ pub mod replay;
 pub mod worker;
 pub mod workflow;
 
-pub use client::{Client, ClientOptions, Connector, RetryOptions, RetryPolicy, StartOptions, TcpConnector, TlsOptions};
+pub use client::{
+    Client, ClientOptions, Connector, RetryOptions, RetryPolicy, StartOptions, TcpConnector, TlsOptions, UpdateHandle,
+    UpdateWait,
+};
 pub use error::Error;
 pub use failure::{ApplicationError, Failure, FailureKind};
 pub use handle::WorkflowHandle;

@@ -188,7 +188,7 @@ impl ActivityContext {
 
     /// The error to return when giving up because of cancellation.
     pub fn cancelled_error(&self) -> ApplicationError {
-        ApplicationError(Failure::canceled("activity canceled"))
+        ApplicationError(Box::new(Failure::canceled("activity canceled")))
     }
 }
 
@@ -335,7 +335,11 @@ async fn poll_workflows(
 }
 
 enum WftResult {
-    Completed(Vec<temporalio_protos::temporal::api::command::v1::Command>, HashMap<String, WorkflowQueryResult>),
+    Completed(
+        Vec<temporalio_protos::temporal::api::command::v1::Command>,
+        Vec<temporalio_protos::temporal::api::protocol::v1::Message>,
+        HashMap<String, WorkflowQueryResult>,
+    ),
     Failed(WorkflowTaskFailedCause, Failure),
     Query(Result<Payloads, Failure>),
 }
@@ -368,14 +372,14 @@ fn run_workflow_task(
                 Err(nd) => WftResult::Query(Err(Failure::application(nd.to_string(), "NondeterminismError"))),
             };
         }
-        match m.run(history, true) {
+        match m.run_with_messages(history, true, &task.messages) {
             Ok(out) => {
                 let mut answers = HashMap::new();
                 for (id, q) in &task.queries {
                     let r = m.query(&q.query_type, q.query_args.clone());
                     answers.insert(id.clone(), query_result(r));
                 }
-                WftResult::Completed(out.commands, answers)
+                WftResult::Completed(out.commands, out.messages, answers)
             }
             Err(nd) => WftResult::Failed(
                 WorkflowTaskFailedCause::NonDeterministicError,
@@ -451,10 +455,11 @@ async fn handle_workflow_task(client: &Client, registry: &Registry, task: ws::Po
     let identity = client.identity().to_string();
     let namespace = client.namespace().to_string();
     let sent = match result {
-        WftResult::Completed(commands, query_results) => {
+        WftResult::Completed(commands, messages, query_results) => {
             let req = ws::RespondWorkflowTaskCompletedRequest {
                 task_token: token,
                 commands,
+                messages,
                 identity,
                 namespace,
                 query_results,

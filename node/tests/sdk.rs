@@ -405,3 +405,65 @@ async fn wait_for_event(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+async fn tally(ctx: WfContext, _: ()) -> WfResult<i64> {
+    let total = Rc::new(Cell::new(0i64));
+    let t = total.clone();
+    ctx.update_handler_with_validator(
+        "add",
+        |n: &i64| {
+            if *n < 0 {
+                Err(ApplicationError::new("only positive amounts", "Negative"))
+            } else {
+                Ok(())
+            }
+        },
+        move |c: WfContext, n: i64| {
+            let t = t.clone();
+            async move {
+                // Handlers may await: the amount is doubled by an activity first.
+                let d: i64 = c.activity("double_i64", &n, short()).await?;
+                t.set(t.get() + d);
+                Ok(t.get())
+            }
+        },
+    );
+    ctx.signal_channel::<()>("done").recv().await?;
+    Ok(total.get())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_are_validated_run_and_replayed() {
+    let cluster = Cluster::start(3, 4, fast_raft()).await;
+    let client = client(&cluster).await;
+    let mut w = Worker::new(client.clone(), WorkerOptions::new("tally"));
+    w.register_workflow("tally", tally)
+        .register_activity("double_i64", |_c, n: i64| async move { Ok::<_, ApplicationError>(n * 2) });
+    let registry = w.registry().clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(async move { w.run(async move { stop_rx.await.unwrap_or(()) }).await });
+
+    let h = client.start_workflow("tally", &(), StartOptions::new("tally-1", "tally")).await.expect("start");
+    assert_eq!(h.update::<_, i64>("add", &5i64).await.expect("update"), 10);
+    match h.update::<_, i64>("add", &-1i64).await {
+        Err(Error::UpdateFailed(f)) => assert_eq!(f.application_type(), Some("Negative"), "{f:?}"),
+        other => panic!("expected a rejected update, got {other:?}"),
+    }
+    match h.update::<_, i64>("nope", &1i64).await {
+        Err(Error::UpdateFailed(f)) => assert!(f.message.contains("nope"), "{f:?}"),
+        other => panic!("expected an unknown update to fail, got {other:?}"),
+    }
+    let u = h.start_update("add", &1i64).await.expect("start update");
+    assert_eq!(u.result::<i64>().await.expect("update result"), 12);
+    h.signal("done", &()).await.expect("signal");
+    assert_eq!(h.result::<i64>().await.expect("result"), 12);
+
+    let history = h.history().await.expect("history");
+    let count = |k: EventType| history.iter().filter(|e| e.event_type == k as i32).count();
+    assert_eq!(count(EventType::WorkflowExecutionUpdateAccepted), 2, "rejections leave no event");
+    assert_eq!(count(EventType::WorkflowExecutionUpdateCompleted), 2);
+    Replayer::from_registry(registry).replay(&history).expect("updates replay clean");
+
+    let _ = stop_tx.send(());
+    run.await.expect("join").expect("run");
+}

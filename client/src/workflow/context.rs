@@ -307,6 +307,58 @@ impl WfContext {
         self.state.borrow_mut().queries.insert(name.into(), Box::new(f));
     }
 
+    /// Handles updates named `name`: `handler(ctx, arg)` runs as its own task in the workflow
+    /// (it may await activities and timers) and its result is the update's result.
+    pub fn update_handler<A, R, F, Fut>(&self, name: &str, handler: F)
+    where
+        A: DeserializeOwned + 'static,
+        R: Serialize + 'static,
+        F: Fn(WfContext, A) -> Fut + 'static,
+        Fut: Future<Output = WfResult<R>> + 'static,
+    {
+        self.register_update(name, None, handler);
+    }
+
+    /// Like [`WfContext::update_handler`], with a validator that runs first and may reject the
+    /// update (a rejection leaves no trace in history). Validators must not change state.
+    pub fn update_handler_with_validator<A, R, V, F, Fut>(&self, name: &str, validator: V, handler: F)
+    where
+        A: DeserializeOwned + 'static,
+        R: Serialize + 'static,
+        V: Fn(&A) -> Result<(), crate::failure::ApplicationError> + 'static,
+        F: Fn(WfContext, A) -> Fut + 'static,
+        Fut: Future<Output = WfResult<R>> + 'static,
+    {
+        let v: super::machine::ValidatorFn = Rc::new(move |args: Option<&Payloads>| {
+            let a: A = from_payloads(args).map_err(|e| Failure::application(e.to_string(), "PayloadError"))?;
+            validator(&a).map_err(|e| *e.0)
+        });
+        self.register_update(name, Some(v), handler);
+    }
+
+    fn register_update<A, R, F, Fut>(&self, name: &str, validator: Option<super::machine::ValidatorFn>, handler: F)
+    where
+        A: DeserializeOwned + 'static,
+        R: Serialize + 'static,
+        F: Fn(WfContext, A) -> Fut + 'static,
+        Fut: Future<Output = WfResult<R>> + 'static,
+    {
+        let handler = Rc::new(handler);
+        let h: super::machine::UpdateFn = Rc::new(move |ctx: WfContext, args: Option<Payloads>| {
+            let handler = handler.clone();
+            async move {
+                let a: A = from_payloads(args.as_ref())?;
+                let r = handler(ctx, a).await?;
+                Ok(Some(to_payloads(&r)?))
+            }
+            .boxed_local()
+        });
+        self.state
+            .borrow_mut()
+            .update_handlers
+            .insert(name.into(), super::machine::UpdateHandler { handler: h, validator });
+    }
+
     /// Runs `f` once and records its value; replays read the record instead of running it.
     pub fn side_effect<T, F>(&self, f: F) -> WfResult<T>
     where

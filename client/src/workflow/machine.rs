@@ -19,6 +19,8 @@ use temporalio_protos::temporal::api::common::v1::Payloads;
 use temporalio_protos::temporal::api::enums::v1::{CommandType, EventType, RetryState, TimeoutType};
 use temporalio_protos::temporal::api::history::v1::history_event::Attributes as Ev;
 use temporalio_protos::temporal::api::history::v1::HistoryEvent;
+use temporalio_protos::temporal::api::protocol::v1::Message as ProtocolMessage;
+use temporalio_protos::temporal::api::update::v1::{Acceptance, Meta, Rejection, Request as UpdateRequest, Response};
 
 use super::context::{CancelToken, WfContext, WorkflowInfo};
 use super::{WfError, WfResult};
@@ -61,6 +63,23 @@ impl Slot {
 
 type QueryFn = Box<dyn Fn(Option<Payloads>) -> Result<Payloads, Failure>>;
 
+/// A type-erased update handler.
+pub(crate) type UpdateFn =
+    Rc<dyn Fn(WfContext, Option<Payloads>) -> LocalBoxFuture<'static, WfResult<Option<Payloads>>>>;
+/// A type-erased update validator.
+pub(crate) type ValidatorFn = Rc<dyn Fn(Option<&Payloads>) -> Result<(), Failure>>;
+
+/// A registered update handler.
+pub(crate) struct UpdateHandler {
+    pub handler: UpdateFn,
+    pub validator: Option<ValidatorFn>,
+}
+
+const ACCEPTANCE_URL: &str = "type.googleapis.com/temporal.api.update.v1.Acceptance";
+const REJECTION_URL: &str = "type.googleapis.com/temporal.api.update.v1.Rejection";
+const RESPONSE_URL: &str = "type.googleapis.com/temporal.api.update.v1.Response";
+const REQUEST_TYPE: &str = "temporal.api.update.v1.Request";
+
 /// The state workflow code and the machine share.
 pub(crate) struct State {
     pub commands: Vec<Command>,
@@ -77,6 +96,11 @@ pub(crate) struct State {
     pub externals: HashMap<String, Slot>,
     pub signals: HashMap<String, VecDeque<Option<Payloads>>>,
     pub queries: HashMap<String, QueryFn>,
+    pub update_handlers: HashMap<String, UpdateHandler>,
+    /// Protocol messages of the current activation (update acceptances, rejections, responses).
+    pub messages: Vec<ProtocolMessage>,
+    /// Message id -> (is an acceptance, update id), for matching replayed update events.
+    pub message_kinds: HashMap<String, (bool, String)>,
     pub cancel_requested: bool,
     pub now: SystemTime,
     pub replaying: bool,
@@ -103,6 +127,8 @@ pub struct Nondeterminism {
 pub struct RunOutcome {
     /// Commands of the live workflow task (empty in replay).
     pub commands: Vec<Command>,
+    /// Protocol messages of the live workflow task (update answers).
+    pub messages: Vec<ProtocolMessage>,
     /// Whether the workflow function returned.
     pub finished: bool,
 }
@@ -142,6 +168,9 @@ impl WorkflowMachine {
             externals: HashMap::new(),
             signals: HashMap::new(),
             queries: HashMap::new(),
+            update_handlers: HashMap::new(),
+            messages: Vec::new(),
+            message_kinds: HashMap::new(),
             cancel_requested: false,
             now: UNIX_EPOCH,
             replaying: true,
@@ -174,6 +203,16 @@ impl WorkflowMachine {
     /// completed is the one being worked on and its commands are returned; without, every
     /// workflow task is a replay (closed histories, queries).
     pub fn run(&mut self, history: &[HistoryEvent], live: bool) -> Result<RunOutcome, Nondeterminism> {
+        self.run_with_messages(history, live, &[])
+    }
+
+    /// [`WorkflowMachine::run`] with the protocol messages (update requests) of the live task.
+    pub fn run_with_messages(
+        &mut self,
+        history: &[HistoryEvent],
+        live: bool,
+        incoming: &[ProtocolMessage],
+    ) -> Result<RunOutcome, Nondeterminism> {
         self.prescan(history);
         let mut pending: Vec<&HistoryEvent> = Vec::new();
         let mut i = 0;
@@ -193,15 +232,49 @@ impl WorkflowMachine {
                     match outcome {
                         Some(true) => {
                             self.check_all_matched(e.event_id)?;
-                            self.activate(e, std::mem::take(&mut pending), true);
-                            self.expected = self.state.borrow_mut().commands.drain(..).collect();
+                            // Updates this task accepted, read back from the acceptance events.
+                            let updates: Vec<(String, i64, UpdateRequest)> = history[i + 1..]
+                                .iter()
+                                .take_while(|x| x.event_type != EventType::WorkflowTaskStarted as i32)
+                                .filter_map(|x| match &x.attributes {
+                                    Some(Ev::WorkflowExecutionUpdateAcceptedEventAttributes(a)) => Some((
+                                        a.accepted_request_message_id.clone(),
+                                        a.accepted_request_sequencing_event_id,
+                                        a.accepted_request.clone().unwrap_or_default(),
+                                    )),
+                                    _ => None,
+                                })
+                                .collect();
+                            self.activate(e, std::mem::take(&mut pending), true, updates, false);
+                            let mut st = self.state.borrow_mut();
+                            self.expected = st.commands.drain(..).collect();
+                            st.messages.clear();
                         }
                         Some(false) => {}
                         None if live => {
                             self.check_all_matched(e.event_id)?;
-                            self.activate(e, std::mem::take(&mut pending), false);
-                            let commands = self.state.borrow_mut().commands.drain(..).collect();
-                            return Ok(RunOutcome { commands, finished: self.finished });
+                            let updates = incoming
+                                .iter()
+                                .filter_map(|m| {
+                                    let body = m.body.as_ref()?;
+                                    if !body.type_url.ends_with(REQUEST_TYPE) {
+                                        return None;
+                                    }
+                                    use prost::Message;
+                                    let req = UpdateRequest::decode(body.value.as_slice()).ok()?;
+                                    let seq = match m.sequencing_id {
+                                        Some(temporalio_protos::temporal::api::protocol::v1::message::SequencingId::EventId(id)) => id,
+                                        _ => e.event_id - 1,
+                                    };
+                                    Some((m.id.clone(), seq, req))
+                                })
+                                .collect();
+                            self.activate(e, std::mem::take(&mut pending), false, updates, true);
+                            let mut st = self.state.borrow_mut();
+                            let commands = st.commands.drain(..).collect();
+                            let messages = st.messages.drain(..).collect();
+                            drop(st);
+                            return Ok(RunOutcome { commands, messages, finished: self.finished });
                         }
                         None => {}
                     }
@@ -219,7 +292,7 @@ impl WorkflowMachine {
             return Err(Nondeterminism { event_id: 0, message: "the history has no workflow task in progress".into() });
         }
         self.check_all_matched(0)?;
-        Ok(RunOutcome { commands: Vec::new(), finished: self.finished })
+        Ok(RunOutcome { commands: Vec::new(), messages: Vec::new(), finished: self.finished })
     }
 
     /// Answers a query from the state the last run left.
@@ -297,7 +370,22 @@ impl WorkflowMachine {
                 ),
             });
         };
-        if !command_matches(&c, e) {
+        let protocol_ok = match &c.attributes {
+            Some(command::Attributes::ProtocolMessageCommandAttributes(a)) => {
+                let kind = self.state.borrow().message_kinds.get(&a.message_id).cloned();
+                match (kind, &e.attributes) {
+                    (Some((true, id)), Some(Ev::WorkflowExecutionUpdateAcceptedEventAttributes(x))) => {
+                        Some(x.protocol_instance_id == id)
+                    }
+                    (Some((false, id)), Some(Ev::WorkflowExecutionUpdateCompletedEventAttributes(x))) => {
+                        Some(x.meta.as_ref().is_some_and(|m| m.update_id == id))
+                    }
+                    _ => Some(false),
+                }
+            }
+            _ => None,
+        };
+        if !protocol_ok.unwrap_or_else(|| command_matches(&c, e)) {
             return Err(Nondeterminism {
                 event_id: e.event_id,
                 message: format!(
@@ -331,7 +419,14 @@ impl WorkflowMachine {
     }
 
     /// Applies the events of one workflow task and runs the code until it waits.
-    fn activate(&mut self, started: &HistoryEvent, events: Vec<&HistoryEvent>, replaying: bool) {
+    fn activate(
+        &mut self,
+        started: &HistoryEvent,
+        events: Vec<&HistoryEvent>,
+        replaying: bool,
+        updates: Vec<(String, i64, UpdateRequest)>,
+        validate: bool,
+    ) {
         {
             let mut st = self.state.borrow_mut();
             st.replaying = replaying;
@@ -343,6 +438,98 @@ impl WorkflowMachine {
             self.apply(e);
         }
         self.run_until_stalled();
+        if !updates.is_empty() && !self.finished {
+            for (msg_id, seq, req) in updates {
+                self.deliver_update(msg_id, seq, req, validate);
+            }
+            self.run_until_stalled();
+        }
+    }
+
+    /// Runs an update's validator (live tasks only) and, unless it rejects, accepts the update
+    /// and starts its handler as a task.
+    fn deliver_update(&mut self, request_msg_id: String, seq: i64, req: UpdateRequest, validate: bool) {
+        let update_id = req.meta.as_ref().map(|m| m.update_id.clone()).unwrap_or_default();
+        let name = req.input.as_ref().map(|i| i.name.clone()).unwrap_or_default();
+        let args = req.input.as_ref().and_then(|i| i.args.clone());
+        let found = {
+            let st = self.state.borrow();
+            st.update_handlers.get(&name).map(|h| (h.handler.clone(), h.validator.clone()))
+        };
+        let rejection = match &found {
+            None if validate => {
+                let mut known: Vec<String> = self.state.borrow().update_handlers.keys().cloned().collect();
+                known.sort();
+                Some(Failure::application(format!("unknown update {name:?}; known: {known:?}"), "UpdateNotFound"))
+            }
+            Some((_, Some(v))) if validate => v(args.as_ref()).err(),
+            _ => None,
+        };
+        let mut st = self.state.borrow_mut();
+        if let Some(f) = rejection {
+            st.messages.push(message(
+                &update_id,
+                "reject",
+                REJECTION_URL,
+                Rejection {
+                    rejected_request_message_id: request_msg_id,
+                    rejected_request_sequencing_event_id: seq,
+                    rejected_request: Some(req),
+                    failure: Some(f.to_proto()),
+                },
+            ));
+            return;
+        }
+        let Some((handler, _)) = found else { return };
+        let accept = message(
+            &update_id,
+            "accept",
+            ACCEPTANCE_URL,
+            Acceptance {
+                accepted_request_message_id: request_msg_id,
+                accepted_request_sequencing_event_id: seq,
+                accepted_request: Some(req),
+            },
+        );
+        st.message_kinds.insert(accept.id.clone(), (true, update_id.clone()));
+        st.commands.push(protocol_command(&accept.id));
+        st.messages.push(accept);
+        let ctx =
+            WfContext { state: self.state.clone(), progress: self.progress.clone(), token: self.root_token.clone() };
+        let state = self.state.clone();
+        let progress = self.progress.clone();
+        st.spawned.push(Box::pin(async move {
+            let r = handler(ctx, args).await;
+            let outcome = temporalio_protos::temporal::api::update::v1::Outcome {
+                value: Some(match r {
+                    Ok(p) => {
+                        temporalio_protos::temporal::api::update::v1::outcome::Value::Success(p.unwrap_or_default())
+                    }
+                    Err(WfError::Failure(f)) => {
+                        temporalio_protos::temporal::api::update::v1::outcome::Value::Failure(f.to_proto())
+                    }
+                    Err(e) => temporalio_protos::temporal::api::update::v1::outcome::Value::Failure(
+                        Failure::canceled(format!("update handler ended: {e}")).to_proto(),
+                    ),
+                }),
+            };
+            let resp = message(
+                &update_id,
+                "complete",
+                RESPONSE_URL,
+                Response {
+                    meta: Some(Meta { update_id: update_id.clone(), identity: String::new() }),
+                    outcome: Some(outcome),
+                },
+            );
+            let mut st = state.borrow_mut();
+            st.message_kinds.insert(resp.id.clone(), (false, update_id.clone()));
+            st.commands.push(protocol_command(&resp.id));
+            st.messages.push(resp);
+            progress.set(progress.get() + 1);
+        }));
+        drop(st);
+        self.progress.set(self.progress.get() + 1);
     }
 
     fn apply(&mut self, e: &HistoryEvent) {
@@ -367,14 +554,14 @@ impl WorkflowMachine {
                 let id = by_event(&a.scheduled_event_id);
                 let f = activity_failure(&st, &id, a.failure.as_ref(), a.retry_state);
                 if let Some(s) = st.activities.get_mut(&id) {
-                    s.resolve(Err(WfError::Failure(f)));
+                    s.resolve(Err(WfError::Failure(Box::new(f))));
                 }
             }
             Some(Ev::ActivityTaskTimedOutEventAttributes(a)) => {
                 let id = by_event(&a.scheduled_event_id);
                 let f = activity_failure(&st, &id, a.failure.as_ref(), a.retry_state);
                 if let Some(s) = st.activities.get_mut(&id) {
-                    s.resolve(Err(WfError::Failure(f)));
+                    s.resolve(Err(WfError::Failure(Box::new(f))));
                 }
             }
             Some(Ev::ActivityTaskCanceledEventAttributes(a)) => {
@@ -390,10 +577,10 @@ impl WorkflowMachine {
             }
             Some(Ev::StartChildWorkflowExecutionFailedEventAttributes(a)) => {
                 if let Some(s) = st.children.get_mut(&a.workflow_id) {
-                    s.resolve(Err(WfError::Failure(Failure::application(
+                    s.resolve(Err(WfError::Failure(Box::new(Failure::application(
                         format!("child workflow {} could not start: it is already running", a.workflow_id),
                         "ChildWorkflowAlreadyStarted",
-                    ))));
+                    )))));
                 }
             }
             Some(Ev::ChildWorkflowExecutionCompletedEventAttributes(a)) => {
@@ -407,14 +594,14 @@ impl WorkflowMachine {
                 let cause = a.failure.as_ref().map(Failure::from_proto);
                 let f = child_failure(&id, a.workflow_type.as_ref().map(|t| t.name.as_str()), a.retry_state, cause);
                 if let Some(s) = st.children.get_mut(&id) {
-                    s.resolve(Err(WfError::Failure(f)));
+                    s.resolve(Err(WfError::Failure(Box::new(f))));
                 }
             }
             Some(Ev::ChildWorkflowExecutionCanceledEventAttributes(a)) => {
                 let id = by_event(&a.initiated_event_id);
                 let f = child_failure(&id, None, 0, Some(Failure::canceled("child workflow canceled")));
                 if let Some(s) = st.children.get_mut(&id) {
-                    s.resolve(Err(WfError::Failure(f)));
+                    s.resolve(Err(WfError::Failure(Box::new(f))));
                 }
             }
             Some(Ev::ChildWorkflowExecutionTimedOutEventAttributes(a)) => {
@@ -431,7 +618,7 @@ impl WorkflowMachine {
                 };
                 let f = child_failure(&id, None, a.retry_state, Some(cause));
                 if let Some(s) = st.children.get_mut(&id) {
-                    s.resolve(Err(WfError::Failure(f)));
+                    s.resolve(Err(WfError::Failure(Box::new(f))));
                 }
             }
             Some(Ev::ChildWorkflowExecutionTerminatedEventAttributes(a)) => {
@@ -445,7 +632,7 @@ impl WorkflowMachine {
                 };
                 let f = child_failure(&id, None, 0, Some(cause));
                 if let Some(s) = st.children.get_mut(&id) {
-                    s.resolve(Err(WfError::Failure(f)));
+                    s.resolve(Err(WfError::Failure(Box::new(f))));
                 }
             }
             Some(Ev::ExternalWorkflowExecutionSignaledEventAttributes(a)) => {
@@ -458,10 +645,10 @@ impl WorkflowMachine {
                 let seq = by_event(&a.initiated_event_id);
                 if let Some(s) = st.externals.get_mut(&seq) {
                     let wid = a.workflow_execution.as_ref().map(|x| x.workflow_id.clone()).unwrap_or_default();
-                    s.resolve(Err(WfError::Failure(Failure::application(
+                    s.resolve(Err(WfError::Failure(Box::new(Failure::application(
                         format!("signal to workflow {wid} failed: it was not found"),
                         "ExternalWorkflowNotFound",
-                    ))));
+                    )))));
                 }
             }
             _ => {}
@@ -524,7 +711,7 @@ impl WorkflowMachine {
                 ),
             ),
             Err(WfError::Canceled) => fail_command(Failure::canceled("workflow code ended with a cancellation")),
-            Err(WfError::Failure(f)) => fail_command(f),
+            Err(WfError::Failure(f)) => fail_command(*f),
             Err(WfError::ContinueAsNew(a)) => (
                 CommandType::ContinueAsNewWorkflowExecution,
                 command::Attributes::ContinueAsNewWorkflowExecutionCommandAttributes(*a),
@@ -602,7 +789,30 @@ fn is_command_event(et: EventType) -> bool {
             | EventType::WorkflowExecutionFailed
             | EventType::WorkflowExecutionCanceled
             | EventType::WorkflowExecutionContinuedAsNew
+            | EventType::WorkflowExecutionUpdateAccepted
+            | EventType::WorkflowExecutionUpdateCompleted
     )
+}
+
+fn message<M: prost::Message>(update_id: &str, suffix: &str, type_url: &str, body: M) -> ProtocolMessage {
+    ProtocolMessage {
+        id: format!("{update_id}/{suffix}"),
+        protocol_instance_id: update_id.into(),
+        sequencing_id: None,
+        body: Some(prost_wkt_types::Any { type_url: type_url.into(), value: body.encode_to_vec() }),
+    }
+}
+
+fn protocol_command(message_id: &str) -> Command {
+    Command {
+        command_type: CommandType::ProtocolMessage as i32,
+        attributes: Some(command::Attributes::ProtocolMessageCommandAttributes(
+            temporalio_protos::temporal::api::command::v1::ProtocolMessageCommandAttributes {
+                message_id: message_id.into(),
+            },
+        )),
+        ..Default::default()
+    }
 }
 
 fn command_matches(c: &Command, e: &HistoryEvent) -> bool {
@@ -680,6 +890,7 @@ pub fn describe_command(c: &Command) -> String {
             a.workflow_type.as_ref().map(|t| t.name.as_str()).unwrap_or("")
         ),
         Some(C::SignalExternalWorkflowExecutionCommandAttributes(a)) => format!("signal_name={}", a.signal_name),
+        Some(C::ProtocolMessageCommandAttributes(a)) => format!("message_id={}", a.message_id),
         _ => String::new(),
     };
     format!("{name}({detail})")

@@ -25,7 +25,7 @@ use temporalio_protos::temporal::api::command::v1::ContinueAsNewWorkflowExecutio
 #[derive(Clone, Debug)]
 pub enum WfError {
     /// Fail with this failure (an application error, or an activity's or child's failure).
-    Failure(Failure),
+    Failure(Box<Failure>),
     /// Canceled: the workflow was asked to cancel, or a scope was canceled.
     Canceled,
     /// End this run and start a new one (made by [`WfContext::continue_as_new`]).
@@ -69,13 +69,13 @@ impl From<ApplicationError> for WfError {
 
 impl From<Failure> for WfError {
     fn from(f: Failure) -> WfError {
-        WfError::Failure(f)
+        WfError::Failure(Box::new(f))
     }
 }
 
 impl From<PayloadError> for WfError {
     fn from(e: PayloadError) -> WfError {
-        WfError::Failure(Failure::application(e.to_string(), "PayloadError"))
+        WfError::Failure(Box::new(Failure::application(e.to_string(), "PayloadError")))
     }
 }
 

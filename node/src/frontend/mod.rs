@@ -7,6 +7,7 @@ mod duties;
 mod info;
 mod namespaces;
 mod queries;
+mod updates;
 mod visibility;
 mod workflows;
 
@@ -184,6 +185,20 @@ impl WorkflowService for Frontend {
         request: Request<DescribeWorkflowExecutionRequest>,
     ) -> Result<Response<DescribeWorkflowExecutionResponse>, Status> {
         self.describe(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn update_workflow_execution(
+        &self,
+        request: Request<UpdateWorkflowExecutionRequest>,
+    ) -> Result<Response<UpdateWorkflowExecutionResponse>, Status> {
+        self.update_workflow(request.into_inner()).await.map(Response::new)
+    }
+
+    async fn poll_workflow_execution_update(
+        &self,
+        request: Request<PollWorkflowExecutionUpdateRequest>,
+    ) -> Result<Response<PollWorkflowExecutionUpdateResponse>, Status> {
+        self.poll_update(request.into_inner()).await.map(Response::new)
     }
 
     async fn signal_workflow_execution(

@@ -534,6 +534,7 @@ impl Frontend {
                 }),
                 scheduled_time: Some(timestamp(wft.scheduled_ms)),
                 started_time: Some(timestamp(wft.started_ms)),
+                messages: crate::history::engine::update_messages(&run, started_id),
                 ..Default::default()
             });
         }

@@ -166,6 +166,9 @@ fn decode_or_default<T: Message + Default>(bytes: &[u8]) -> T {
     T::decode(bytes).unwrap_or_default()
 }
 
+mod update;
+pub use update::{admit_update, update_messages};
+
 /// Appends events to a run and collects effects.
 struct Writer<'a> {
     run: &'a mut RunState,
@@ -671,6 +674,7 @@ pub fn start_with_signal(
         buffered_events: false,
         buffer: Vec::new(),
         signal_request_ids: Default::default(),
+        updates: Default::default(),
         cancel_requested: false,
         first_run_id: run_id.into(),
         children: Default::default(),
@@ -1038,6 +1042,8 @@ fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> 
                     ));
                 }
             }
+            // Checked with the messages (update::check_messages).
+            Cmd::ProtocolMessageCommandAttributes(_) => {}
             _ => {
                 let t = CommandType::try_from(c.command_type).map(|t| t.as_str_name()).unwrap_or("unknown");
                 return Err(EngineError::Unimplemented(format!("command {t} is not implemented by Norn yet")));
@@ -1059,6 +1065,7 @@ pub fn workflow_task_completed(
 ) -> Result<Outcome, EngineError> {
     let task = started_task(run, scheduled_id, started_id)?;
     check_commands(req, run)?;
+    update::check_messages(req, run)?;
     let closes = req.commands.iter().any(|c| {
         matches!(
             c.attributes,
@@ -1449,8 +1456,23 @@ pub fn workflow_task_completed(
                 w.close(RunStatus::ContinuedAsNew);
                 w.out.continued_as_new = Some(ContinueAsNew { run_id, attributes: a });
             }
+            Some(Cmd::ProtocolMessageCommandAttributes(a)) => {
+                if let Some(m) = req.messages.iter().find(|m| m.id == a.message_id) {
+                    w.protocol_message(m);
+                }
+            }
             // check_commands rejected everything else.
             _ => {}
+        }
+    }
+    // Messages no command placed (rejections, say) apply after the commands.
+    for m in &req.messages {
+        let placed = req
+            .commands
+            .iter()
+            .any(|c| matches!(&c.attributes, Some(Cmd::ProtocolMessageCommandAttributes(a)) if a.message_id == m.id));
+        if !placed {
+            w.protocol_message(m);
         }
     }
     // What arrived during the task goes after the task's own events, as in Temporal. (A closing

@@ -247,6 +247,36 @@ pub struct TimerInfo {
     pub fire_at_ms: u64,
 }
 
+/// Where a workflow update stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateStage {
+    /// Admitted: waiting for a workflow task to deliver it (no event).
+    Admitted,
+    /// Accepted by the workflow (`WorkflowExecutionUpdateAccepted` at `event_id`).
+    Accepted {
+        /// The acceptance event.
+        event_id: i64,
+    },
+    /// Completed or rejected: the encoded `update.v1.Outcome` (a rejection is a failure outcome).
+    Completed {
+        /// Encoded outcome.
+        outcome: Vec<u8>,
+    },
+}
+
+/// A workflow update the run has been asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateInfo {
+    /// The caller's update id.
+    pub update_id: String,
+    /// The encoded `update.v1.Request`.
+    pub request: Vec<u8>,
+    /// Where it stands.
+    pub stage: UpdateStage,
+    /// Leader time of admission.
+    pub admitted_ms: u64,
+}
+
 /// Everything the engine needs to know about a run besides its history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunState {
@@ -298,6 +328,8 @@ pub struct RunState {
     pub run_deadline_ms: Option<u64>,
     /// Request ids of the signals accepted most recently (a retried signal is applied once).
     pub signal_request_ids: std::collections::VecDeque<String>,
+    /// Workflow updates by update id (completed ones stay, so a retried update gets its outcome).
+    pub updates: BTreeMap<String, UpdateInfo>,
 }
 
 impl RunState {

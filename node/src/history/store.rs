@@ -80,6 +80,8 @@ pub enum WorkflowCommand {
     SignalWithStart { namespace_id: String, run_id: String, request: Vec<u8>, signal: Vec<u8> },
     /// Request cancellation of the run (the current run when `run.run_id` is empty).
     RequestCancel { run: RunKey, reason: String, identity: String },
+    /// A caller asks for a workflow update (encoded `update.v1.Request`).
+    AdmitUpdate { run: RunKey, request: Vec<u8> },
     /// Terminate the run (the current run when `run.run_id` is empty); `details` is encoded `Payloads`.
     Terminate { run: RunKey, reason: String, details: Vec<u8>, identity: String },
     /// A started workflow task ran past its timeout.
@@ -407,6 +409,13 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
             let run = with_current(txn, run)?;
             let mut state = loaded(txn, &run)?;
             let out = engine::signal(&mut state, attrs, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::AdmitUpdate { run, request } => {
+            let request: norn_proto::protos::temporal::api::update::v1::Request = decode(&request, "update request")?;
+            let run = with_current(txn, run)?;
+            let mut state = loaded(txn, &run)?;
+            let out = engine::admit_update(&mut state, request, now_ms)?;
             (state, out)
         }
         WorkflowCommand::RequestCancel { run, reason, identity } => {

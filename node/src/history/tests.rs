@@ -841,3 +841,143 @@ fn retry_delays_are_computed_in_bounded_time_for_any_attempt() {
     assert_eq!(doubling.delay_after(3), 4_000);
     assert_eq!(doubling.delay_after(i32::MAX), 100_000);
 }
+
+mod updates {
+    use super::*;
+    use norn_proto::protos::temporal::api::protocol::v1::Message as ProtocolMessage;
+    use norn_proto::protos::temporal::api::update::v1::{
+        outcome, Acceptance, Input, Meta, Outcome as UpdateOutcome, Rejection, Request, Response,
+    };
+
+    fn request(id: &str) -> Request {
+        Request {
+            meta: Some(Meta { update_id: id.into(), identity: "caller".into() }),
+            input: Some(Input { header: None, name: "add".into(), args: None }),
+            ..Default::default()
+        }
+    }
+
+    fn msg<M: Message>(id: &str, update: &str, url: &str, body: M) -> ProtocolMessage {
+        ProtocolMessage {
+            id: id.into(),
+            protocol_instance_id: update.into(),
+            sequencing_id: None,
+            body: Some(prost_wkt_types::Any { type_url: url.into(), value: body.encode_to_vec() }),
+        }
+    }
+
+    fn protocol(id: &str) -> Command {
+        command(
+            CommandType::ProtocolMessage,
+            Cmd::ProtocolMessageCommandAttributes(ProtocolMessageCommandAttributes { message_id: id.into() }),
+        )
+    }
+
+    /// A run whose first task completed idle (nothing scheduled).
+    fn idle() -> RunState {
+        let mut run = started();
+        workflow_task_completed(&mut run, 2, 3, &done(vec![]), T0 + 2).unwrap();
+        run
+    }
+
+    #[test]
+    fn admission_writes_no_event_and_schedules_a_task_that_carries_the_request() {
+        let mut run = idle();
+        let out = admit_update(&mut run, request("u1"), T0 + 3).unwrap();
+        assert_eq!(types(&out), vec![(5, EventType::WorkflowTaskScheduled)]);
+        // A second admission of the same id changes nothing.
+        assert!(types(&admit_update(&mut run, request("u1"), T0 + 4).unwrap()).is_empty());
+        workflow_task_started(&mut run, 5, "poll-2", "worker", T0 + 5).unwrap();
+        let m = update_messages(&run, 6);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].id, "u1/request");
+        assert_eq!(Request::decode(m[0].body.as_ref().unwrap().value.as_slice()).unwrap(), request("u1"));
+    }
+
+    #[test]
+    fn acceptance_and_response_write_their_events_in_command_order() {
+        let mut run = idle();
+        admit_update(&mut run, request("u1"), T0 + 3).unwrap();
+        workflow_task_started(&mut run, 5, "poll-2", "worker", T0 + 5).unwrap();
+        let accept = msg(
+            "u1/accept",
+            "u1",
+            "type.googleapis.com/temporal.api.update.v1.Acceptance",
+            Acceptance {
+                accepted_request_message_id: "u1/request".into(),
+                accepted_request_sequencing_event_id: 5,
+                accepted_request: None,
+            },
+        );
+        let success = UpdateOutcome { value: Some(outcome::Value::Success(Payloads::default())) };
+        let respond = msg(
+            "u1/complete",
+            "u1",
+            "type.googleapis.com/temporal.api.update.v1.Response",
+            Response {
+                meta: Some(Meta { update_id: "u1".into(), identity: String::new() }),
+                outcome: Some(success.clone()),
+            },
+        );
+        let mut req = done(vec![protocol("u1/accept"), schedule_activity("a1"), protocol("u1/complete")]);
+        req.messages = vec![accept, respond];
+        let out = workflow_task_completed(&mut run, 5, 6, &req, T0 + 6).unwrap();
+        assert_eq!(
+            types(&out),
+            vec![
+                (7, EventType::WorkflowTaskCompleted),
+                (8, EventType::WorkflowExecutionUpdateAccepted),
+                (9, EventType::ActivityTaskScheduled),
+                (10, EventType::WorkflowExecutionUpdateCompleted),
+            ]
+        );
+        match &out.events[1].attributes {
+            Some(Ev::WorkflowExecutionUpdateAcceptedEventAttributes(a)) => {
+                assert_eq!(a.accepted_request, Some(request("u1")), "the request is filled in for replays");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &out.events[3].attributes {
+            Some(Ev::WorkflowExecutionUpdateCompletedEventAttributes(a)) => assert_eq!(a.accepted_event_id, 8),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(run.updates["u1"].stage, UpdateStage::Completed { outcome: success.encode_to_vec() });
+    }
+
+    #[test]
+    fn a_rejection_records_the_outcome_without_an_event() {
+        let mut run = idle();
+        admit_update(&mut run, request("u1"), T0 + 3).unwrap();
+        workflow_task_started(&mut run, 5, "poll-2", "worker", T0 + 5).unwrap();
+        let reject = msg(
+            "u1/reject",
+            "u1",
+            "type.googleapis.com/temporal.api.update.v1.Rejection",
+            Rejection { rejected_request_message_id: "u1/request".into(), ..Default::default() },
+        );
+        let mut req = done(vec![]);
+        req.messages = vec![reject];
+        let out = workflow_task_completed(&mut run, 5, 6, &req, T0 + 6).unwrap();
+        assert_eq!(types(&out), vec![(7, EventType::WorkflowTaskCompleted)]);
+        assert!(matches!(run.updates["u1"].stage, UpdateStage::Completed { .. }));
+        assert!(update_messages(&run, 8).is_empty());
+    }
+
+    #[test]
+    fn bad_messages_are_refused_and_change_nothing() {
+        let mut run = idle();
+        admit_update(&mut run, request("u1"), T0 + 3).unwrap();
+        workflow_task_started(&mut run, 5, "poll-2", "worker", T0 + 5).unwrap();
+        let before = run.clone();
+        let mut req = done(vec![protocol("missing")]);
+        assert!(matches!(workflow_task_completed(&mut run, 5, 6, &req, T0 + 6), Err(EngineError::InvalidArgument(_))));
+        req = done(vec![]);
+        req.messages =
+            vec![msg("x", "other-update", "type.googleapis.com/temporal.api.update.v1.Response", Response::default())];
+        assert!(matches!(workflow_task_completed(&mut run, 5, 6, &req, T0 + 6), Err(EngineError::InvalidArgument(_))));
+        assert_eq!(run, before);
+        let closed = &mut run;
+        closed.status = RunStatus::Completed;
+        assert!(matches!(admit_update(closed, request("u2"), T0 + 7), Err(EngineError::NotFound(_))));
+    }
+}
