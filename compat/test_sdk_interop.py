@@ -4,6 +4,7 @@ other's workflows: structs, bytes, null and failures cross both ways unchanged."
 import asyncio
 import os
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from conftest import ROOT
+from conftest import ROOT, temporal_cli
 from workflows import PyBytes, PyFail, PyNull, PyOrder, py_price
 
 
@@ -55,6 +56,18 @@ async def test_python_clients_drive_a_norn_rust_worker(client, cluster):
         assert cause.message == "no stock"
         assert cause.non_retryable
         assert cause.details == ({"id": 9, "items": [], "total": None},)
+
+        # A history exported by Temporal's CLI replays clean through the Rust workflows.
+        rid = f"RustOrder-{uuid.uuid4()}"
+        await client.execute_workflow("RustOrder", {"id": 4, "items": ["z"], "total": None}, id=rid, task_queue=tq)
+        shown = subprocess.run([temporal_cli(), "workflow", "show", "--address", cluster[0], "--workflow-id", rid,
+                                "--output", "json"], capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            f.write(shown.stdout)
+        replayed = subprocess.run([str(interop_binary()), "replay", f.name], capture_output=True, text=True, timeout=60)
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        assert "replayed" in replayed.stdout
 
         # Updates from Python to a Rust workflow: accepted, rejected by the Rust validator.
         h = await client.start_workflow("RustTally", id=f"RustTally-{uuid.uuid4()}", task_queue=tq)

@@ -3,6 +3,8 @@
 //! - `interop worker <address> <task-queue>`: a Norn Rust worker with workflows that a Python
 //!   client runs (`RustOrder`, `RustBytes`, `RustNull`, `RustFail`, and `RustTally` with an
 //!   update handler), until stdin closes.
+//! - `interop replay <history.json>`: replays a history in Temporal's JSON format (as
+//!   `temporal workflow show --output json` writes it) through the worker's workflows.
 //! - `interop client <address> <task-queue>`: a Norn Rust client that runs the Python workflows
 //!   `PyOrder`, `PyBytes`, `PyNull` and `PyFail` and checks every value; exits non-zero on a
 //!   mismatch.
@@ -58,6 +60,23 @@ async fn rust_tally(ctx: WfContext, _: ()) -> WfResult<i64> {
     );
     ctx.signal_channel::<()>("finish").recv().await?;
     Ok(total.get())
+}
+
+fn register(w: &mut norn_client::Registry) {
+    w.register_workflow("RustOrder", rust_order);
+    w.register_workflow("RustBytes", rust_bytes);
+    w.register_workflow("RustNull", rust_null);
+    w.register_workflow("RustFail", rust_fail);
+    w.register_workflow("RustTally", rust_tally);
+}
+
+fn replay(path: String) -> Result<(), Box<dyn std::error::Error>> {
+    let mut registry = norn_client::Registry::default();
+    register(&mut registry);
+    let json = std::fs::read_to_string(&path)?;
+    norn_client::Replayer::from_registry(registry).replay_json(&json)?;
+    println!("replayed {path} clean");
+    Ok(())
 }
 
 async fn worker(address: String, tq: String) -> Result<(), Box<dyn std::error::Error>> {
@@ -135,9 +154,12 @@ async fn client(address: String, tq: String) -> Result<(), Box<dyn std::error::E
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
+    if let (Some("replay"), Some(path)) = (args.get(1).map(String::as_str), args.get(2)) {
+        return replay(path.clone());
+    }
     match args.get(1..4) {
         Some([mode, address, tq]) if mode == "worker" => worker(address.clone(), tq.clone()).await,
         Some([mode, address, tq]) if mode == "client" => client(address.clone(), tq.clone()).await,
-        _ => Err("usage: interop worker|client <address> <task-queue>".into()),
+        _ => Err("usage: interop worker|client <address> <task-queue> | interop replay <history.json>".into()),
     }
 }

@@ -30,6 +30,7 @@
 // Failures carry Temporal's failure record (message, kind, details, cause); they are the cold path,
 // so results keep it inline rather than boxing every error.
 #![allow(clippy::result_large_err)]
+#![deny(missing_docs)]
 
 pub mod client;
 pub mod error;

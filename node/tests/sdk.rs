@@ -65,6 +65,12 @@ async fn everything(ctx: WfContext, order: Order) -> WfResult<Summary> {
     ctx.sleep(Duration::from_millis(300)).await?;
     log.borrow_mut().push("waiting".into());
 
+    // A signal to another workflow (this one, here) arrives like any signal.
+    let me = ctx.info().workflow_id;
+    ctx.signal_external(&me, None, "note", &"to myself".to_string()).await?;
+    let note: String = ctx.signal_channel::<String>("note").recv().await?;
+    log.borrow_mut().push(note);
+
     let approvals = ctx.signal_channel::<String>("approve");
     let approver = approvals.recv().await?;
     log.borrow_mut().push(format!("approved by {approver}"));
@@ -227,6 +233,7 @@ async fn workflows_use_every_context_feature_and_replay_clean() {
     assert!(s.started_after_epoch);
     let log: Vec<String> = h.query("log", &()).await.expect("query after close");
     assert_eq!(log.last().map(String::as_str), Some("done"));
+    assert!(log.contains(&"to myself".to_string()), "{log:?}");
 
     // The history: complete, and it replays clean (also through Temporal's JSON format).
     let history = h.history().await.expect("history");

@@ -276,12 +276,21 @@ fn bad_or_unimplemented_commands_change_nothing() {
     let mut run = started();
     let before = run.clone();
     let nexus = command(
-        CommandType::ProtocolMessage,
-        Cmd::ProtocolMessageCommandAttributes(ProtocolMessageCommandAttributes { message_id: "m".into() }),
+        CommandType::ScheduleNexusOperation,
+        Cmd::ScheduleNexusOperationCommandAttributes(ScheduleNexusOperationCommandAttributes::default()),
     );
     assert!(matches!(
         workflow_task_completed(&mut run, 2, 3, &done(vec![nexus]), T0),
         Err(EngineError::Unimplemented(_))
+    ));
+    // A protocol message command naming a message the request does not carry.
+    let orphan = command(
+        CommandType::ProtocolMessage,
+        Cmd::ProtocolMessageCommandAttributes(ProtocolMessageCommandAttributes { message_id: "m".into() }),
+    );
+    assert!(matches!(
+        workflow_task_completed(&mut run, 2, 3, &done(vec![orphan]), T0),
+        Err(EngineError::InvalidArgument(_))
     ));
     let cancel = command(
         CommandType::CancelTimer,
