@@ -287,7 +287,8 @@ async fn workflows_use_every_context_feature_and_replay_clean() {
     let hs = client.start_workflow("spinner", &(), StartOptions::new("spinner-1", TQ)).await.expect("start spinner");
     tokio::time::sleep(Duration::from_millis(800)).await;
     hs.cancel("test").await.expect("cancel");
-    assert!(matches!(hs.result::<()>().await, Err(Error::WorkflowCanceled(_))));
+    let r = hs.result::<()>().await;
+    assert!(matches!(r, Err(Error::WorkflowCanceled(_))), "{r:?}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !SPIN_SAW_CANCEL.load(Ordering::SeqCst) {
         assert!(tokio::time::Instant::now() < deadline, "the activity never saw the cancellation");
@@ -471,6 +472,38 @@ async fn updates_are_validated_run_and_replayed() {
     assert_eq!(count(EventType::WorkflowExecutionUpdateCompleted), 2);
     Replayer::from_registry(registry).replay(&history).expect("updates replay clean");
 
+    let _ = stop_tx.send(());
+    run.await.expect("join").expect("run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_at_any_point_end_the_workflow_canceled() {
+    let cluster = Cluster::start(3, 4, fast_raft()).await;
+    let client = client(&cluster).await;
+    let w = worker(&client);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(async move { w.run(async move { stop_rx.await.unwrap_or(()) }).await });
+    let mut handles = Vec::new();
+    for i in 0..12u64 {
+        let h = client
+            .start_workflow("spinner", &(), StartOptions::new(format!("race-{i}"), TQ))
+            .await
+            .expect("start spinner");
+        handles.push((i, h));
+    }
+    let mut waits = Vec::new();
+    for (i, h) in handles {
+        waits.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 70)).await;
+            h.cancel("race").await.expect("cancel");
+            let r = h.result::<()>().await;
+            (i, format!("{r:?}"), matches!(r, Err(Error::WorkflowCanceled(_))))
+        }));
+    }
+    for w in waits {
+        let (i, r, ok) = w.await.expect("join");
+        assert!(ok, "race-{i}: {r}");
+    }
     let _ = stop_tx.send(());
     run.await.expect("join").expect("run");
 }

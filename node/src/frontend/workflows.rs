@@ -786,6 +786,10 @@ impl Frontend {
             let woken = sub.notify().notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
+            // The state is read before the events: a run seen closed then has its close event in
+            // the events read after (closing is one atomic apply), never the other way round.
+            let state = self.read_run(shard, &run).await?;
+            let closed = !state.is_open();
             let events = self.read_events(shard, &run.run_id).await?;
             if events.is_empty() {
                 return Err(Status::not_found(format!(
@@ -793,8 +797,6 @@ impl Frontend {
                     run.workflow_id, run.run_id
                 )));
             }
-            let state = self.read_run(shard, &run).await?;
-            let closed = !state.is_open();
             let selected: Vec<HistoryEvent> = if close_only {
                 if closed {
                     events.last().cloned().into_iter().collect()
