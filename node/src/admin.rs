@@ -36,6 +36,7 @@ pub struct AdminService {
     clients: Arc<Mutex<HashMap<String, AdminClient<Channel>>>>,
     metrics: Metrics,
     matching: Matching,
+    connector: Arc<dyn norn_raft::Connector>,
 }
 
 /// Where a shard's leader is, from this node.
@@ -63,8 +64,28 @@ enum Failure {
 
 impl AdminService {
     /// The service for `raft`.
-    pub fn new(raft: RaftNode, config: Arc<NodeConfig>, metrics: Metrics) -> Self {
-        Self { raft, config, clients: Arc::default(), metrics, matching: Matching::default() }
+    pub fn new(
+        raft: RaftNode,
+        config: Arc<NodeConfig>,
+        metrics: Metrics,
+        connector: Arc<dyn norn_raft::Connector>,
+    ) -> Self {
+        Self { raft, config, clients: Arc::default(), metrics, matching: Matching::default(), connector }
+    }
+
+    /// A lazy channel to another node's client port, through the node's connector (TCP, or the
+    /// simulator's network).
+    pub fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let connector = self.connector.clone();
+        Ok(Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("bad member address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_with_connector_lazy(tower::service_fn(move |uri: tonic::transport::Uri| {
+                let addr = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+                let fut = connector.connect(&addr);
+                async move { fut.await.map(hyper_util::rt::TokioIo::new) }
+            })))
     }
 
     /// This node's matching index.
@@ -134,12 +155,7 @@ impl AdminService {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(format!("bad member address {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let c = AdminClient::new(ch);
+        let c = AdminClient::new(self.channel(addr)?);
         clients.insert(addr.to_string(), c.clone());
         Ok(c)
     }

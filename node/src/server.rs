@@ -115,10 +115,80 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     Ok(())
 }
 
+/// An accepted connection of any kind (TCP, or the simulator's).
+pub struct Conn(pub Box<dyn norn_raft::Io>);
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
+
+/// Incoming connections of one port.
+pub type Incoming = futures::stream::BoxStream<'static, std::io::Result<Conn>>;
+
+/// What a node runs on: its store, its network and its clock. `start` builds the production one
+/// (RocksDB, TCP, the system clock); the simulator passes the in-memory engine, turmoil's network
+/// and the simulated clock to `start_on`.
+pub struct Platform {
+    /// The node's store.
+    pub engine: Arc<dyn Engine>,
+    /// Outgoing connections (peers' Raft ports and other nodes' client ports).
+    pub connector: Arc<dyn norn_raft::Connector>,
+    /// The leader timestamps of log entries come from it.
+    pub clock: Arc<dyn norn_raft::Clock>,
+    /// Connections to the Raft (peer) port.
+    pub raft_incoming: Incoming,
+    /// Connections to the client port.
+    pub client_incoming: Incoming,
+}
+
+fn tcp_incoming(l: TcpListener) -> Incoming {
+    use futures::StreamExt;
+    TcpListenerStream::new(l)
+        .map(|r| {
+            r.map(|s| {
+                let _ = s.set_nodelay(true);
+                Conn(Box::new(s))
+            })
+        })
+        .boxed()
+}
+
 /// Starts a node and returns once its ports are served.
 pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     config.validate()?;
-    let config = Arc::new(config);
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("create data dir {}", config.data_dir.display()))?;
     let raft_listener = TcpListener::bind(&config.raft_addr)
@@ -131,23 +201,40 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("bind metrics address {a}"))?),
         None => None,
     };
-
     let db_path = config.data_dir.join("db");
     let engine: Arc<dyn Engine> = Arc::new(
         RocksEngine::open(&db_path, &RocksOptions::default())
             .with_context(|| format!("open store in {}", db_path.display()))?,
     );
+    let platform = Platform {
+        engine,
+        connector: Arc::new(TcpConnector),
+        clock: Arc::new(SystemClock),
+        raft_incoming: tcp_incoming(raft_listener),
+        client_incoming: tcp_incoming(client_listener),
+    };
+    start_on(config, platform, metrics_listener).await
+}
+
+/// Starts a node on a given platform (see [`Platform`]); `metrics` serves Prometheus metrics.
+pub async fn start_on(
+    config: NodeConfig,
+    platform: Platform,
+    metrics_listener: Option<TcpListener>,
+) -> anyhow::Result<RunningNode> {
+    config.validate()?;
+    let config = Arc::new(config);
+    let Platform { engine, connector, clock, raft_incoming, client_incoming } = platform;
     check_identity(&*engine, &config)?;
 
-    let transport = Arc::new(Transport::new(config.node_id, Arc::new(TcpConnector)));
+    let transport = Arc::new(Transport::new(config.node_id, connector.clone()));
     let watch = crate::history::watch::RunWatch::default();
     let specs = group_specs(&config);
     tracing::info!(node = config.node_id, shards = specs.len(), client = %config.client_addr, raft = %config.raft_addr, "starting node");
-    let raft =
-        RaftNode::start(config.node_id, engine, transport, Arc::new(SystemClock), config.raft.clone(), specs, |_| {
-            Box::new(ShardStateMachine { watch: watch.clone() })
-        })
-        .await?;
+    let raft = RaftNode::start(config.node_id, engine, transport, clock, config.raft.clone(), specs, |_| {
+        Box::new(ShardStateMachine { watch: watch.clone() })
+    })
+    .await?;
 
     let metrics = Metrics::new(config.node_id)?;
     let mut tasks = Vec::new();
@@ -164,8 +251,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     };
     let peer_server = tonic::transport::Server::builder()
         .add_service(RaftService::server(raft.clone()))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), stopped(stop_rx.clone()));
-    let admin = AdminService::new(raft.clone(), config.clone(), metrics);
+        .serve_with_incoming_shutdown(raft_incoming, stopped(stop_rx.clone()));
+    let admin = AdminService::new(raft.clone(), config.clone(), metrics, connector);
     let frontend = Frontend::new(admin.clone(), watch);
     let duties = tokio::spawn(frontend.clone().run_duties());
     let client_server = tonic::transport::Server::builder()
@@ -176,7 +263,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
                 .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
         )
         .add_service(AdminServer::new(admin.clone()).accept_compressed(tonic::codec::CompressionEncoding::Gzip))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(client_incoming, stopped(stop_rx.clone()));
     let node_id = config.node_id;
     tasks.push(tokio::spawn(async move {
         if let Err(e) = peer_server.await {

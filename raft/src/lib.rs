@@ -37,7 +37,7 @@ pub mod pb {
 pub use node::{GroupSpec, GroupStatus, ProposeError, RaftNode, RaftOptions, Role};
 pub use service::RaftService;
 pub use state_machine::{Applied, GroupView, StateMachine, StateView, Txn};
-pub use transport::{Connector, TcpConnector, Transport};
+pub use transport::{ConnectFuture, Connector, Io, TcpConnector, Transport};
 pub use types::{Command, GroupId, NodeId, NodeInfo};
 
 /// Errors from starting or running the replication layer.

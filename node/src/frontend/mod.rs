@@ -54,12 +54,7 @@ impl Frontend {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(format!("bad member address {addr}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let c = WorkflowServiceClient::new(ch).max_decoding_message_size(128 << 20);
+        let c = WorkflowServiceClient::new(self.admin.channel(addr)?).max_decoding_message_size(128 << 20);
         clients.insert(addr.to_string(), c.clone());
         Ok(c)
     }
