@@ -464,8 +464,11 @@ impl Client {
             .map_err(|e| Error::InvalidArgument(format!("bad endpoint {addr}: {e}")))?
             .connect_timeout(o.connect_timeout)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10));
+            // Pings find a dead connection (a crashed node, a cut link) in seconds; the channel
+            // then reconnects instead of hanging calls until their deadlines.
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
         if let Some(tls) = &o.tls {
             let mut cfg = ClientTlsConfig::new();
             cfg = match &tls.server_root_ca_pem {
@@ -580,6 +583,8 @@ impl Client {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(s) if retryable(&s) && attempt < o.retry.max_attempts => {
                     tracing::debug!(%addr, attempt, code = ?s.code(), message = s.message(), "call failed; retrying");
+                    // Start the next attempt on a fresh connection.
+                    lock(&self.inner.channels).remove(&addr);
                     // The leader may have moved: route to any node (it forwards) and reload the map.
                     route = Route::Any;
                     if o.shard_routing && lock(&self.inner.routing).shards > 0 {
@@ -956,9 +961,17 @@ impl Client {
 use futures::TryStreamExt as _;
 
 fn retryable(s: &Status) -> bool {
+    // Every call this client makes is idempotent (writes carry one request id across attempts),
+    // so a call that timed out on this side may be sent again.
     matches!(s.code(), Code::Unavailable | Code::ResourceExhausted)
+        || client_timeout(s)
         || (s.code() == Code::Unknown && s.message().contains("transport"))
         || (s.code() == Code::Cancelled && s.message().contains("connection"))
+}
+
+/// tonic reports this side's deadline as `Cancelled: Timeout expired`.
+pub(crate) fn client_timeout(s: &Status) -> bool {
+    s.code() == Code::Cancelled && s.message().contains("Timeout expired")
 }
 
 fn with_workflow_id(e: Error, id: &str) -> Error {

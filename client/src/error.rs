@@ -73,6 +73,7 @@ impl From<Status> for Error {
             Code::AlreadyExists => already_started(&s).unwrap_or_else(|| Error::Rpc(Box::new(s))),
             Code::Unavailable => Error::Unavailable(s.message().to_string()),
             Code::DeadlineExceeded => Error::TimedOut(s.message().to_string()),
+            _ if crate::client::client_timeout(&s) => Error::TimedOut(s.message().to_string()),
             Code::InvalidArgument => Error::InvalidArgument(s.message().to_string()),
             Code::FailedPrecondition => Error::FailedPrecondition(s.message().to_string()),
             _ => Error::Rpc(Box::new(s)),

@@ -37,6 +37,7 @@ pub struct AdminService {
     metrics: Metrics,
     matching: Matching,
     connector: Arc<dyn norn_raft::Connector>,
+    clock: Arc<dyn norn_raft::Clock>,
 }
 
 /// Where a shard's leader is, from this node.
@@ -69,8 +70,14 @@ impl AdminService {
         config: Arc<NodeConfig>,
         metrics: Metrics,
         connector: Arc<dyn norn_raft::Connector>,
+        clock: Arc<dyn norn_raft::Clock>,
     ) -> Self {
-        Self { raft, config, clients: Arc::default(), metrics, matching: Matching::default(), connector }
+        Self { raft, config, clients: Arc::default(), metrics, matching: Matching::default(), connector, clock }
+    }
+
+    /// The node's clock (the same one that stamps log entries), in ms since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     /// A lazy channel to another node's client port, through the node's connector (TCP, or the
@@ -81,6 +88,11 @@ impl AdminService {
             .map_err(|e| Status::internal(format!("bad member address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
+            // A connection whose peer vanished (a crash, a cut link) is found dead in seconds by
+            // its pings and replaced, instead of hanging every call on it until its deadline.
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
             .connect_with_connector_lazy(tower::service_fn(move |uri: tonic::transport::Uri| {
                 let addr = uri.authority().map(|a| a.to_string()).unwrap_or_default();
                 let fut = connector.connect(&addr);

@@ -231,7 +231,7 @@ pub async fn start_on(
     let watch = crate::history::watch::RunWatch::default();
     let specs = group_specs(&config);
     tracing::info!(node = config.node_id, shards = specs.len(), client = %config.client_addr, raft = %config.raft_addr, "starting node");
-    let raft = RaftNode::start(config.node_id, engine, transport, clock, config.raft.clone(), specs, |_| {
+    let raft = RaftNode::start(config.node_id, engine, transport, clock.clone(), config.raft.clone(), specs, |_| {
         Box::new(ShardStateMachine { watch: watch.clone() })
     })
     .await?;
@@ -252,7 +252,7 @@ pub async fn start_on(
     let peer_server = tonic::transport::Server::builder()
         .add_service(RaftService::server(raft.clone()))
         .serve_with_incoming_shutdown(raft_incoming, stopped(stop_rx.clone()));
-    let admin = AdminService::new(raft.clone(), config.clone(), metrics, connector);
+    let admin = AdminService::new(raft.clone(), config.clone(), metrics, connector, clock);
     let frontend = Frontend::new(admin.clone(), watch);
     let duties = tokio::spawn(frontend.clone().run_duties());
     let client_server = tonic::transport::Server::builder()

@@ -113,8 +113,9 @@ impl Transport {
             .map_err(|e| TransportError::Unreachable(target, format!("bad address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
         let connector = self.connector.clone();
         let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |uri: tonic::transport::Uri| {
             let addr = uri.authority().map(|a| a.to_string()).unwrap_or_default();
@@ -125,6 +126,11 @@ impl Transport {
             RaftTransportClient::new(channel).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20);
         peers.insert(target, (addr.to_string(), client.clone()));
         Ok(client)
+    }
+
+    /// Drops the cached connection to `target`.
+    fn forget(&self, target: NodeId) {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).remove(&target);
     }
 
     /// Sends one frame to `target` at `addr` and returns the answer's checked payload.
@@ -145,9 +151,15 @@ impl Transport {
         let mut req = tonic::Request::new(frame);
         req.set_timeout(deadline);
         let reply = match tokio::time::timeout(deadline, client.call(req)).await {
-            Err(_) => return Err(TransportError::Timeout(target, deadline)),
+            Err(_) => {
+                // The connection may be dead without knowing it (the peer crashed, a link was
+                // cut): the next call opens a fresh one instead of timing out on it forever.
+                self.forget(target);
+                return Err(TransportError::Timeout(target, deadline));
+            }
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                return Err(TransportError::Unreachable(target, status.message().to_string()))
+                self.forget(target);
+                return Err(TransportError::Unreachable(target, status.message().to_string()));
             }
             Ok(Err(status)) => return Err(TransportError::Status(target, status)),
             Ok(Ok(r)) => r.into_inner(),

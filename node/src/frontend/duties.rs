@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use norn_raft::{Clock, Role};
+use norn_raft::Role;
 
 use super::Frontend;
 use crate::history::store::{self, RunKey, WorkflowCommand};
@@ -75,7 +75,7 @@ impl Frontend {
             retention.insert(rec.id, rec.retention_ms);
         }
         let Some(&shortest) = retention.values().min() else { return Ok(()) };
-        let now = norn_raft::SystemClock.now_ms();
+        let now = self.admin.now_ms();
         for &shard in leading {
             let closed =
                 store::closed_runs(&self.admin.raft().view(shard), now.saturating_sub(shortest), RETENTION_BATCH)?;
@@ -96,7 +96,7 @@ impl Frontend {
             tokio::spawn(async move { this.tell_parent(shard, child).await });
         }
         let runs = store::open_runs(&self.admin.raft().view(shard))?;
-        let now = norn_raft::SystemClock.now_ms();
+        let now = self.admin.now_ms();
         for run in runs {
             let key = RunKey {
                 namespace_id: run.namespace_id.clone(),

@@ -50,8 +50,7 @@ impl Frontend {
             let mut c = self.workflow_client(&addr)?;
             return c.describe_task_queue(super::workflows::forwarded(req, hops)).await.map(|r| r.into_inner());
         }
-        use norn_raft::Clock;
-        let seen = super::workflows::timestamp(norn_raft::SystemClock.now_ms());
+        let seen = super::workflows::timestamp(self.admin.now_ms());
         let pollers = self
             .admin
             .matching()

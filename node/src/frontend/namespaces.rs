@@ -170,7 +170,8 @@ pub(super) async fn update(admin: &AdminService, r: UpdateNamespaceRequest) -> R
 fn new_id() -> String {
     use rand::RngCore;
     let mut b = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut b);
+    // The node's seedable source: the OS's entropy in production, the seed in the simulator.
+    norn_raft::runtime::ThreadRng.fill_bytes(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();

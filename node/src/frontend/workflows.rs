@@ -20,7 +20,6 @@ use norn_proto::protos::temporal::api::workflow::v1::{
     PendingActivityInfo, WorkflowExecutionConfig, WorkflowExecutionInfo,
 };
 use norn_proto::protos::temporal::api::workflowservice::v1::*;
-use norn_raft::Clock;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tonic::Status;
@@ -97,7 +96,8 @@ fn engine_status(e: EngineError) -> Status {
 pub(super) fn new_uuid() -> String {
     use rand::RngCore;
     let mut b = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut b);
+    // The node's seedable source: the OS's entropy in production, the seed in the simulator.
+    norn_raft::runtime::ThreadRng.fill_bytes(&mut b);
     crate::history::engine::uuid_v4_string(b)
 }
 
@@ -167,7 +167,7 @@ impl Frontend {
                 let task = TaskRef { shard, run: run.clone(), scheduled_id, query: None };
                 let admin = self.admin.clone();
                 tokio::spawn(async move {
-                    let now = norn_raft::SystemClock.now_ms();
+                    let now = admin.now_ms();
                     if ready_at_ms > now {
                         tokio::time::sleep(Duration::from_millis(ready_at_ms - now)).await;
                     }
@@ -216,7 +216,7 @@ impl Frontend {
 
     async fn fire_timer_inner(&self, shard: u32, run: &RunKey, timer_id: &str, started_id: i64, fire_at_ms: u64) {
         for _ in 0..50 {
-            let now = norn_raft::SystemClock.now_ms();
+            let now = self.admin.now_ms();
             if now < fire_at_ms {
                 tokio::time::sleep(Duration::from_millis(fire_at_ms - now)).await;
             }
