@@ -86,6 +86,17 @@ async fn everything(ctx: WfContext, order: Order) -> WfResult<Summary> {
         Err(e) => e.failure().and_then(|f| f.application_type()).unwrap_or("?").to_string(),
     };
 
+    // Select: an activity races an hour-long timer and wins.
+    let raced = {
+        let timer = std::pin::pin!(ctx.sleep(Duration::from_secs(3600)));
+        let act = std::pin::pin!(ctx.activity::<_, u32>("double_act", &50u32, short()));
+        match futures::future::select(timer, act).await {
+            futures::future::Either::Right((r, _)) => r?,
+            futures::future::Either::Left(_) => 0,
+        }
+    };
+    log.borrow_mut().push(format!("raced {raced}"));
+
     // A wait group over spawned tasks.
     let wg = WaitGroup::new(&ctx);
     let sum = Rc::new(Cell::new(0u32));
@@ -234,6 +245,7 @@ async fn workflows_use_every_context_feature_and_replay_clean() {
     let log: Vec<String> = h.query("log", &()).await.expect("query after close");
     assert_eq!(log.last().map(String::as_str), Some("done"));
     assert!(log.contains(&"to myself".to_string()), "{log:?}");
+    assert!(log.contains(&"raced 100".to_string()), "{log:?}");
 
     // The history: complete, and it replays clean (also through Temporal's JSON format).
     let history = h.history().await.expect("history");
