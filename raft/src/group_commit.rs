@@ -45,10 +45,10 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     /// Starts the task on the current tokio runtime.
-    pub fn start(engine: Arc<dyn Engine>) -> Self {
+    pub fn start(engine: Arc<dyn Engine>, planted_skip_sync: bool) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
         let stats = Arc::new(SyncStats::default());
-        tokio::spawn(run(engine, rx, stats.clone()));
+        tokio::spawn(run(engine, rx, stats.clone(), planted_skip_sync));
         Self { tx, stats }
     }
 
@@ -76,7 +76,7 @@ fn stopped() -> io::Error {
     io::Error::other("group commit stopped: the node is shutting down")
 }
 
-async fn run(engine: Arc<dyn Engine>, mut rx: mpsc::Receiver<Waiter>, stats: Arc<SyncStats>) {
+async fn run(engine: Arc<dyn Engine>, mut rx: mpsc::Receiver<Waiter>, stats: Arc<SyncStats>, planted_skip_sync: bool) {
     let mut waiters = Vec::new();
     while let Some(first) = rx.recv().await {
         waiters.push(first);
@@ -86,7 +86,10 @@ async fn run(engine: Arc<dyn Engine>, mut rx: mpsc::Receiver<Waiter>, stats: Arc
                 Err(_) => break,
             }
         }
-        let result = if engine.is_inline() {
+        let result = if planted_skip_sync {
+            // The planted bug (simulator tests only): acknowledge without making anything durable.
+            Ok(())
+        } else if engine.is_inline() {
             engine.sync()
         } else {
             let engine = engine.clone();

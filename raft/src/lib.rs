@@ -34,7 +34,7 @@ pub mod pb {
     tonic::include_proto!("norn.raft.v1");
 }
 
-pub use node::{GroupSpec, GroupStatus, ProposeError, RaftNode, RaftOptions, Role};
+pub use node::{GroupSpec, GroupStatus, PlantedBug, ProposeError, RaftNode, RaftOptions, Role};
 pub use service::RaftService;
 pub use state_machine::{Applied, GroupView, StateMachine, StateView, Txn};
 pub use transport::{ConnectFuture, Connector, Io, TcpConnector, Transport};

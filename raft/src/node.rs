@@ -40,6 +40,17 @@ pub struct RaftOptions {
     pub snapshot_chunk_bytes: u64,
     /// How long a proposal waits for commit before it is answered "outcome unknown".
     pub propose_timeout_ms: u64,
+    /// A bug planted on purpose, for the simulator's tests that prove it catches that class of
+    /// bug. Never read from configuration files; `None` everywhere but those tests.
+    #[serde(skip)]
+    pub planted_bug: Option<PlantedBug>,
+}
+
+/// Bugs the simulator must catch (see `norn-sim`'s tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// Group commit acknowledges appends and votes without syncing the WAL.
+    AckBeforeSync,
 }
 
 impl Default for RaftOptions {
@@ -52,6 +63,7 @@ impl Default for RaftOptions {
             logs_kept_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1 << 20,
             propose_timeout_ms: 10_000,
+            planted_bug: None,
         }
     }
 }
@@ -189,7 +201,7 @@ impl RaftNode {
         make_sm: impl Fn(GroupId) -> Box<dyn StateMachine>,
     ) -> Result<Self, crate::Error> {
         let config = Arc::new(options.openraft_config()?);
-        let commit = GroupCommit::start(engine.clone());
+        let commit = GroupCommit::start(engine.clone(), options.planted_bug == Some(PlantedBug::AckBeforeSync));
         let mut groups = HashMap::new();
         for spec in specs {
             let span = tracing::info_span!("shard", shard = spec.id, node = id);

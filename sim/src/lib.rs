@@ -38,18 +38,21 @@ pub enum Fault {
     Crash,
     /// Random message loss and latency on every link.
     Lossy,
+    /// Every node loses power at once (unsynced writes lost everywhere) and restarts.
+    PowerLoss,
 }
 
 impl Fault {
     /// Every fault class.
-    pub const ALL: [Fault; 3] = [Fault::Partition, Fault::Crash, Fault::Lossy];
+    pub const ALL: [Fault; 4] = [Fault::Partition, Fault::Crash, Fault::Lossy, Fault::PowerLoss];
 
-    /// Parses a name (`partition`, `crash`, `lossy`).
+    /// Parses a name (`partition`, `crash`, `lossy`, `power-loss`).
     pub fn parse(s: &str) -> Option<Fault> {
         match s {
             "partition" => Some(Fault::Partition),
             "crash" => Some(Fault::Crash),
             "lossy" => Some(Fault::Lossy),
+            "power-loss" => Some(Fault::PowerLoss),
             _ => None,
         }
     }
@@ -72,6 +75,8 @@ pub struct SimConfig {
     pub fault_window: Duration,
     /// Simulated time allowed in all; workflows still open then are a liveness violation.
     pub time_limit: Duration,
+    /// A bug planted in every node, to show the checks catch it (tests only).
+    pub planted_bug: Option<norn_raft::PlantedBug>,
 }
 
 impl SimConfig {
@@ -85,6 +90,7 @@ impl SimConfig {
             faults: Fault::ALL.into_iter().collect(),
             fault_window: Duration::from_secs(60),
             time_limit: Duration::from_secs(900),
+            planted_bug: None,
         }
     }
 }
@@ -181,6 +187,7 @@ fn node_config(cfg: &SimConfig, id: u64) -> NodeConfig {
             election_timeout_ms_max: 1000,
             heartbeat_interval_ms: 150,
             propose_timeout_ms: 5_000,
+            planted_bug: cfg.planted_bug,
             ..Default::default()
         },
     }
@@ -381,9 +388,10 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     let mut next_fault = Duration::from_secs(5);
     let mut lossy = false;
     let mut healed_all = false;
+    let mut power_back: Option<Duration> = None;
     loop {
         let now = sim.elapsed();
-        if now < cfg.fault_window && now >= next_fault {
+        if now < cfg.fault_window && now >= next_fault && power_back.is_none() {
             if let Some((node, _, crashed)) = down.take() {
                 heal(&mut sim, cfg, &disks, node, crashed, &mut report, now);
             }
@@ -406,6 +414,17 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                         report.faults.push((now, format!("crash {}", host(node))));
                         down = Some((node, now + length, true));
                     }
+                    Fault::PowerLoss => {
+                        if let Some((n, _, crashed)) = down.take() {
+                            heal(&mut sim, cfg, &disks, n, crashed, &mut report, now);
+                        }
+                        for n in 1..=cfg.nodes {
+                            sim.crash(host(n));
+                            disks[n - 1].crash();
+                        }
+                        report.faults.push((now, "power loss: every node".into()));
+                        power_back = Some(now + Duration::from_millis(rng.gen_range(1_000..5_000)));
+                    }
                     Fault::Lossy => {
                         lossy = !lossy;
                         sim.set_max_message_latency(Duration::from_millis(if lossy { 50 } else { 5 }));
@@ -415,6 +434,15 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                 }
             }
             next_fault = now + Duration::from_millis(rng.gen_range(3_000..15_000));
+        }
+        if let Some(at) = power_back {
+            if now >= at || now >= cfg.fault_window {
+                for n in 1..=cfg.nodes {
+                    sim.bounce(host(n));
+                }
+                report.faults.push((now, "power back: every node restarts".into()));
+                power_back = None;
+            }
         }
         if let Some((node, until, crashed)) = down {
             if now >= until || now >= cfg.fault_window {

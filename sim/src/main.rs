@@ -18,7 +18,7 @@ struct Args {
     /// Nodes (3 or 5).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// Fault classes, comma separated: partition, crash, lossy (default: all).
+    /// Fault classes, comma separated: partition, crash, lossy, power-loss (default: all).
     #[arg(long, value_delimiter = ',')]
     faults: Option<Vec<String>>,
     /// Workflows per seed.
@@ -27,6 +27,9 @@ struct Args {
     /// Seconds of simulated time with faults before the cluster heals.
     #[arg(long, default_value_t = 60)]
     fault_seconds: u64,
+    /// Plant a bug in every node to see the checks catch it: `ack-before-fsync`.
+    #[arg(long)]
+    plant: Option<String>,
     /// Log filter for the nodes' tracing output (e.g. `info`), printed with `--seed`.
     #[arg(long)]
     log: Option<String>,
@@ -48,7 +51,7 @@ fn main() {
                         set.insert(x);
                     }
                     None => {
-                        eprintln!("norn-sim: unknown fault {f:?}; known: partition, crash, lossy");
+                        eprintln!("norn-sim: unknown fault {f:?}; known: partition, crash, lossy, power-loss");
                         std::process::exit(2);
                     }
                 }
@@ -59,7 +62,16 @@ fn main() {
     if let Some(filter) = &args.log {
         tracing_subscriber::fmt().with_env_filter(filter.as_str()).with_writer(std::io::stderr).init();
     }
+    let planted_bug = match args.plant.as_deref() {
+        None => None,
+        Some("ack-before-fsync") => Some(norn_raft::PlantedBug::AckBeforeSync),
+        Some(other) => {
+            eprintln!("norn-sim: unknown planted bug {other:?}; known: ack-before-fsync");
+            std::process::exit(2);
+        }
+    };
     let config = |seed| SimConfig {
+        planted_bug,
         nodes: args.nodes,
         workflows: args.workflows,
         faults: faults.clone(),
@@ -83,14 +95,14 @@ fn main() {
         sim_total += r.simulated;
         real_total += r.real;
         println!(
-            "{:>8} {:>10.1} {:>9.2} {:>7} {:>10} {:>10} {:>18x}",
+            "{:>8} {:>10.1} {:>9.2} {:>7} {:>10} {:>10} {:>18}",
             r.seed,
             r.simulated.as_secs_f64(),
             r.real.as_secs_f64(),
             r.faults.len(),
             format!("{}/{}", r.completed, cfg.workflows),
             r.violations.len(),
-            r.trace_hash
+            format!("{:016x}", r.trace_hash)
         );
         if args.seed.is_some() {
             let mut lines: Vec<_> = r.faults.iter().map(|(t, f)| (*t, format!("fault: {f}"))).collect();
