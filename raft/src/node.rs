@@ -51,6 +51,8 @@ pub struct RaftOptions {
 pub enum PlantedBug {
     /// Group commit acknowledges appends and votes without syncing the WAL.
     AckBeforeSync,
+    /// The frontend hands out an activity task without committing `ActivityTaskStarted`.
+    UncommittedActivityStart,
 }
 
 impl Default for RaftOptions {

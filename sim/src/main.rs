@@ -27,7 +27,8 @@ struct Args {
     /// Seconds of simulated time with faults before the cluster heals.
     #[arg(long, default_value_t = 60)]
     fault_seconds: u64,
-    /// Plant a bug in every node to see the checks catch it: `ack-before-fsync`.
+    /// Plant a bug in every node to see the checks catch it: `ack-before-fsync`,
+    /// `uncommitted-activity-start`.
     #[arg(long)]
     plant: Option<String>,
     /// Log filter for the nodes' tracing output (e.g. `info`), printed with `--seed`.
@@ -65,8 +66,9 @@ fn main() {
     let planted_bug = match args.plant.as_deref() {
         None => None,
         Some("ack-before-fsync") => Some(norn_raft::PlantedBug::AckBeforeSync),
+        Some("uncommitted-activity-start") => Some(norn_raft::PlantedBug::UncommittedActivityStart),
         Some(other) => {
-            eprintln!("norn-sim: unknown planted bug {other:?}; known: ack-before-fsync");
+            eprintln!("norn-sim: unknown planted bug {other:?}; known: ack-before-fsync, uncommitted-activity-start");
             std::process::exit(2);
         }
     };

@@ -67,3 +67,17 @@ fn a_planted_ack_before_fsync_is_caught_within_three_seeds() {
         "seed {seed}: {violations:#?}"
     );
 }
+
+#[test]
+fn a_planted_uncommitted_activity_start_is_caught_on_the_first_seed() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let r = run(&SimConfig {
+        planted_bug: Some(norn_raft::PlantedBug::UncommittedActivityStart),
+        fault_window: std::time::Duration::from_secs(20),
+        time_limit: std::time::Duration::from_secs(200),
+        ..SimConfig::new(1)
+    });
+    // An attempt whose start was never committed cannot complete: the workflows never finish.
+    assert!(r.violations.iter().any(|v| v.contains("did not finish")), "{:#?}", r.violations);
+    assert!(r.completed < 8);
+}
