@@ -82,15 +82,11 @@ fn replay(path: String) -> Result<(), Box<dyn std::error::Error>> {
 async fn worker(address: String, tq: String) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::connect(&[address], ClientOptions::default()).await?;
     let mut w = Worker::new(client, WorkerOptions::new(tq));
-    w.register_workflow("RustOrder", rust_order)
-        .register_workflow("RustBytes", rust_bytes)
-        .register_workflow("RustNull", rust_null)
-        .register_workflow("RustFail", rust_fail)
-        .register_workflow("RustTally", rust_tally)
-        .register_activity("rust_price", |_c, mut o: Order| async move {
-            o.total = Some(o.items.len() as f64 * 2.5);
-            Ok(o)
-        });
+    register(w.registry_mut());
+    w.register_activity("rust_price", |_c, mut o: Order| async move {
+        o.total = Some(o.items.len() as f64 * 2.5);
+        Ok(o)
+    });
     println!("ready");
     w.run(async {
         // Stop when the parent closes stdin.

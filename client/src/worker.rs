@@ -234,6 +234,11 @@ impl Worker {
         &self.registry
     }
 
+    /// The registered code, to register into with code shared with a [`crate::Replayer`].
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Polls and runs tasks until `shutdown` resolves, then stops polling and waits for in-flight
     /// tasks up to the graceful timeout (canceling activities still running after it).
     pub async fn run(&self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
@@ -287,6 +292,53 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
+/// One poller: takes a permit, long-polls, and runs each task it gets on its own task (which
+/// holds the permit), until `stop`. `poll` answers `None` when the long poll came back empty.
+async fn poll_loop<T, P, PF, H, HF>(
+    kind: &'static str,
+    sem: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+    poll: P,
+    handle: H,
+) where
+    P: Fn() -> PF,
+    PF: Future<Output = Result<Option<T>, Error>>,
+    H: Fn(T) -> HF,
+    HF: Future<Output = ()> + Send + 'static,
+{
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let permit = tokio::select! {
+            _ = stopped(stop.clone()) => return,
+            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
+        let polled = tokio::select! {
+            _ = stopped(stop.clone()) => return,
+            r = poll() => r,
+        };
+        match polled {
+            Ok(Some(task)) => {
+                backoff = Duration::from_millis(100);
+                let work = handle(task);
+                tokio::spawn(async move {
+                    work.await;
+                    drop(permit);
+                });
+            }
+            Ok(None) | Err(Error::TimedOut(_)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, kind, "task poll failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn task_queue_of(name: &str) -> Option<TaskQueue> {
+    Some(TaskQueue { name: name.into(), kind: TaskQueueKind::Normal as i32, ..Default::default() })
+}
+
 async fn poll_workflows(
     client: Client,
     task_queue: String,
@@ -294,44 +346,26 @@ async fn poll_workflows(
     sem: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let permit = tokio::select! {
-            _ = stopped(stop.clone()) => return,
-            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
+    let poll = || {
         let req = ws::PollWorkflowTaskQueueRequest {
             namespace: client.namespace().into(),
-            task_queue: Some(TaskQueue {
-                name: task_queue.clone(),
-                kind: TaskQueueKind::Normal as i32,
-                ..Default::default()
-            }),
+            task_queue: task_queue_of(&task_queue),
             identity: client.identity().into(),
             ..Default::default()
         };
-        let polled = tokio::select! {
-            _ = stopped(stop.clone()) => return,
-            r = client.call(Route::Any, true, req, |mut c, r| async move { c.poll_workflow_task_queue(r).await }) => r,
-        };
-        match polled {
-            Ok(task) if !task.task_token.is_empty() => {
-                backoff = Duration::from_millis(100);
-                let client = client.clone();
-                let registry = registry.clone();
-                tokio::spawn(async move {
-                    handle_workflow_task(&client, &registry, task).await;
-                    drop(permit);
-                });
-            }
-            Ok(_) | Err(Error::TimedOut(_)) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, %task_queue, "workflow task poll failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+        let client = client.clone();
+        async move {
+            let t = client
+                .call(Route::Any, true, req, |mut c, r| async move { c.poll_workflow_task_queue(r).await })
+                .await?;
+            Ok((!t.task_token.is_empty()).then_some(t))
         }
-    }
+    };
+    let handle = |task| {
+        let (client, registry) = (client.clone(), registry.clone());
+        async move { handle_workflow_task(&client, &registry, task).await }
+    };
+    poll_loop("workflow", sem, stop, poll, handle).await;
 }
 
 enum WftResult {
@@ -518,45 +552,26 @@ async fn poll_activities(
     stop: watch::Receiver<bool>,
     cancel_all: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let permit = tokio::select! {
-            _ = stopped(stop.clone()) => return,
-            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
+    let poll = || {
         let req = ws::PollActivityTaskQueueRequest {
             namespace: client.namespace().into(),
-            task_queue: Some(TaskQueue {
-                name: task_queue.clone(),
-                kind: TaskQueueKind::Normal as i32,
-                ..Default::default()
-            }),
+            task_queue: task_queue_of(&task_queue),
             identity: client.identity().into(),
             ..Default::default()
         };
-        let polled = tokio::select! {
-            _ = stopped(stop.clone()) => return,
-            r = client.call(Route::Any, true, req, |mut c, r| async move { c.poll_activity_task_queue(r).await }) => r,
-        };
-        match polled {
-            Ok(task) if !task.task_token.is_empty() => {
-                backoff = Duration::from_millis(100);
-                let client = client.clone();
-                let registry = registry.clone();
-                let cancel_all = cancel_all.clone();
-                tokio::spawn(async move {
-                    run_activity(&client, &registry, task, cancel_all).await;
-                    drop(permit);
-                });
-            }
-            Ok(_) | Err(Error::TimedOut(_)) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, %task_queue, "activity task poll failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+        let client = client.clone();
+        async move {
+            let t = client
+                .call(Route::Any, true, req, |mut c, r| async move { c.poll_activity_task_queue(r).await })
+                .await?;
+            Ok((!t.task_token.is_empty()).then_some(t))
         }
-    }
+    };
+    let handle = |task| {
+        let (client, registry, cancel_all) = (client.clone(), registry.clone(), cancel_all.clone());
+        async move { run_activity(&client, &registry, task, cancel_all).await }
+    };
+    poll_loop("activity", sem, stop, poll, handle).await;
 }
 
 async fn run_activity(
@@ -585,19 +600,16 @@ async fn run_activity(
     };
     let result = match registry.activities.get(&activity_type) {
         Some(f) => {
-            let fut = AssertUnwindSafe(f(ctx, task.input.clone())).catch_unwind();
-            let forward = {
-                let cancel_tx = cancel_tx.clone();
-                async move {
-                    let _ = cancel_all.wait_for(|c| *c).await;
+            let mut fut = std::pin::pin!(AssertUnwindSafe(f(ctx, task.input.clone())).catch_unwind());
+            // A shutdown past its grace period cancels the activity, which then finishes its way.
+            let done = tokio::select! {
+                r = &mut fut => r,
+                _ = async { let _ = cancel_all.wait_for(|c| *c).await; } => {
                     let _ = cancel_tx.send(true);
-                    futures::future::pending::<()>().await;
+                    fut.await
                 }
             };
-            tokio::select! {
-                r = fut => r.unwrap_or_else(|_| Err(ApplicationError::new(format!("activity {activity_type} panicked"), "Panic"))),
-                _ = forward => unreachable!(),
-            }
+            done.unwrap_or_else(|_| Err(ApplicationError::new(format!("activity {activity_type} panicked"), "Panic")))
         }
         None => {
             let mut known: Vec<&String> = registry.activities.keys().collect();
