@@ -165,8 +165,8 @@ pub fn spawn(binary: &Path, node: &NodeEntry) -> anyhow::Result<Child> {
         .with_context(|| format!("start {}", binary.display()))
 }
 
-/// Polls `client_addr` until every shard has a leader that every reachable node agrees on,
-/// and all nodes are reachable, or `timeout` passes.
+/// Polls `client_addr` until every shard has a leader that every reachable node agrees on, all
+/// nodes are reachable and the `default` namespace answers, or `timeout` passes.
 pub async fn wait_ready(client_addrs: &[String], timeout: Duration) -> anyhow::Result<ClusterStatusResponse> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::from("no answer yet");
@@ -174,7 +174,11 @@ pub async fn wait_ready(client_addrs: &[String], timeout: Duration) -> anyhow::R
         for addr in client_addrs {
             match status(addr).await {
                 Ok(s) => match unready(&s) {
-                    None => return Ok(s),
+                    // Leaders alone are not enough: the `default` namespace must answer too.
+                    None => match default_namespace(addr).await {
+                        Ok(()) => return Ok(s),
+                        Err(e) => last = format!("{addr}: namespace default not ready: {e}"),
+                    },
                     Some(why) => last = why,
                 },
                 Err(e) => last = format!("{addr}: {e}"),
@@ -217,6 +221,21 @@ pub async fn status(addr: &str) -> anyhow::Result<ClusterStatusResponse> {
         .await
         .with_context(|| format!("connect to {addr}"))?;
     Ok(AdminClient::new(ch).cluster_status(ClusterStatusRequest {}).await?.into_inner())
+}
+
+/// Asks `addr` to describe the `default` namespace.
+async fn default_namespace(addr: &str) -> anyhow::Result<()> {
+    use norn_proto::protos::temporal::api::workflowservice::v1::DescribeNamespaceRequest;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("connect to {addr}"))?;
+    norn_proto::WorkflowServiceClient::new(ch)
+        .describe_namespace(DescribeNamespaceRequest { namespace: "default".into(), ..Default::default() })
+        .await?;
+    Ok(())
 }
 
 /// Sends `signal` to a process id; false if it does not exist.
