@@ -222,6 +222,9 @@ impl AdminService {
             ProposeError::Timeout(g, t) => Err(Failure::Fail(Status::unavailable(format!(
                 "shard {g}: no quorum answered within {t:?}; the write may or may not have been applied"
             )))),
+            ProposeError::Unknown(g, why) => Err(Failure::Fail(Status::unavailable(format!(
+                "shard {g}: {why}; the write may or may not have been applied"
+            )))),
             ProposeError::NoSuchGroup(g) => {
                 Err(Failure::Fail(Status::internal(format!("shard {g} vanished from node {}", self.raft.id()))))
             }

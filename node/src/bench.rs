@@ -31,6 +31,8 @@ pub struct BenchOptions {
     pub duration: Duration,
     /// Value size in bytes.
     pub value_bytes: usize,
+    /// Overrides `raft.proposals_in_flight_max` (entries in flight per shard before batching).
+    pub in_flight: Option<usize>,
 }
 
 /// One row of the result table.
@@ -48,6 +50,8 @@ pub struct BenchRow {
     pub p99: Duration,
     /// WAL syncs on the whole cluster per commit.
     pub syncs_per_commit: f64,
+    /// Share of the run each node's group-commit writer spent in WAL syncs (mean of nodes).
+    pub sync_busy: f64,
 }
 
 /// Median time of one 4 KiB write + fsync in `dir`.
@@ -90,7 +94,14 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<(Duration, Vec<BenchRow>
         data_dir: dir.path().to_path_buf(),
         ports: Ports::Free,
         shards: opts.shards,
-        raft: norn_raft::RaftOptions { snapshot_logs_since_last: 100_000, ..Default::default() },
+        raft: {
+            let d = norn_raft::RaftOptions::default();
+            norn_raft::RaftOptions {
+                snapshot_logs_since_last: 100_000,
+                proposals_in_flight_max: opts.in_flight.unwrap_or(d.proposals_in_flight_max),
+                ..d
+            }
+        },
         fault_injection: false,
     };
     let layout = lay_out(&spec)?;
@@ -112,6 +123,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<(Duration, Vec<BenchRow>
     let mut rows = Vec::new();
     for &p in &opts.proposers {
         let syncs_before: u64 = nodes.iter().map(|n| n.raft.sync_counts().0).sum();
+        let busy_before: Duration = nodes.iter().map(|n| n.raft.sync_busy()).sum();
         #[allow(clippy::disallowed_methods)] // benchmark: wall time is what we measure
         let started = Instant::now();
         let stop_at = started + opts.duration;
@@ -148,6 +160,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<(Duration, Vec<BenchRow>
         }
         let elapsed = started.elapsed();
         let syncs_after: u64 = nodes.iter().map(|n| n.raft.sync_counts().0).sum();
+        let busy: Duration = nodes.iter().map(|n| n.raft.sync_busy()).sum::<Duration>() - busy_before;
         rows.push(BenchRow {
             proposers: p,
             commits: total,
@@ -155,6 +168,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<(Duration, Vec<BenchRow>
             p50: Duration::from_micros(hist.value_at_quantile(0.5)),
             p99: Duration::from_micros(hist.value_at_quantile(0.99)),
             syncs_per_commit: (syncs_after - syncs_before) as f64 / total.max(1) as f64,
+            sync_busy: busy.as_secs_f64() / (elapsed.as_secs_f64() * nodes.len().max(1) as f64),
         });
     }
     for n in nodes {
@@ -166,17 +180,20 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<(Duration, Vec<BenchRow>
 /// Renders the result as a Markdown table.
 pub fn table(fsync: Duration, rows: &[BenchRow]) -> String {
     let mut s = format!("fsync (4 KiB write + fdatasync, median of 200): {:.3} ms\n\n", fsync.as_secs_f64() * 1e3);
-    s.push_str("| proposers | commits | commits/s | p50 ms | p99 ms | WAL syncs per commit (cluster) |\n");
-    s.push_str("|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str(
+        "| proposers | commits | commits/s | p50 ms | p99 ms | WAL syncs per commit (cluster) | WAL sync busy |\n",
+    );
+    s.push_str("|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} |\n",
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.0} % |\n",
             r.proposers,
             r.commits,
             r.commits_per_sec,
             r.p50.as_secs_f64() * 1e3,
             r.p99.as_secs_f64() * 1e3,
-            r.syncs_per_commit
+            r.syncs_per_commit,
+            r.sync_busy * 100.0
         ));
     }
     s

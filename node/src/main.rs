@@ -158,6 +158,10 @@ enum BenchCmd {
         /// Value size in bytes.
         #[arg(long, default_value_t = 128)]
         value_bytes: usize,
+        /// Log entries each shard leader keeps in flight before it batches proposals
+        /// (`raft.proposals_in_flight_max`; a large value all but disables batching).
+        #[arg(long)]
+        in_flight: Option<usize>,
     },
 }
 
@@ -407,13 +411,14 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench(BenchCmd::Raft { nodes, shards, proposers, seconds, value_bytes }) => {
+        Cmd::Bench(BenchCmd::Raft { nodes, shards, proposers, seconds, value_bytes, in_flight }) => {
             let opts = norn_node::bench::BenchOptions {
                 nodes,
                 shards,
                 proposers,
                 duration: Duration::from_secs(seconds),
                 value_bytes,
+                in_flight,
             };
             let (fsync, rows) = norn_node::bench::run(&opts).await?;
             print!("{}", norn_node::bench::table(fsync, &rows));

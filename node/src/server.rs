@@ -227,7 +227,7 @@ pub async fn start_on(
     let Platform { engine, connector, clock, raft_incoming, client_incoming } = platform;
     check_identity(&*engine, &config)?;
 
-    let transport = Arc::new(Transport::new(config.node_id, connector.clone()));
+    let transport = Transport::new(config.node_id, connector.clone());
     let watch = crate::history::watch::RunWatch::default();
     let specs = group_specs(&config);
     tracing::info!(node = config.node_id, shards = specs.len(), client = %config.client_addr, raft = %config.raft_addr, "starting node");

@@ -34,6 +34,8 @@ pub struct SyncStats {
     pub syncs: AtomicU64,
     /// Durable writes (log appends, votes) completed.
     pub writes: AtomicU64,
+    /// Time spent in WAL syncs, in microseconds.
+    pub sync_busy_us: AtomicU64,
 }
 
 /// Handle to the node's group-commit task.
@@ -86,6 +88,7 @@ async fn run(engine: Arc<dyn Engine>, mut rx: mpsc::Receiver<Waiter>, stats: Arc
                 Err(_) => break,
             }
         }
+        let started = tokio::time::Instant::now();
         let result = if planted_skip_sync {
             // The planted bug (simulator tests only): acknowledge without making anything durable.
             Ok(())
@@ -98,6 +101,7 @@ async fn run(engine: Arc<dyn Engine>, mut rx: mpsc::Receiver<Waiter>, stats: Arc
                 Err(e) => Err(norn_storage::Error::Io(format!("sync task failed: {e}"))),
             }
         };
+        stats.sync_busy_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         stats.syncs.fetch_add(1, Ordering::Relaxed);
         stats.writes.fetch_add(waiters.len() as u64, Ordering::Relaxed);
         if let Err(e) = &result {

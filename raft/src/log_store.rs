@@ -12,6 +12,7 @@ use openraft::{OptionalSend, StorageIOError};
 use crate::codec;
 use crate::group_commit::GroupCommit;
 use crate::keys;
+use crate::state_machine::ApplyProgress;
 use crate::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
 
 /// Entries read per scan when openraft asks for a range.
@@ -23,6 +24,7 @@ pub struct LogStore {
     group: GroupId,
     engine: Arc<dyn Engine>,
     commit: GroupCommit,
+    progress: Arc<ApplyProgress>,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -34,8 +36,13 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl LogStore {
-    pub(crate) fn new(group: GroupId, engine: Arc<dyn Engine>, commit: GroupCommit) -> Self {
-        Self { group, engine, commit }
+    pub(crate) fn new(
+        group: GroupId,
+        engine: Arc<dyn Engine>,
+        commit: GroupCommit,
+        progress: Arc<ApplyProgress>,
+    ) -> Self {
+        Self { group, engine, commit, progress }
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -139,14 +146,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not synced: a lost committed marker is re-learned from the leader.
-        let mut b = WriteBatch::new();
-        b.put(
-            Cf::RaftMeta,
-            keys::meta_key(self.group, keys::COMMITTED),
-            codec::encode("committed", &committed).map_err(write_err)?,
-        );
-        self.engine.write(b, false).map_err(write_err)
+        // Kept in memory and written with the state machine's next apply batch (unsynced, like
+        // it): the stored marker only lags, and a lagging marker is re-learned from the leader.
+        // A marker ahead of what was committed is never stored.
+        self.progress.set_committed(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

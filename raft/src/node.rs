@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use norn_storage::{Cf, Engine};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -17,10 +17,14 @@ use crate::group_commit::GroupCommit;
 use crate::keys;
 use crate::log_store::LogStore;
 use crate::network::GroupNetworkFactory;
+use crate::proposer::{Limits, Proposer};
 use crate::state_machine::{ApplyProgress, SmStore, StateMachine};
 use crate::transport::Transport;
-use crate::types::{Command, GroupId, NodeId, NodeInfo, Raft};
-use crate::{codec, Clock};
+use crate::types::{GroupId, NodeId, NodeInfo, Raft};
+use crate::Clock;
+
+/// Proposals queued per group before proposers wait.
+const PROPOSAL_QUEUE_MAX: usize = 8192;
 
 /// Raft timings and limits, shared by every group of a node.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -40,6 +44,13 @@ pub struct RaftOptions {
     pub snapshot_chunk_bytes: u64,
     /// How long a proposal waits for commit before it is answered "outcome unknown".
     pub propose_timeout_ms: u64,
+    /// Log entries a group's leader may have proposed and not yet seen committed; proposals
+    /// that arrive meanwhile are batched into the next entry (see `proposer`).
+    pub proposals_in_flight_max: usize,
+    /// Proposals batched into one log entry at most.
+    pub proposal_batch_max: usize,
+    /// Payload bytes batched into one log entry at most (a larger proposal travels alone).
+    pub proposal_batch_bytes_max: usize,
     /// A bug planted on purpose, for the simulator's tests that prove it catches that class of
     /// bug. Never read from configuration files; `None` everywhere but those tests.
     #[serde(skip)]
@@ -65,6 +76,9 @@ impl Default for RaftOptions {
             logs_kept_after_snapshot: 1_000,
             snapshot_chunk_bytes: 1 << 20,
             propose_timeout_ms: 10_000,
+            proposals_in_flight_max: 1,
+            proposal_batch_max: 512,
+            proposal_batch_bytes_max: 1 << 20,
             planted_bug: None,
         }
     }
@@ -166,10 +180,14 @@ pub enum ProposeError {
     /// The group stopped (storage failure or shutdown).
     #[error("shard {0} is stopped: {1}")]
     Stopped(GroupId, String),
+    /// The proposal's entry may or may not commit (its leader lost track of it).
+    #[error("shard {0}: {1}; the outcome is unknown")]
+    Unknown(GroupId, String),
 }
 
 struct Group {
     raft: Raft,
+    proposer: Proposer,
     progress: Arc<ApplyProgress>,
     applied_rx: watch::Receiver<u64>,
 }
@@ -185,7 +203,6 @@ struct Inner {
     engine: Arc<dyn Engine>,
     commit: GroupCommit,
     transport: Arc<Transport>,
-    clock: Arc<dyn Clock>,
     options: RaftOptions,
     groups: RwLock<HashMap<GroupId, Arc<Group>>>,
 }
@@ -207,8 +224,8 @@ impl RaftNode {
         let mut groups = HashMap::new();
         for spec in specs {
             let span = tracing::info_span!("shard", shard = spec.id, node = id);
-            let log = LogStore::new(spec.id, engine.clone(), commit.clone());
             let progress = Arc::new(ApplyProgress::default());
+            let log = LogStore::new(spec.id, engine.clone(), commit.clone(), progress.clone());
             let (applied_tx, applied_rx) = watch::channel(0);
             let sm =
                 SmStore::open(spec.id, engine.clone(), commit.clone(), make_sm(spec.id), progress.clone(), applied_tx)
@@ -229,11 +246,17 @@ impl RaftNode {
                     Err(e) => return Err(crate::Error::Storage(format!("shard {}: {e}", spec.id))),
                 }
             }
-            groups.insert(spec.id, Arc::new(Group { raft, progress, applied_rx }));
+            let limits = Limits {
+                in_flight_max: options.proposals_in_flight_max,
+                batch_proposals_max: options.proposal_batch_max.max(1),
+                batch_bytes_max: options.proposal_batch_bytes_max,
+                queue_max: PROPOSAL_QUEUE_MAX,
+                commit_timeout: Duration::from_millis(options.propose_timeout_ms),
+            };
+            let proposer = Proposer::start(spec.id, raft.clone(), clock.clone(), limits);
+            groups.insert(spec.id, Arc::new(Group { raft, proposer, progress, applied_rx }));
         }
-        Ok(Self {
-            inner: Arc::new(Inner { id, engine, commit, transport, clock, options, groups: RwLock::new(groups) }),
-        })
+        Ok(Self { inner: Arc::new(Inner { id, engine, commit, transport, options, groups: RwLock::new(groups) }) })
     }
 
     /// This node's id.
@@ -255,6 +278,11 @@ impl RaftNode {
     pub fn sync_counts(&self) -> (u64, u64) {
         let s = self.inner.commit.stats();
         (s.syncs.load(Ordering::Relaxed), s.writes.load(Ordering::Relaxed))
+    }
+
+    /// Time spent in WAL syncs so far.
+    pub fn sync_busy(&self) -> Duration {
+        Duration::from_micros(self.inner.commit.stats().sync_busy_us.load(Ordering::Relaxed))
     }
 
     /// Ids of the groups hosted here, sorted.
@@ -284,20 +312,15 @@ impl RaftNode {
         ProposeError::NotLeader { group, leader }
     }
 
-    /// Proposes `payload` to `group`, stamped with the leader's clock, and returns the state
-    /// machine's response once a quorum has it on disk and this node applied it.
+    /// Proposes `payload` to `group` and returns the state machine's response once a quorum
+    /// has it on disk and this node applied it. Proposals that meet in the group's queue share
+    /// one log entry, stamped with the leader's clock (see `proposer`).
     pub async fn propose(&self, group: GroupId, payload: Vec<u8>) -> Result<Vec<u8>, ProposeError> {
         let g = self.group(group)?;
-        let cmd = Command { timestamp_ms: self.inner.clock.now_ms(), payload };
         let timeout = Duration::from_millis(self.inner.options.propose_timeout_ms);
-        match tokio::time::timeout(timeout, g.raft.client_write(cmd)).await {
+        match tokio::time::timeout(timeout, g.proposer.propose(payload)).await {
             Err(_) => Err(ProposeError::Timeout(group, timeout)),
-            Ok(Ok(resp)) => Ok(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(ProposeError::NotLeader { group, leader: f.leader_id.zip(f.leader_node) })
-            }
-            Ok(Err(RaftError::APIError(e))) => Err(ProposeError::Stopped(group, e.to_string())),
-            Ok(Err(RaftError::Fatal(f))) => Err(ProposeError::Stopped(group, f.to_string())),
+            Ok(r) => r,
         }
     }
 
@@ -344,16 +367,7 @@ impl RaftNode {
 
     fn group_status(&self, id: GroupId, g: &Group) -> GroupStatus {
         let m = g.raft.metrics().borrow().clone();
-        let committed = self
-            .inner
-            .engine
-            .get(Cf::RaftMeta, &keys::meta_key(id, keys::COMMITTED))
-            .ok()
-            .flatten()
-            .and_then(|b| codec::decode::<Option<crate::types::LogId>>("committed", &b).ok())
-            .flatten()
-            .map(|l| l.index)
-            .unwrap_or(0);
+        let committed = g.progress.committed_index.load(Ordering::Acquire);
         let role = match (&m.running_state, m.state) {
             (Err(_), _) => Role::Failed,
             (_, ServerState::Leader) => Role::Leader,

@@ -27,8 +27,10 @@ use crate::types::{Entry, GroupId, LogId, SnapshotMeta, StorageError, StoredMemb
 pub struct Applied<'a> {
     /// The group (shard) the command belongs to.
     pub group: GroupId,
-    /// Log index of the command.
+    /// Log index of the entry that carries the command.
     pub index: u64,
+    /// The command's place among the entry's commands (0 for the first).
+    pub position: u32,
     /// Term in which the command was proposed.
     pub term: u64,
     /// The leader's timestamp, made monotonic per group: never below an earlier command's.
@@ -186,6 +188,22 @@ pub struct ApplyProgress {
     pub snapshots_installed: AtomicU64,
     /// Snapshots built locally since start.
     pub snapshots_built: AtomicU64,
+    /// The committed log id openraft last reported, not yet stored; written with the next
+    /// apply batch.
+    committed: std::sync::Mutex<Option<LogId>>,
+    /// Index of the committed log id openraft last reported (0 before any).
+    pub committed_index: AtomicU64,
+}
+
+impl ApplyProgress {
+    pub(crate) fn set_committed(&self, committed: Option<LogId>) {
+        self.committed_index.store(committed.map(|l| l.index).unwrap_or(0), Ordering::Release);
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = committed;
+    }
+
+    fn committed(&self) -> Option<LogId> {
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// openraft's state-machine adapter over a [`StateMachine`].
@@ -240,7 +258,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         Ok((self.applied.last_applied, self.applied.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<u8>>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Vec<u8>>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -257,14 +275,19 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                 EntryPayload::Normal(cmd) => {
                     let ts = cmd.timestamp_ms.max(self.applied.last_timestamp_ms);
                     self.applied.last_timestamp_ms = ts;
-                    let applied = Applied {
-                        group: self.group,
-                        index: entry.log_id.index,
-                        term: entry.log_id.leader_id.term,
-                        timestamp_ms: ts,
-                        payload: &cmd.payload,
-                    };
-                    self.sm.apply(&mut txn, applied)
+                    let mut answers = Vec::with_capacity(cmd.payloads.len());
+                    for (position, payload) in cmd.payloads.iter().enumerate() {
+                        let applied = Applied {
+                            group: self.group,
+                            index: entry.log_id.index,
+                            position: position as u32,
+                            term: entry.log_id.leader_id.term,
+                            timestamp_ms: ts,
+                            payload,
+                        };
+                        answers.push(self.sm.apply(&mut txn, applied));
+                    }
+                    answers
                 }
             };
             self.applied.last_applied = Some(entry.log_id);
@@ -277,6 +300,13 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             keys::meta_key(self.group, keys::APPLIED),
             codec::encode("applied state", &self.applied).map_err(sm_write)?,
         );
+        if let Some(committed) = self.progress.committed() {
+            batch.put(
+                Cf::RaftMeta,
+                keys::meta_key(self.group, keys::COMMITTED),
+                codec::encode("committed", &Some(committed)).map_err(sm_write)?,
+            );
+        }
         self.engine.write(batch, false).map_err(sm_write)?;
         self.set_applied_index();
         Ok(responses)

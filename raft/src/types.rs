@@ -27,18 +27,21 @@ impl fmt::Display for NodeInfo {
     }
 }
 
-/// What the log carries: an opaque command of the layer above, stamped by the leader.
+/// What one log entry carries: a batch of opaque commands of the layer above (proposals that
+/// arrived together, see `proposer`), stamped by the leader. The state machine applies them in
+/// order and answers each.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
-    /// Milliseconds since the Unix epoch on the leader when it proposed the command.
+    /// Milliseconds since the Unix epoch on the leader when it proposed the batch.
     pub timestamp_ms: u64,
-    /// The command, encoded by the layer above.
-    pub payload: Vec<u8>,
+    /// The commands, each encoded by the layer above.
+    pub payloads: Vec<Vec<u8>>,
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Command(ts={}, {} bytes)", self.timestamp_ms, self.payload.len())
+        let bytes: usize = self.payloads.iter().map(Vec::len).sum();
+        write!(f, "Command(ts={}, {} payloads, {bytes} bytes)", self.timestamp_ms, self.payloads.len())
     }
 }
 
@@ -46,7 +49,7 @@ openraft::declare_raft_types!(
     /// Norn's openraft type configuration.
     pub TypeConfig:
         D = Command,
-        R = Vec<u8>,
+        R = Vec<Vec<u8>>,
         NodeId = NodeId,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
@@ -57,6 +60,7 @@ openraft::declare_raft_types!(
 
 pub(crate) type Raft = openraft::Raft<TypeConfig>;
 pub(crate) type Entry = openraft::Entry<TypeConfig>;
+pub(crate) type ClientWriteResult = openraft::raft::ClientWriteResult<TypeConfig>;
 pub(crate) type LogId = openraft::LogId<NodeId>;
 pub(crate) type Vote = openraft::Vote<NodeId>;
 pub(crate) type StorageError = openraft::StorageError<NodeId>;

@@ -57,7 +57,7 @@ fn members(addrs: &[String]) -> BTreeMap<u64, NodeInfo> {
 async fn start_node(id: u64, disk: &MemDisk, addrs: &[String]) -> Result<Node, norn_raft::Error> {
     let listener = TcpListener::bind(&addrs[(id - 1) as usize]).await.expect("bind");
     let engine: Arc<dyn Engine> = Arc::new(MemEngine::open(disk));
-    let transport = Arc::new(Transport::new(id, Arc::new(TcpConnector)));
+    let transport = Transport::new(id, Arc::new(TcpConnector));
     let spec = GroupSpec { id: 0, members: members(addrs), bootstrap: id == 1 };
     let raft =
         RaftNode::start(id, engine, transport, Arc::new(SystemClock), options(), vec![spec], |_| Box::new(Append))
