@@ -713,13 +713,26 @@ impl Client {
         signal: &str,
         arg: &A,
     ) -> Result<(), Error> {
+        self.signal_with_request_id(workflow_id, run_id, signal, arg, &self.new_request_id()).await
+    }
+
+    /// Sends a signal with a request id of the caller's choosing: calls with the same id
+    /// deliver the signal once, so a caller that did not learn the outcome can safely ask again.
+    pub async fn signal_with_request_id<A: Serialize + 'static>(
+        &self,
+        workflow_id: &str,
+        run_id: Option<&str>,
+        signal: &str,
+        arg: &A,
+        request_id: &str,
+    ) -> Result<(), Error> {
         let req = ws::SignalWorkflowExecutionRequest {
             namespace: self.namespace().into(),
             workflow_execution: Some(execution(workflow_id, run_id)),
             signal_name: signal.into(),
             input: Some(to_payloads(arg)?),
             identity: self.identity().into(),
-            request_id: self.new_request_id(),
+            request_id: request_id.into(),
             ..Default::default()
         };
         self.call(Route::Workflow(workflow_id.into()), false, req, |mut c, r| async move {

@@ -50,7 +50,7 @@ pub use failure::{ApplicationError, Failure, FailureKind};
 pub use handle::WorkflowHandle;
 pub use payload::{ProtoJson, RawBytes};
 pub use replay::{history_from_json, history_to_json, ReplayError, Replayer};
-pub use worker::{ActivityContext, ActivityInfo, Registry, Worker, WorkerOptions};
+pub use worker::{ActivityContext, ActivityInfo, AttemptHook, Registry, Worker, WorkerOptions};
 
 /// The Temporal message types this SDK speaks.
 pub use temporalio_protos as protos;

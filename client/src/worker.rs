@@ -98,6 +98,22 @@ pub struct WorkerOptions {
     pub max_concurrent_activities: usize,
     /// How long shutdown waits for in-flight tasks (activities are then canceled).
     pub graceful_shutdown_timeout: Duration,
+    /// Called with each activity attempt just before it runs (tracing, metrics, tests).
+    pub on_activity_attempt: AttemptHook,
+}
+
+/// The function behind an [`AttemptHook`].
+pub type AttemptFn = dyn Fn(&ActivityContext) + Send + Sync;
+
+/// A function called with each activity attempt before it runs (see
+/// [`WorkerOptions::on_activity_attempt`]).
+#[derive(Clone, Default)]
+pub struct AttemptHook(pub Option<Arc<AttemptFn>>);
+
+impl std::fmt::Debug for AttemptHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "AttemptHook(set)" } else { "AttemptHook(none)" })
+    }
 }
 
 impl WorkerOptions {
@@ -108,6 +124,7 @@ impl WorkerOptions {
             max_concurrent_workflow_tasks: 8,
             max_concurrent_activities: 32,
             graceful_shutdown_timeout: Duration::from_secs(10),
+            on_activity_attempt: AttemptHook::default(),
         }
     }
 }
@@ -143,6 +160,16 @@ impl ActivityContext {
     /// Facts about this attempt.
     pub fn info(&self) -> &ActivityInfo {
         &self.info
+    }
+
+    /// The server's token for this attempt (what completions and heartbeats carry).
+    pub fn task_token(&self) -> &[u8] {
+        &self.task_token
+    }
+
+    /// The client this worker polls with.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// The last heartbeat details of an earlier attempt, decoded.
@@ -265,6 +292,7 @@ impl Worker {
                 act_sem.clone(),
                 stop_rx.clone(),
                 cancel_all_rx,
+                self.options.on_activity_attempt.clone(),
             )));
         }
         shutdown.await;
@@ -551,6 +579,7 @@ async fn poll_activities(
     sem: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
     cancel_all: watch::Receiver<bool>,
+    hook: AttemptHook,
 ) {
     let poll = || {
         let req = ws::PollActivityTaskQueueRequest {
@@ -568,8 +597,8 @@ async fn poll_activities(
         }
     };
     let handle = |task| {
-        let (client, registry, cancel_all) = (client.clone(), registry.clone(), cancel_all.clone());
-        async move { run_activity(&client, &registry, task, cancel_all).await }
+        let (client, registry, cancel_all, hook) = (client.clone(), registry.clone(), cancel_all.clone(), hook.clone());
+        async move { run_activity(&client, &registry, task, cancel_all, &hook).await }
     };
     poll_loop("activity", sem, stop, poll, handle).await;
 }
@@ -579,6 +608,7 @@ async fn run_activity(
     registry: &Registry,
     task: ws::PollActivityTaskQueueResponse,
     mut cancel_all: watch::Receiver<bool>,
+    hook: &AttemptHook,
 ) {
     let activity_type = task.activity_type.as_ref().map(|t| t.name.clone()).unwrap_or_default();
     let exec = task.workflow_execution.clone().unwrap_or_default();
@@ -598,6 +628,9 @@ async fn run_activity(
         cancel_tx: cancel_tx.clone(),
         cancel_rx,
     };
+    if let Some(hook) = &hook.0 {
+        hook(&ctx);
+    }
     let result = match registry.activities.get(&activity_type) {
         Some(f) => {
             let mut fut = std::pin::pin!(AssertUnwindSafe(f(ctx, task.input.clone())).catch_unwind());

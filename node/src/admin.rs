@@ -274,7 +274,9 @@ impl AdminService {
     async fn try_read(&self, req: &ReadStateRequest, attempt: usize) -> Result<ReadStateResponse, Failure> {
         let shard = req.shard;
         let local = ReadConsistency::try_from(req.consistency).unwrap_or(ReadConsistency::Linearizable)
-            == ReadConsistency::Local;
+            == ReadConsistency::Local
+            // The planted bug (simulator tests only): every replica answers from its own state.
+            || self.config.raft.planted_bug == Some(norn_raft::PlantedBug::StaleFollowerRead);
         let addr = match self.next_for(shard, attempt) {
             Next::Wait => return Err(Failure::Retry(Status::unavailable("no replica address known"))),
             Next::Forward(addr) => addr,

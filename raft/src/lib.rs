@@ -36,7 +36,9 @@ pub mod pb {
     tonic::include_proto!("norn.raft.v1");
 }
 
-pub use node::{GroupSpec, GroupStatus, PlantedBug, ProposeError, RaftNode, RaftOptions, Role};
+pub use node::{
+    ApplyObserver, GroupSpec, GroupStatus, ObserverSlot, PlantedBug, ProposeError, RaftNode, RaftOptions, Role,
+};
 pub use service::RaftService;
 pub use state_machine::{Applied, GroupView, StateMachine, StateView, Txn};
 pub use transport::{ConnectFuture, Connector, Io, TcpConnector, Transport};

@@ -55,6 +55,27 @@ pub struct RaftOptions {
     /// bug. Never read from configuration files; `None` everywhere but those tests.
     #[serde(skip)]
     pub planted_bug: Option<PlantedBug>,
+    /// Told of every entry this node applies (the simulator's Raft checks). Never read from
+    /// configuration files; empty in production.
+    #[serde(skip)]
+    pub apply_observer: ObserverSlot,
+}
+
+/// Sees every log entry a node applies, in apply order. The simulator uses it to check that all
+/// replicas apply the same entry at each index and that a committed entry never changes.
+pub trait ApplyObserver: Send + Sync + 'static {
+    /// `digest` covers the entry's kind and payload; `index` and `term` are its log id.
+    fn applied(&self, group: GroupId, index: u64, term: u64, digest: u64);
+}
+
+/// An optional [`ApplyObserver`] (a newtype so that [`RaftOptions`] stays `Debug` and `Clone`).
+#[derive(Clone, Default)]
+pub struct ObserverSlot(pub Option<std::sync::Arc<dyn ApplyObserver>>);
+
+impl std::fmt::Debug for ObserverSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "ObserverSlot(set)" } else { "ObserverSlot(none)" })
+    }
 }
 
 /// Bugs the simulator must catch (see `norn-sim`'s tests).
@@ -64,6 +85,9 @@ pub enum PlantedBug {
     AckBeforeSync,
     /// The frontend hands out an activity task without committing `ActivityTaskStarted`.
     UncommittedActivityStart,
+    /// A follower answers reads that must be current from its own (possibly stale) state
+    /// instead of forwarding them to the leader's read-index.
+    StaleFollowerRead,
 }
 
 impl Default for RaftOptions {
@@ -80,6 +104,7 @@ impl Default for RaftOptions {
             proposal_batch_max: 512,
             proposal_batch_bytes_max: 1 << 20,
             planted_bug: None,
+            apply_observer: ObserverSlot::default(),
         }
     }
 }
@@ -227,9 +252,16 @@ impl RaftNode {
             let progress = Arc::new(ApplyProgress::default());
             let log = LogStore::new(spec.id, engine.clone(), commit.clone(), progress.clone());
             let (applied_tx, applied_rx) = watch::channel(0);
-            let sm =
-                SmStore::open(spec.id, engine.clone(), commit.clone(), make_sm(spec.id), progress.clone(), applied_tx)
-                    .map_err(|e| crate::Error::Storage(format!("shard {}: {e}", spec.id)))?;
+            let sm = SmStore::open(
+                spec.id,
+                engine.clone(),
+                commit.clone(),
+                make_sm(spec.id),
+                progress.clone(),
+                applied_tx,
+                options.apply_observer.0.clone(),
+            )
+            .map_err(|e| crate::Error::Storage(format!("shard {}: {e}", spec.id)))?;
             let net = GroupNetworkFactory { group: spec.id, transport: transport.clone() };
             let raft = Raft::new(id, config.clone(), net, log, sm)
                 .instrument(span.clone())

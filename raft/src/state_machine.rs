@@ -216,6 +216,7 @@ pub struct SmStore {
     progress: Arc<ApplyProgress>,
     applied_tx: watch::Sender<u64>,
     snapshot_seq: u64,
+    observer: Option<Arc<dyn crate::node::ApplyObserver>>,
 }
 
 impl SmStore {
@@ -226,6 +227,7 @@ impl SmStore {
         sm: Box<dyn StateMachine>,
         progress: Arc<ApplyProgress>,
         applied_tx: watch::Sender<u64>,
+        observer: Option<Arc<dyn crate::node::ApplyObserver>>,
     ) -> Result<Self, StorageError> {
         let applied = match engine.get(Cf::RaftMeta, &keys::meta_key(group, keys::APPLIED)).map_err(sm_read)? {
             Some(bytes) => codec::decode("applied state", &bytes).map_err(sm_read)?,
@@ -234,7 +236,7 @@ impl SmStore {
         let idx = applied.last_applied.map(|l| l.index).unwrap_or(0);
         progress.applied_index.store(idx, Ordering::Release);
         applied_tx.send_replace(idx);
-        Ok(Self { group, engine, commit, sm, applied, progress, applied_tx, snapshot_seq: 0 })
+        Ok(Self { group, engine, commit, sm, applied, progress, applied_tx, snapshot_seq: 0, observer })
     }
 
     fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
@@ -290,6 +292,9 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                     answers
                 }
             };
+            if let Some(o) = &self.observer {
+                o.applied(self.group, entry.log_id.index, entry.log_id.leader_id.term, entry_digest(&entry.payload));
+            }
             self.applied.last_applied = Some(entry.log_id);
             responses.push(response);
         }
@@ -383,6 +388,29 @@ impl RaftStateMachine<TypeConfig> for SmStore {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         Ok(self.stored_snapshot()?.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
     }
+}
+
+/// FNV-1a of an entry's kind, timestamp and payloads, for [`crate::node::ApplyObserver`].
+fn entry_digest(payload: &EntryPayload<TypeConfig>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    match payload {
+        EntryPayload::Blank => eat(b"blank"),
+        EntryPayload::Membership(m) => eat(format!("membership {m:?}").as_bytes()),
+        EntryPayload::Normal(cmd) => {
+            eat(&cmd.timestamp_ms.to_be_bytes());
+            for p in &cmd.payloads {
+                eat(&(p.len() as u64).to_be_bytes());
+                eat(p);
+            }
+        }
+    }
+    h
 }
 
 /// Builds a snapshot from the copy taken by `get_snapshot_builder`.

@@ -18,17 +18,18 @@ struct Args {
     /// Nodes (3 or 5).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// Fault classes, comma separated: partition, crash, lossy, power-loss (default: all).
+    /// Fault classes, comma separated (default: all): partition, isolate-leader, split, one-way,
+    /// lossy, crash, snapshot-crash, long-outage, power-loss, worker-crash.
     #[arg(long, value_delimiter = ',')]
     faults: Option<Vec<String>>,
     /// Workflows per seed.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 10)]
     workflows: usize,
     /// Seconds of simulated time with faults before the cluster heals.
     #[arg(long, default_value_t = 60)]
     fault_seconds: u64,
     /// Plant a bug in every node to see the checks catch it: `ack-before-fsync`,
-    /// `uncommitted-activity-start`.
+    /// `uncommitted-activity-start`, `stale-follower-read`.
     #[arg(long)]
     plant: Option<String>,
     /// Log filter for the nodes' tracing output (e.g. `info`), printed with `--seed`.
@@ -52,7 +53,8 @@ fn main() {
                         set.insert(x);
                     }
                     None => {
-                        eprintln!("norn-sim: unknown fault {f:?}; known: partition, crash, lossy, power-loss");
+                        let known: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+                        eprintln!("norn-sim: unknown fault {f:?}; known: {}", known.join(", "));
                         std::process::exit(2);
                     }
                 }
@@ -65,12 +67,16 @@ fn main() {
     }
     let planted_bug = match args.plant.as_deref() {
         None => None,
-        Some("ack-before-fsync") => Some(norn_raft::PlantedBug::AckBeforeSync),
-        Some("uncommitted-activity-start") => Some(norn_raft::PlantedBug::UncommittedActivityStart),
-        Some(other) => {
-            eprintln!("norn-sim: unknown planted bug {other:?}; known: ack-before-fsync, uncommitted-activity-start");
-            std::process::exit(2);
-        }
+        Some(name) => match norn_sim::planted_bug(name) {
+            Some(b) => Some(b),
+            None => {
+                eprintln!(
+                    "norn-sim: unknown planted bug {name:?}; known: ack-before-fsync, uncommitted-activity-start, \
+                     stale-follower-read"
+                );
+                std::process::exit(2);
+            }
+        },
     };
     let config = |seed| SimConfig {
         planted_bug,
@@ -107,6 +113,8 @@ fn main() {
             format!("{:016x}", r.trace_hash)
         );
         if args.seed.is_some() {
+            let stats: Vec<String> = r.stats.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            println!("  {}", stats.join(", "));
             let mut lines: Vec<_> = r.faults.iter().map(|(t, f)| (*t, format!("fault: {f}"))).collect();
             lines.extend(r.trace.iter().map(|(t, s)| (*t, format!("driver: {s}"))));
             lines.sort_by_key(|(t, _)| *t);
@@ -131,11 +139,12 @@ fn main() {
     if !failed.is_empty() {
         for s in &failed {
             println!(
-                "reproduce: norn-sim --seed {s} --nodes {} --workflows {} --fault-seconds {}{}",
+                "reproduce: cargo run --release -p norn-sim -- --seed {s} --nodes {} --workflows {} --fault-seconds {}{}{}",
                 args.nodes,
                 args.workflows,
                 args.fault_seconds,
-                args.faults.as_ref().map(|f| format!(" --faults {}", f.join(","))).unwrap_or_default()
+                args.faults.as_ref().map(|f| format!(" --faults {}", f.join(","))).unwrap_or_default(),
+                args.plant.as_ref().map(|p| format!(" --plant {p}")).unwrap_or_default()
             );
         }
         std::process::exit(1);

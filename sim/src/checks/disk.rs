@@ -1,0 +1,70 @@
+//! What each node holds on its (simulated) disk after a run, decoded for the checks: per shard,
+//! the raw history entries (for byte-level replica comparison), the decoded histories, the run
+//! states and the open-run index.
+
+use std::collections::BTreeMap;
+
+use norn_client::protos::temporal::api::history::v1::HistoryEvent;
+use norn_node::history::RunState;
+use norn_storage::{Cf, Engine, MemDisk, MemEngine};
+use prost::Message;
+
+/// One shard's state on one node.
+#[derive(Default)]
+pub struct ShardState {
+    /// Every `ev/` entry: key -> bytes.
+    pub raw_events: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Decoded histories: run id -> events in key order.
+    pub histories: BTreeMap<String, Vec<HistoryEvent>>,
+    /// Run states: run id -> state.
+    pub runs: BTreeMap<String, RunState>,
+    /// Open-run index entries: (namespace id, workflow id, run id).
+    pub open: Vec<(String, String, String)>,
+    /// Entries that did not decode.
+    pub undecodable: Vec<String>,
+}
+
+/// Reads every shard of one node's disk.
+pub fn read(disk: &MemDisk) -> BTreeMap<u32, ShardState> {
+    let engine = MemEngine::open(disk);
+    let mut out: BTreeMap<u32, ShardState> = BTreeMap::new();
+    let Ok(all) = engine.scan_prefix(Cf::State, &[], usize::MAX) else { return out };
+    for (k, v) in all {
+        if k.len() < 4 {
+            continue;
+        }
+        let group = u32::from_be_bytes([k[0], k[1], k[2], k[3]]);
+        let key = &k[4..];
+        let shard = out.entry(group).or_default();
+        if let Some(rest) = key.strip_prefix(b"ev/") {
+            shard.raw_events.insert(key.to_vec(), v.clone());
+            // `<run id>/<event id, 8 bytes BE>`
+            if rest.len() < 10 || rest[rest.len() - 9] != b'/' {
+                shard.undecodable.push(format!("history key {}", String::from_utf8_lossy(key)));
+                continue;
+            }
+            let run = String::from_utf8_lossy(&rest[..rest.len() - 9]).into_owned();
+            match HistoryEvent::decode(v.as_slice()) {
+                Ok(e) => shard.histories.entry(run).or_default().push(e),
+                Err(e) => shard.undecodable.push(format!("event of run {run}: {e}")),
+            }
+        } else if key.starts_with(b"run/") {
+            match postcard::from_bytes::<RunState>(&v) {
+                Ok(r) => {
+                    shard.runs.insert(r.run_id.clone(), r);
+                }
+                Err(e) => shard.undecodable.push(format!("run state {}: {e}", String::from_utf8_lossy(key))),
+            }
+        } else if let Some(rest) = key.strip_prefix(b"open/") {
+            let text = String::from_utf8_lossy(rest).into_owned();
+            // Run ids hold no '/', namespace ids neither; workflow ids may.
+            let parsed =
+                text.split_once('/').and_then(|(ns, rest)| rest.rsplit_once('/').map(|(wf, run)| (ns, wf, run)));
+            match parsed {
+                Some((ns, wf, run)) => shard.open.push((ns.into(), wf.into(), run.into())),
+                None => shard.undecodable.push(format!("open-run key {text}")),
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,388 @@
+//! [`Simulation`]: a whole Norn cluster, SDK workers running the given workflows and
+//! activities, and a scenario driving them, all inside one seeded turmoil simulation, followed
+//! by every check in [`crate::checks`].
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::LocalBoxFuture;
+use futures::FutureExt;
+use norn_client::protos::temporal::api::workflowservice::v1::RespondActivityTaskCompletedRequest;
+use norn_client::workflow::{WfContext, WfResult};
+use norn_client::{
+    ActivityContext, ApplicationError, AttemptHook, Client, ClientOptions, Registry, Replayer, Worker, WorkerOptions,
+};
+use norn_node::server::Platform;
+use norn_raft::ObserverSlot;
+use norn_storage::{MemDisk, MemEngine};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::checks;
+use crate::config::SimConfig;
+use crate::faults::Faults;
+use crate::net::{
+    endpoints, incoming, node_config, node_host, now, worker_host, SimClock, SimConnector, CLIENT_PORT, DRIVER,
+    RAFT_PORT,
+};
+use crate::observe::{AttemptRun, Control, NodeHandle, Observations};
+use crate::scenario::Scenario;
+
+/// The task queue the simulation's workers poll (pass it in the scenario's start options).
+pub const TASK_QUEUE: &str = "sim";
+
+/// How often the run loop samples who leads what (simulated).
+const LEADER_SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
+type ScenarioFn = Rc<dyn Fn(Scenario) -> LocalBoxFuture<'static, Result<(), String>>>;
+
+/// What one run did and found.
+#[derive(Clone, Debug, Default)]
+pub struct SimReport {
+    /// The seed.
+    pub seed: u64,
+    /// Simulated time the run covered.
+    pub simulated: Duration,
+    /// Wall-clock time it took.
+    pub real: Duration,
+    /// Faults injected and healed, in order, with their simulated time.
+    pub faults: Vec<(Duration, String)>,
+    /// What the scenario did, with simulated times.
+    pub trace: Vec<(Duration, String)>,
+    /// Workflows the scenario saw finish as expected.
+    pub completed: usize,
+    /// Broken invariants (empty for a clean run).
+    pub violations: Vec<String>,
+    /// Counts of what the run exercised (applied entries, leader terms, attempts, reads, ...).
+    pub stats: Vec<(&'static str, u64)>,
+    /// A hash of the run's observable outcome (fault schedule, trace, final histories): the
+    /// same seed gives the same hash.
+    pub trace_hash: u64,
+}
+
+/// A simulation: configuration, the workflows and activities the workers run, and the scenario
+/// the driver runs. See `docs/simulation.md` for an example.
+pub struct Simulation {
+    config: SimConfig,
+    registry: Registry,
+    workflow_types: BTreeSet<String>,
+    scenario: Option<ScenarioFn>,
+}
+
+impl Simulation {
+    /// A simulation with no workflows and no scenario yet.
+    pub fn new(config: SimConfig) -> Simulation {
+        Simulation { config, registry: Registry::default(), workflow_types: BTreeSet::new(), scenario: None }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// Registers a workflow the workers run (and the replay check replays).
+    pub fn workflow<A, R, F, Fut>(mut self, workflow_type: &str, f: F) -> Simulation
+    where
+        A: DeserializeOwned + 'static,
+        R: Serialize + 'static,
+        F: Fn(WfContext, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = WfResult<R>> + 'static,
+    {
+        self.registry.register_workflow(workflow_type, f);
+        self.workflow_types.insert(workflow_type.into());
+        self
+    }
+
+    /// Registers an activity the workers run.
+    pub fn activity<A, R, F, Fut>(mut self, activity_type: &str, f: F) -> Simulation
+    where
+        A: DeserializeOwned + Send + 'static,
+        R: Serialize + 'static,
+        F: Fn(ActivityContext, A) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, ApplicationError>> + Send + 'static,
+    {
+        self.registry.register_activity(activity_type, f);
+        self
+    }
+
+    /// The scenario: client code that starts workflows and checks their results through the
+    /// [`Scenario`]'s calls; an `Err` is reported as a violation. It runs while faults are
+    /// injected; it must finish (every workflow it waits for must close) before the time limit.
+    pub fn scenario<F, Fut>(mut self, f: F) -> Simulation
+    where
+        F: Fn(Scenario) -> Fut + 'static,
+        Fut: Future<Output = Result<(), String>> + 'static,
+    {
+        self.scenario = Some(Rc::new(move |s| f(s).boxed_local()));
+        self
+    }
+
+    /// Runs the simulation and every check.
+    pub fn run(&self) -> SimReport {
+        run(self)
+    }
+}
+
+fn client_options(identity: String, seed: u64, routing: bool) -> ClientOptions {
+    ClientOptions {
+        seed: Some(seed),
+        identity,
+        shard_routing: routing,
+        retry: norn_client::RetryOptions { max_attempts: if routing { 200 } else { 3 }, ..Default::default() },
+        ..Default::default()
+    }
+}
+
+/// Connects until the cluster answers (the `default` namespace exists).
+async fn connect(endpoints: &[String], options: ClientOptions) -> Client {
+    loop {
+        match Client::connect_with(endpoints, options.clone(), Arc::new(SimConnector)).await {
+            Ok(c) => match c.count("").await {
+                Ok(_) => return c,
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            },
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+fn mix(a: u64, b: u64) -> u64 {
+    let mut h = a ^ 0x9e37_79b9_7f4a_7c15;
+    h = (h ^ b).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^ (h >> 31)
+}
+
+/// Records each activity attempt, and for every attempt after the first sends a completion
+/// with the previous attempt's token, which the server must refuse.
+fn attempt_hook(obs: Observations, worker: usize) -> AttemptHook {
+    AttemptHook(Some(Arc::new(move |ctx: &ActivityContext| {
+        let i = ctx.info();
+        let mut o = obs.lock();
+        o.attempts.push(AttemptRun {
+            workflow_id: i.workflow_id.clone(),
+            run_id: i.run_id.clone(),
+            activity_id: i.activity_id.clone(),
+            attempt: i.attempt,
+            worker,
+            at: now(),
+        });
+        let key = (i.workflow_id.clone(), i.run_id.clone(), i.activity_id.clone());
+        let earlier = o.tokens.get(&(key.clone(), i.attempt - 1)).cloned();
+        o.tokens.insert((key, i.attempt), ctx.task_token().to_vec());
+        let Some(old_token) = earlier else { return };
+        o.stale_sent += 1;
+        drop(o);
+        let Ok(mut raw) = ctx.client().raw() else { return };
+        let (obs, who) = (obs.clone(), format!("{} {} attempt {}", i.workflow_id, i.activity_id, i.attempt - 1));
+        let req = RespondActivityTaskCompletedRequest {
+            task_token: old_token,
+            identity: format!("worker{worker}-stale-probe"),
+            namespace: ctx.client().namespace().into(),
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            if raw.respond_activity_task_completed(req).await.is_ok() {
+                obs.lock().stale_accepted.push(who);
+            }
+        });
+    })))
+}
+
+fn run(s: &Simulation) -> SimReport {
+    let cfg = &s.config;
+    // The wall clock measures the run from outside the simulation (for the report only).
+    #[allow(clippy::disallowed_methods)]
+    let started = Instant::now();
+    norn_raft::runtime::seed_thread_rng(cfg.seed);
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed);
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(cfg.seed)
+        .simulation_duration(cfg.time_limit)
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(5))
+        .repair_rate(0.02)
+        .build();
+    let obs = Observations::default();
+    let disks: Vec<MemDisk> = (0..cfg.nodes).map(|_| MemDisk::new()).collect();
+    for i in 1..=cfg.nodes {
+        let disk = disks[i - 1].clone();
+        let mut config = node_config(cfg, i as u64);
+        config.raft.apply_observer = ObserverSlot(Some(obs.apply_observer(i)));
+        let obs = obs.clone();
+        sim.host(node_host(i), move || {
+            let (disk, config, obs) = (disk.clone(), config.clone(), obs.clone());
+            async move {
+                let platform = Platform {
+                    engine: Arc::new(MemEngine::open(&disk)),
+                    connector: Arc::new(SimConnector),
+                    clock: Arc::new(SimClock),
+                    raft_incoming: incoming(RAFT_PORT).await?,
+                    client_incoming: incoming(CLIENT_PORT).await?,
+                };
+                let node = norn_node::server::start_on(config, platform, None).await.map_err(|e| e.to_string())?;
+                let (control, mut requests) = tokio::sync::mpsc::unbounded_channel();
+                obs.lock().nodes.insert(i, NodeHandle { raft: node.raft.clone(), control });
+                while let Some(c) = requests.recv().await {
+                    match c {
+                        Control::SnapshotAll => {
+                            for g in node.raft.group_ids() {
+                                let _ = node.raft.trigger_snapshot(g).await;
+                            }
+                        }
+                    }
+                }
+                futures::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+    }
+    let incarnations = Arc::new(AtomicU64::new(0));
+    for w in 1..=cfg.workers {
+        let (registry, obs, endpoints, seed) = (s.registry.clone(), obs.clone(), endpoints(cfg), cfg.seed);
+        let incarnations = incarnations.clone();
+        sim.host(worker_host(w), move || {
+            let (registry, obs, endpoints) = (registry.clone(), obs.clone(), endpoints.clone());
+            // A restarted worker draws fresh request ids: it is a new process.
+            let incarnation = incarnations.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let client = connect(&endpoints, client_options(worker_host(w), mix(seed, incarnation), true)).await;
+                let mut options = WorkerOptions::new(TASK_QUEUE);
+                options.on_activity_attempt = attempt_hook(obs, w);
+                let mut worker = Worker::new(client, options);
+                *worker.registry_mut() = registry;
+                let _ = worker.run(futures::future::pending::<()>()).await;
+                Ok(())
+            }
+        });
+    }
+    let finished = Arc::new(Mutex::new(None::<Result<(), String>>));
+    {
+        let (scenario, obs, finished) = (s.scenario.clone(), obs.clone(), finished.clone());
+        let (endpoints, seed, quiet_until) = (endpoints(cfg), cfg.seed, cfg.fault_window + Duration::from_secs(15));
+        let scenario_rng = Arc::new(Mutex::new(StdRng::seed_from_u64(rng.gen())));
+        sim.client(DRIVER, async move {
+            let client = connect(&endpoints, client_options(DRIVER.into(), mix(seed, 1 << 40), true)).await;
+            let mut readers = Vec::new();
+            for (i, e) in endpoints.iter().enumerate() {
+                let o = client_options(format!("{DRIVER}-reader{}", i + 1), mix(seed, (1 << 41) + i as u64), false);
+                readers.push(connect(std::slice::from_ref(e), o).await);
+            }
+            let scn = Scenario { client, readers, obs, rng: scenario_rng };
+            let outcome = match scenario {
+                Some(f) => f(scn).await,
+                None => Ok(()),
+            };
+            *finished.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+            // Let followers catch up after the heal before the replicas are compared.
+            tokio::time::sleep(quiet_until.saturating_sub(now()).max(Duration::from_secs(10))).await;
+            Ok(())
+        });
+    }
+
+    let mut report = SimReport { seed: cfg.seed, ..Default::default() };
+    let mut faults = Faults::new(cfg, StdRng::seed_from_u64(rng.gen()));
+    let mut next_sample = Duration::ZERO;
+    loop {
+        faults.step(&mut sim, &disks, &obs);
+        if sim.elapsed() >= next_sample {
+            obs.sample_leaders();
+            next_sample = sim.elapsed() + LEADER_SAMPLE_EVERY;
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                if !msg.contains("Ran for duration") {
+                    report.violations.push(format!("simulation stopped: {msg}"));
+                }
+                break;
+            }
+        }
+    }
+    report.simulated = sim.elapsed();
+    report.faults = faults.log.clone();
+    check(s, &disks, &obs, &faults, finished, &mut report);
+    report.real = started.elapsed();
+    report
+}
+
+fn check(
+    s: &Simulation,
+    disks: &[MemDisk],
+    obs: &Observations,
+    faults: &Faults,
+    finished: Arc<Mutex<Option<Result<(), String>>>>,
+    report: &mut SimReport,
+) {
+    let cfg = &s.config;
+    let per_node: Vec<_> = disks.iter().map(checks::disk::read).collect();
+    let runs = checks::histories::final_runs(&per_node);
+    match finished.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        None => {
+            let open: Vec<String> =
+                runs.values().filter(|r| r.state.is_open()).map(|r| r.state.workflow_id.clone()).collect();
+            report.violations.push(format!(
+                "liveness: the scenario did not finish within {:?}; open workflows: {open:?}",
+                cfg.time_limit
+            ));
+        }
+        Some(Err(e)) => report.violations.push(format!("scenario: {e}")),
+        Some(Ok(())) => {}
+    }
+    let o = obs.lock();
+    report.violations.extend(checks::raft::check(&o));
+    report.violations.extend(checks::replicas::check(&per_node, cfg.shards));
+    report.violations.extend(checks::histories::check(&per_node, &runs));
+    report.violations.extend(checks::ops::check(&o, &runs));
+    let replayer = Replayer::from_registry(s.registry.clone());
+    let (replay_violations, replayed) = checks::replay::check(&replayer, &s.workflow_types, &runs);
+    report.violations.extend(replay_violations);
+    report.completed = o.completed;
+    report.trace = o.trace.clone();
+    let snapshot_installs: u64 = o.nodes.values().flat_map(|h| h.raft.status()).map(|st| st.snapshots_installed).sum();
+    let outage_installs: u64 = o
+        .nodes
+        .iter()
+        .filter(|(id, _)| faults.outage_nodes.contains(id))
+        .flat_map(|(_, h)| h.raft.status())
+        .map(|st| st.snapshots_installed)
+        .sum();
+    report.stats = vec![
+        ("entries applied", o.applied.len() as u64),
+        ("leader terms", o.leaders.len() as u64),
+        ("activity attempts", o.attempts.len() as u64),
+        ("stale completions sent", o.stale_sent as u64),
+        ("history reads", o.reads.len() as u64),
+        ("runs", runs.len() as u64),
+        ("histories replayed", replayed as u64),
+        ("snapshots installed", snapshot_installs),
+        ("snapshots installed after long outages", outage_installs),
+    ];
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (t, f) in report.faults.iter().chain(report.trace.iter()) {
+        fnv(&mut h, &t.as_millis().to_be_bytes());
+        fnv(&mut h, f.as_bytes());
+    }
+    for (id, r) in &runs {
+        fnv(&mut h, id.as_bytes());
+        for e in &r.events {
+            fnv(&mut h, &e.event_type.to_be_bytes());
+        }
+    }
+    report.trace_hash = h;
+}
+
+fn fnv(h: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *h ^= u64::from(*b);
+        *h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+}
