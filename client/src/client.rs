@@ -1,6 +1,6 @@
 //! The cluster-aware `WorkflowService` client.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -336,7 +336,9 @@ struct Inner {
     endpoints: Vec<String>,
     connector: Arc<dyn Connector>,
     headers: Headers,
-    channels: Mutex<HashMap<String, Channel>>,
+    // Ordered, so that dropping a client closes its connections in the same order every run
+    // (the simulator's determinism depends on it).
+    channels: Mutex<BTreeMap<String, Channel>>,
     routing: Mutex<Routing>,
     next: Mutex<usize>,
     rng: Mutex<rand::rngs::SmallRng>,
@@ -396,7 +398,7 @@ impl Client {
                 endpoints,
                 connector,
                 headers: Headers(Arc::new(headers)),
-                channels: Mutex::new(HashMap::new()),
+                channels: Mutex::new(BTreeMap::new()),
                 routing: Mutex::new(Routing { shards: 0, namespace_id: String::new(), leaders: Vec::new() }),
                 next: Mutex::new(0),
                 rng: Mutex::new(rng),

@@ -2,7 +2,7 @@
 //! Requests for a shard this node does not lead are forwarded to the leader (at most two hops);
 //! while a shard has no leader the call is retried inside the cluster until its deadline.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ pub const LEADER_HINT: &str = "norn-leader-addr";
 pub struct AdminService {
     raft: RaftNode,
     config: Arc<NodeConfig>,
-    clients: Arc<Mutex<HashMap<String, AdminClient<Channel>>>>,
+    clients: Arc<Mutex<BTreeMap<String, AdminClient<Channel>>>>,
     metrics: Metrics,
     matching: Matching,
     connector: Arc<dyn norn_raft::Connector>,
@@ -542,7 +542,7 @@ impl Admin for AdminService {
                 "fault injection is disabled on this node; start it with --enable-fault-injection (tests only)",
             ));
         }
-        let blocked: HashSet<NodeId> = request.into_inner().blocked_nodes.into_iter().collect();
+        let blocked: BTreeSet<NodeId> = request.into_inner().blocked_nodes.into_iter().collect();
         tracing::warn!(?blocked, "fault injection: cutting raft links");
         self.raft.transport().set_blocked(blocked);
         Ok(Response::new(SetPartitionResponse {}))

@@ -11,7 +11,7 @@
 //! - [`frontend`]: Temporal's `WorkflowService`.
 //! - [`history`]: the pure history engine (run state, events, effects).
 //! - [`matching`]: ready tasks and waiting pollers per task queue.
-//! - [`server`]: starts a node and serves its ports.
+//! - [`server`]: starts a node and serves its ports ([`serve`]: gRPC on accepted connections).
 //! - [`local_cluster`]: starts and stops local clusters of `norn` processes.
 //! - [`bench`]: `norn bench raft`.
 //! - [`metrics`]: Prometheus metrics.
@@ -29,6 +29,7 @@ pub mod matching;
 pub mod metrics;
 pub mod namespace;
 pub mod placement;
+pub mod serve;
 pub mod server;
 
 /// Generated admin protocol (it lives in `norn-proto`, which the client SDK shares).

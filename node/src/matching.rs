@@ -3,7 +3,7 @@
 //! shard, and handing it out first commits `...TaskStarted` there, so a task this index loses is
 //! re-added from shard state and a task it hands out twice is refused by the shard.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use crate::history::store::RunKey;
 
 /// Workflow or activity tasks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum TaskKind {
     /// Workflow tasks.
     Workflow,
@@ -22,7 +22,7 @@ pub enum TaskKind {
 }
 
 /// A task queue: namespace id, name, kind.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct QueueKey {
     /// Namespace id.
     pub namespace_id: String,
@@ -80,7 +80,7 @@ impl TaskRef {
 #[derive(Default)]
 struct Queue {
     tasks: VecDeque<TaskRef>,
-    queued: HashSet<(String, i64)>,
+    queued: BTreeSet<(String, i64)>,
     pollers: VecDeque<oneshot::Sender<TaskRef>>,
     /// Identities of recent pollers, for DescribeTaskQueue.
     last_pollers: VecDeque<String>,
@@ -93,11 +93,11 @@ const TASKS_PER_QUEUE_MAX: usize = 100_000;
 /// The matching index of one node.
 #[derive(Clone, Default)]
 pub struct Matching {
-    queues: Arc<Mutex<HashMap<QueueKey, Queue>>>,
+    queues: Arc<Mutex<BTreeMap<QueueKey, Queue>>>,
 }
 
 impl Matching {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<QueueKey, Queue>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<QueueKey, Queue>> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 

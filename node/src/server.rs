@@ -249,32 +249,24 @@ pub async fn start_on(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let peer_server = tonic::transport::Server::builder()
-        .add_service(RaftService::server(raft.clone()))
-        .serve_with_incoming_shutdown(raft_incoming, stopped(stop_rx.clone()));
+    let peer_server = crate::serve::serve(
+        tonic::service::Routes::new(RaftService::server(raft.clone())),
+        raft_incoming,
+        stopped(stop_rx.clone()),
+    );
     let admin = AdminService::new(raft.clone(), config.clone(), metrics, connector, clock);
     let frontend = Frontend::new(admin.clone(), watch);
     let duties = tokio::spawn(frontend.clone().run_duties());
-    let client_server = tonic::transport::Server::builder()
-        .add_service(health_service)
+    let client_routes = tonic::service::Routes::new(health_service)
         .add_service(
             WorkflowServiceServer::new(frontend)
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
                 .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
         )
-        .add_service(AdminServer::new(admin.clone()).accept_compressed(tonic::codec::CompressionEncoding::Gzip))
-        .serve_with_incoming_shutdown(client_incoming, stopped(stop_rx.clone()));
-    let node_id = config.node_id;
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = peer_server.await {
-            tracing::error!(node = node_id, error = %e, "peer server failed");
-        }
-    }));
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = client_server.await {
-            tracing::error!(node = node_id, error = %e, "client server failed");
-        }
-    }));
+        .add_service(AdminServer::new(admin.clone()).accept_compressed(tonic::codec::CompressionEncoding::Gzip));
+    let client_server = crate::serve::serve(client_routes, client_incoming, stopped(stop_rx.clone()));
+    tasks.push(tokio::spawn(peer_server));
+    tasks.push(tokio::spawn(client_server));
     tasks.push(tokio::spawn(ensure_default_namespace(admin)));
     tasks.push(duties);
     tracing::info!(node = config.node_id, client = %config.client_addr, raft = %config.raft_addr, "node ready");

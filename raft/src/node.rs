@@ -1,7 +1,7 @@
 //! [`RaftNode`]: every Raft group (shard) hosted by one node, over one store, one group-commit
 //! task and one transport.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -229,7 +229,7 @@ struct Inner {
     commit: GroupCommit,
     transport: Arc<Transport>,
     options: RaftOptions,
-    groups: RwLock<HashMap<GroupId, Arc<Group>>>,
+    groups: RwLock<BTreeMap<GroupId, Arc<Group>>>,
 }
 
 impl RaftNode {
@@ -246,7 +246,7 @@ impl RaftNode {
     ) -> Result<Self, crate::Error> {
         let config = Arc::new(options.openraft_config()?);
         let commit = GroupCommit::start(engine.clone(), options.planted_bug == Some(PlantedBug::AckBeforeSync));
-        let mut groups = HashMap::new();
+        let mut groups = BTreeMap::new();
         for spec in specs {
             let span = tracing::info_span!("shard", shard = spec.id, node = id);
             let progress = Arc::new(ApplyProgress::default());
@@ -324,7 +324,7 @@ impl RaftNode {
         ids
     }
 
-    fn groups(&self) -> std::sync::RwLockReadGuard<'_, HashMap<GroupId, Arc<Group>>> {
+    fn groups(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<GroupId, Arc<Group>>> {
         self.inner.groups.read().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -5,12 +5,47 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::time::Duration;
 
+use futures::FutureExt;
 use openraft::{AsyncRuntime, OptionalSend, TokioInstant};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
 thread_local! {
     static RNG: RefCell<Option<StdRng>> = const { RefCell::new(None) };
+    static PANICS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+/// From now on, a panic inside a Raft task spawned on this thread is recorded (see
+/// [`take_task_panics`]) and the task then waits forever, instead of failing its `JoinHandle`.
+///
+/// For the simulator: turmoil's hosts run tokio with `UnhandledPanic::ShutdownRuntime`, and a
+/// runtime shutting down from inside a panicking task aborts the whole process; recorded, the
+/// panic becomes a violation of the run ("a node never panics"). Production never calls this
+/// and keeps tokio's behaviour: openraft sees the failed task and reports `Fatal::Panicked`.
+pub fn record_task_panics() {
+    PANICS.with(|p| *p.borrow_mut() = Some(Vec::new()));
+}
+
+/// The panics recorded on this thread since the last call, and stops recording.
+pub fn take_task_panics() -> Vec<String> {
+    PANICS.with(|p| p.borrow_mut().take()).unwrap_or_default()
+}
+
+fn recording_panics() -> bool {
+    PANICS.with(|p| p.borrow().is_some())
+}
+
+fn record_panic(payload: Box<dyn std::any::Any + Send>) {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    PANICS.with(|p| {
+        if let Some(v) = p.borrow_mut().as_mut() {
+            v.push(msg);
+        }
+    });
 }
 
 /// Seeds this thread's Raft random source. The simulator calls it once per simulated host
@@ -67,7 +102,18 @@ impl AsyncRuntime for NornRuntime {
         T: Future + OptionalSend + 'static,
         T::Output: OptionalSend + 'static,
     {
-        tokio::task::spawn(future)
+        if !recording_panics() {
+            return tokio::task::spawn(future);
+        }
+        tokio::task::spawn(async move {
+            match std::panic::AssertUnwindSafe(future).catch_unwind().await {
+                Ok(out) => out,
+                Err(payload) => {
+                    record_panic(payload);
+                    std::future::pending().await
+                }
+            }
+        })
     }
 
     fn sleep(duration: Duration) -> Self::Sleep {

@@ -9,7 +9,7 @@
 //! instead of making one call each. A lone frame goes out at once. Snapshot chunks, which can be
 //! large and slow, travel alone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -96,9 +96,11 @@ struct Outgoing {
 pub struct Transport {
     me: NodeId,
     connector: Arc<dyn Connector>,
-    peers: Mutex<HashMap<NodeId, (String, RaftTransportClient<Channel>)>>,
-    outboxes: Mutex<HashMap<NodeId, (String, mpsc::Sender<Outgoing>)>>,
-    blocked: RwLock<HashSet<NodeId>>,
+    // Ordered maps everywhere: drop and iteration orders must not depend on the process's
+    // hash seed (the simulator replays a seed exactly).
+    peers: Mutex<BTreeMap<NodeId, (String, RaftTransportClient<Channel>)>>,
+    outboxes: Mutex<BTreeMap<NodeId, (String, mpsc::Sender<Outgoing>)>>,
+    blocked: RwLock<BTreeSet<NodeId>>,
     me_weak: Weak<Transport>,
 }
 
@@ -108,9 +110,9 @@ impl Transport {
         Arc::new_cyclic(|me_weak| Self {
             me,
             connector,
-            peers: Mutex::new(HashMap::new()),
-            outboxes: Mutex::new(HashMap::new()),
-            blocked: RwLock::new(HashSet::new()),
+            peers: Mutex::new(BTreeMap::new()),
+            outboxes: Mutex::new(BTreeMap::new()),
+            blocked: RwLock::new(BTreeSet::new()),
             me_weak: me_weak.clone(),
         })
     }
@@ -121,12 +123,12 @@ impl Transport {
     }
 
     /// Cuts (or, with an empty set, heals) the links to and from the given nodes.
-    pub fn set_blocked(&self, nodes: HashSet<NodeId>) {
+    pub fn set_blocked(&self, nodes: BTreeSet<NodeId>) {
         *self.blocked.write().unwrap_or_else(|p| p.into_inner()) = nodes;
     }
 
     /// The nodes whose links are cut.
-    pub fn blocked(&self) -> HashSet<NodeId> {
+    pub fn blocked(&self) -> BTreeSet<NodeId> {
         self.blocked.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

@@ -4,7 +4,7 @@
 //! heartbeat timeouts. The
 //! commands it proposes are validated by the engine, so a duplicate or early one changes nothing.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ const RETENTION_BATCH: usize = 500;
 
 /// Timers this node has armed, so a sweep does not arm them twice.
 #[derive(Clone, Default)]
-pub struct ArmedTimers(Arc<Mutex<HashSet<(String, String)>>>);
+pub struct ArmedTimers(Arc<Mutex<BTreeSet<(String, String)>>>);
 
 impl ArmedTimers {
     /// Records a timer; false if it was armed already.

@@ -15,7 +15,7 @@ pub use namespaces::{describe_response, ensure_default, lookup};
 
 use norn_proto::protos::temporal::api::workflowservice::v1::get_system_info_response::Capabilities;
 use norn_proto::protos::temporal::api::workflowservice::v1::*;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use norn_proto::{WorkflowService, WorkflowServiceClient};
@@ -29,8 +29,8 @@ use crate::admin::AdminService;
 pub struct Frontend {
     admin: AdminService,
     /// Namespace name to id. Ids never change and namespaces are never deleted.
-    ns_cache: Arc<Mutex<HashMap<String, String>>>,
-    clients: Arc<Mutex<HashMap<String, WorkflowServiceClient<Channel>>>>,
+    ns_cache: Arc<Mutex<BTreeMap<String, String>>>,
+    clients: Arc<Mutex<BTreeMap<String, WorkflowServiceClient<Channel>>>>,
     timers: duties::ArmedTimers,
     queries: queries::QueryWaiters,
     watch: crate::history::watch::RunWatch,

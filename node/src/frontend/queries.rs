@@ -8,7 +8,7 @@
 //! so the answer reflects every event written before the query (Temporal attaches such a query
 //! to the next task, with the same result).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ const QUERY_WAIT: Duration = Duration::from_secs(30);
 
 /// Callers waiting for query answers on this node, by query id.
 #[derive(Clone, Default)]
-pub struct QueryWaiters(Arc<Mutex<HashMap<String, oneshot::Sender<RespondQueryTaskCompletedRequest>>>>);
+pub struct QueryWaiters(Arc<Mutex<BTreeMap<String, oneshot::Sender<RespondQueryTaskCompletedRequest>>>>);
 
 impl QueryWaiters {
     fn park(&self, id: &str) -> oneshot::Receiver<RespondQueryTaskCompletedRequest> {

@@ -3,7 +3,7 @@
 //! re-read (linearizably). A poll on a node that hosts no replica of the run's shard is never
 //! woken and falls back to a periodic re-read.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -14,7 +14,7 @@ type Entry = (Arc<Notify>, usize);
 /// Per-run notifiers of one node.
 #[derive(Clone, Default)]
 pub struct RunWatch {
-    runs: Arc<Mutex<HashMap<String, Entry>>>,
+    runs: Arc<Mutex<BTreeMap<String, Entry>>>,
 }
 
 /// Interest in one run; dropping it forgets the run when nobody else waits on it.
