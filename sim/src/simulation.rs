@@ -4,7 +4,6 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,7 +39,7 @@ pub const TASK_QUEUE: &str = "sim";
 /// How often the run loop samples who leads what (simulated).
 const LEADER_SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
-type ScenarioFn = Rc<dyn Fn(Scenario) -> LocalBoxFuture<'static, Result<(), String>>>;
+type ScenarioFn = Arc<dyn Fn(Scenario) -> LocalBoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// What one run did and found.
 #[derive(Clone, Debug, Default)]
@@ -116,16 +115,44 @@ impl Simulation {
     /// injected; it must finish (every workflow it waits for must close) before the time limit.
     pub fn scenario<F, Fut>(mut self, f: F) -> Simulation
     where
-        F: Fn(Scenario) -> Fut + 'static,
+        F: Fn(Scenario) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + 'static,
     {
-        self.scenario = Some(Rc::new(move |s| f(s).boxed_local()));
+        self.scenario = Some(Arc::new(move |s| f(s).boxed_local()));
         self
     }
 
-    /// Runs the simulation and every check.
+    /// Runs the simulation and every check, on a thread of its own: thread-local state (tokio's
+    /// and the standard library's) left by an earlier run in the same thread would otherwise
+    /// change the run, and the same seed must always run the same way.
     pub fn run(&self) -> SimReport {
-        run(self)
+        let outcome = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name(format!("norn-sim-seed-{}", self.config.seed))
+                .stack_size(64 << 20)
+                .spawn_scoped(scope, || run(self))
+                .map(|t| t.join())
+        });
+        match outcome {
+            Ok(Ok(report)) => report,
+            Ok(Err(panic)) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                SimReport {
+                    seed: self.config.seed,
+                    violations: vec![format!("the simulation panicked: {why}")],
+                    ..Default::default()
+                }
+            }
+            Err(e) => SimReport {
+                seed: self.config.seed,
+                violations: vec![format!("could not start the simulation's thread: {e}")],
+                ..Default::default()
+            },
+        }
     }
 }
 
@@ -194,12 +221,31 @@ fn attempt_hook(obs: Observations, worker: usize) -> AttemptHook {
     })))
 }
 
+/// tokio numbers tasks from one counter per process and files each task in one of a few lists by
+/// its number; when a host crashes, its runtime drops its tasks list by list, and the order in
+/// which their sockets close reaches the network. Spawning throwaway tasks until the counter
+/// sits at a multiple of 64 starts every run at the same place, so a second run in one process
+/// (a loop over seeds, a test binary) behaves exactly like a first run in a fresh one.
+fn align_task_ids() {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else { return };
+    rt.block_on(async {
+        for _ in 0..64 {
+            let Ok(id) = tokio::spawn(async { tokio::task::id() }).await else { return };
+            if id.to_string().parse::<u64>().map_or(true, |n| n % 64 == 0) {
+                return;
+            }
+        }
+    });
+}
+
 fn run(s: &Simulation) -> SimReport {
     let cfg = &s.config;
     // The wall clock measures the run from outside the simulation (for the report only).
     #[allow(clippy::disallowed_methods)]
     let started = Instant::now();
     norn_raft::runtime::seed_thread_rng(cfg.seed);
+    norn_raft::runtime::record_task_panics();
+    align_task_ids();
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5eed);
     let mut sim = turmoil::Builder::new()
         .rng_seed(cfg.seed)
@@ -309,6 +355,9 @@ fn run(s: &Simulation) -> SimReport {
     }
     report.simulated = sim.elapsed();
     report.faults = faults.log.clone();
+    for p in norn_raft::runtime::take_task_panics() {
+        report.violations.push(format!("a node panicked in a Raft task: {p}"));
+    }
     check(s, &disks, &obs, &faults, finished, &mut report);
     report.real = started.elapsed();
     report

@@ -70,6 +70,20 @@ fn the_same_seed_gives_the_same_trace() {
     assert_ne!(a, hash_of(8), "another seed must give another run");
 }
 
+#[test]
+fn a_second_run_in_one_process_repeats_the_first() {
+    let _one = one_at_a_time();
+    let cfg = SimConfig { fault_window: Duration::from_secs(30), workflows: 6, ..SimConfig::new(7) };
+    let (a, b) = (run(&cfg), run(&cfg));
+    assert_clean(7, &a);
+    assert_eq!(
+        format!("{:016x}", a.trace_hash),
+        format!("{:016x}", b.trace_hash),
+        "seed 7 ran differently the second time in one process"
+    );
+    assert_eq!(a.faults, b.faults);
+}
+
 /// Runs seeds 1..=`seeds` with `bug` planted and returns the first seed's violations that
 /// match `caught_by`.
 fn catch(bug: PlantedBug, seeds: u64, caught_by: &str) -> (u64, Vec<String>) {

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+use norn_client::protos::temporal::api::enums::v1::EventType;
+
 use super::histories::FinalRun;
 use crate::observe::{EventSummary, Observed};
 use crate::scenario::summarize;
@@ -89,8 +91,11 @@ pub fn check(o: &Observed, runs: &BTreeMap<String, FinalRun>) -> Vec<String> {
             ));
             continue;
         }
-        // Every signal acknowledged before the read was sent must be in it.
-        let missing = o.signals.iter().filter(|s| s.workflow_id == read.workflow_id).find(|s| {
+        // Every signal acknowledged before the read was sent must be in it, unless a workflow
+        // task was in flight at the end of the read: signals that arrive then are buffered and
+        // written when the task closes (as Temporal does).
+        let task_in_flight = events.last().is_some_and(|e| e.1 == EventType::WorkflowTaskStarted as i32);
+        let missing = o.signals.iter().filter(|s| s.workflow_id == read.workflow_id && !task_in_flight).find(|s| {
             s.acked_at.is_some_and(|t| t < read.invoked_at)
                 && matching
                     .iter()
