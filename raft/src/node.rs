@@ -164,6 +164,12 @@ pub struct GroupStatus {
     pub term: u64,
     /// The leader this node knows of.
     pub leader: Option<NodeId>,
+    /// The vote this node has on disk: its term, the node it is for, and whether a quorum
+    /// granted it. openraft orders votes by (term, node, committed) and names a leader by
+    /// (term, node), so one term can see several leaders of distinct nodes; what makes that
+    /// safe is that a node's stored vote never goes back.
+    #[serde(default)]
+    pub vote: (u64, NodeId, bool),
     /// Last log index.
     pub last_log_index: u64,
     /// Highest index known committed.
@@ -413,6 +419,7 @@ impl RaftNode {
             role,
             term: m.current_term,
             leader: m.current_leader,
+            vote: (m.vote.leader_id.term, m.vote.leader_id.node_id, m.vote.committed),
             last_log_index: m.last_log_index.unwrap_or(0),
             committed_index: committed.max(applied),
             applied_index: applied,

@@ -1,8 +1,8 @@
-//! What a run observes while it runs: the entries every replica applies, the leaders each node
-//! claims, the nodes that are up, and the scenario's client operations with their simulated
+//! What a run observes while it runs: the entries every replica applies, the votes and leaders
+//! each node holds, the nodes that are up, and the scenario's client operations with their simulated
 //! times. The checks read it after the run (`checks`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -99,10 +99,12 @@ pub struct Observed {
     pub applied: BTreeMap<(u32, u64), (u64, u64, usize)>,
     /// Replicas that applied a different entry at an index (at most a few are kept).
     pub apply_conflicts: Vec<String>,
-    /// (shard, term) -> the node that claimed to lead it.
-    pub leaders: BTreeMap<(u32, u64), usize>,
-    /// Two nodes claiming to lead one shard in one term.
-    pub leader_conflicts: Vec<String>,
+    /// (shard, term, node) for every leader seen.
+    pub leaders: BTreeSet<(u32, u64, usize)>,
+    /// (node, shard) -> the highest vote the node was seen to hold on disk.
+    pub votes: BTreeMap<(usize, u32), (u64, u64, bool)>,
+    /// Stored votes that went back (at most a few are kept).
+    pub vote_regressions: Vec<String>,
     /// The running nodes, by 1-based id.
     pub nodes: BTreeMap<usize, NodeHandle>,
     /// Activity attempts as run by workers.
@@ -148,24 +150,34 @@ impl Observations {
         let nodes: Vec<(usize, RaftNode)> = o.nodes.iter().map(|(i, h)| (*i, h.raft.clone())).collect();
         for (id, raft) in nodes {
             for s in raft.status() {
-                if s.role != Role::Leader {
+                if s.role == Role::Leader {
+                    o.leaders.insert((s.group, s.term, id));
+                }
+                // Term 0 is the placeholder of a node whose Raft core has not reported yet.
+                if s.vote.0 == 0 || s.role == Role::Failed {
                     continue;
                 }
-                match o.leaders.get(&(s.group, s.term)) {
-                    None => {
-                        o.leaders.insert((s.group, s.term), id);
-                    }
-                    Some(other) if *other != id => {
-                        if o.leader_conflicts.len() < 8 {
-                            let what = format!("shard {} term {}: node{other} and node{id} both led", s.group, s.term);
-                            o.leader_conflicts.push(what);
+                let now = s.vote;
+                match o.votes.get(&(id, s.group)).copied() {
+                    Some(before) if now < before => {
+                        let what =
+                            format!("node{id} shard {}: from {} to {}", s.group, show_vote(before), show_vote(now));
+                        if o.vote_regressions.len() < 8 && !o.vote_regressions.contains(&what) {
+                            o.vote_regressions.push(what);
                         }
                     }
-                    Some(_) => {}
+                    Some(before) if now == before => {}
+                    _ => {
+                        o.votes.insert((id, s.group), now);
+                    }
                 }
             }
         }
     }
+}
+
+fn show_vote((term, node, committed): (u64, u64, bool)) -> String {
+    format!("T{term}-N{node}{}", if committed { " (granted by a quorum)" } else { "" })
 }
 
 struct NodeApplies {

@@ -406,7 +406,7 @@ fn check(
         .sum();
     report.stats = vec![
         ("entries applied", o.applied.len() as u64),
-        ("leader terms", o.leaders.len() as u64),
+        ("leaders elected", o.leaders.len() as u64),
         ("activity attempts", o.attempts.len() as u64),
         ("stale completions sent", o.stale_sent as u64),
         ("history reads", o.reads.len() as u64),

@@ -108,6 +108,9 @@ fn a_planted_ack_before_fsync_is_caught_within_three_seeds() {
     // Acknowledged log entries vanish in a power loss; new ones take their indexes.
     let (seed, hits) = catch(PlantedBug::AckBeforeSync, 3, "replicas applied different entries");
     assert!(hits[0].contains("index"), "seed {seed}: {hits:#?}");
+    // Unsynced votes vanish too: a node grants a vote lower than one it held.
+    let (seed, hits) = catch(PlantedBug::AckBeforeSync, 3, "a stored vote went back");
+    assert!(hits[0].contains("shard"), "seed {seed}: {hits:#?}");
 }
 
 #[test]
