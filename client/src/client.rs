@@ -978,10 +978,16 @@ use futures::TryStreamExt as _;
 fn retryable(s: &Status) -> bool {
     // Every call this client makes is idempotent (writes carry one request id across attempts),
     // so a call that timed out on this side may be sent again.
-    matches!(s.code(), Code::Unavailable | Code::ResourceExhausted)
-        || client_timeout(s)
-        || (s.code() == Code::Unknown && s.message().contains("transport"))
-        || (s.code() == Code::Cancelled && s.message().contains("connection"))
+    matches!(s.code(), Code::Unavailable | Code::ResourceExhausted) || client_timeout(s) || connection_lost(s)
+}
+
+/// The connection broke under the call (tonic reports it as `Unknown` or `Cancelled`, for
+/// example "h2 protocol error: error reading a body from connection" when the node died while
+/// it answered). The server may or may not have acted; every call is safe to send again.
+pub(crate) fn connection_lost(s: &Status) -> bool {
+    let m = s.message();
+    (s.code() == Code::Unknown && (m.contains("transport") || m.contains("h2 protocol error")))
+        || (s.code() == Code::Cancelled && m.contains("connection"))
 }
 
 /// tonic reports this side's deadline as `Cancelled: Timeout expired`.

@@ -74,6 +74,7 @@ impl From<Status> for Error {
             Code::Unavailable => Error::Unavailable(s.message().to_string()),
             Code::DeadlineExceeded => Error::TimedOut(s.message().to_string()),
             _ if crate::client::client_timeout(&s) => Error::TimedOut(s.message().to_string()),
+            _ if crate::client::connection_lost(&s) => Error::Unavailable(s.message().to_string()),
             Code::InvalidArgument => Error::InvalidArgument(s.message().to_string()),
             Code::FailedPrecondition => Error::FailedPrecondition(s.message().to_string()),
             _ => Error::Rpc(Box::new(s)),
@@ -93,4 +94,17 @@ fn already_started(s: &Status) -> Option<Error> {
         }
     }
     Some(Error::AlreadyStarted { workflow_id: String::new(), run_id: String::new() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_that_broke_under_a_call_is_retryable() {
+        let broke = Error::from(Status::unknown("h2 protocol error: error reading a body from connection"));
+        assert!(matches!(broke, Error::Unavailable(_)) && broke.is_retryable(), "{broke:?}");
+        let other = Error::from(Status::unknown("the handler failed"));
+        assert!(!other.is_retryable(), "{other:?}");
+    }
 }

@@ -101,7 +101,9 @@ impl Scenario {
 
     /// Signals the workflow's current run and retries while the cluster is unavailable, with
     /// one request id across retries (so it is delivered once). The argument identifies the
-    /// signal in the checks: give each signal of a workflow its own.
+    /// signal in the checks: give each signal of a workflow its own. `Ok` also when the run has
+    /// closed (an attempt whose answer was lost may have landed before it did): the signal then
+    /// counts as unacknowledged, allowed at most once in the history.
     pub async fn signal<A: Serialize + 'static>(&self, workflow_id: &str, name: &str, arg: &A) -> Result<(), Error> {
         let request_id = self.client.new_request_id();
         let arg_json = serde_json::to_string(arg).unwrap_or_default();
@@ -110,6 +112,7 @@ impl Scenario {
             o.signals.push(SignalOp { workflow_id: workflow_id.into(), name: name.into(), arg_json, acked_at: None });
             o.signals.len() - 1
         };
+        let mut retried = false;
         loop {
             match self.client.signal_with_request_id(workflow_id, None, name, arg, &request_id).await {
                 Ok(()) => {
@@ -119,7 +122,16 @@ impl Scenario {
                 }
                 Err(e) if e.is_retryable() => {
                     self.note(format!("signal {workflow_id} {name}: {e}; retrying"));
+                    retried = true;
                     tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                // An earlier attempt (ours, or one the SDK client retried inside the call) may
+                // have landed, and the run may have consumed the signal and closed since: the
+                // outcome is unknown, not a failure. The signal stays unacknowledged, so the
+                // signal check allows it at most once in the history.
+                Err(Error::NotFound(e)) if retried || e.contains("already completed") => {
+                    self.note(format!("signal {workflow_id} {name}: outcome unknown, the run closed: {e}"));
+                    return Ok(());
                 }
                 Err(e) => {
                     self.note(format!("signal {workflow_id} {name}: {e}"));
@@ -218,11 +230,17 @@ impl Scenario {
         }
     }
 
-    /// Asks the workflow's current run to cancel, retrying until acknowledged.
+    /// Asks the workflow's current run to cancel, retrying until acknowledged or the run is closed.
     pub async fn cancel(&self, workflow_id: &str) {
         loop {
             match self.client.cancel(workflow_id, None, "canceled by the simulation").await {
                 Ok(()) => return,
+                // Closed already (perhaps by an attempt of ours whose answer was lost): the
+                // run's result tells the scenario how it ended.
+                Err(Error::NotFound(e)) if e.contains("already completed") => {
+                    self.note(format!("cancel {workflow_id}: the run is closed: {e}"));
+                    return;
+                }
                 Err(e) => {
                     self.note(format!("cancel {workflow_id}: {e}; retrying"));
                     tokio::time::sleep(RETRY_PAUSE).await;
