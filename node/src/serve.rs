@@ -4,15 +4,23 @@
 //! which hyper takes from the system clock. Its bytes change with the wall-clock second, so in
 //! the simulator the same seed produced different network traffic (frame sizes, and with them
 //! turmoil's random draws) depending on when it ran. gRPC needs no `date` header.
+//!
+//! What tonic's server did and this loop keeps: no limit on concurrent streams per connection
+//! (hyper alone allows 200, and one SDK client multiplexes all its long polls on one
+//! connection), and a call ends with `DEADLINE_EXCEEDED` once the client's `grpc-timeout` passes,
+//! even when the client's reset never arrives (a partition).
 
 use std::future::Future;
 use std::pin::pin;
+use std::time::Duration;
 
 use futures::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
+use tonic::codegen::http;
 use tonic::service::Routes;
+use tower::ServiceExt;
 
 use crate::server::Incoming;
 
@@ -20,7 +28,7 @@ use crate::server::Incoming;
 /// connection to finish its calls and waits for them.
 pub async fn serve(routes: Routes, incoming: Incoming, shutdown: impl Future<Output = ()>) {
     let mut builder = Builder::new(TokioExecutor::new()).http2_only();
-    builder.http2().timer(TokioTimer::new()).auto_date_header(false);
+    builder.http2().timer(TokioTimer::new()).auto_date_header(false).max_concurrent_streams(None);
     let routes = routes.prepare();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut incoming = incoming;
@@ -39,7 +47,21 @@ pub async fn serve(routes: Routes, incoming: Incoming, shutdown: impl Future<Out
             }
             Some(Ok(c)) => c,
         };
-        let (builder, svc, mut stop) = (builder.clone(), TowerToHyperService::new(routes.clone()), stop_rx.clone());
+        let routes = routes.clone();
+        let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let timeout = grpc_timeout(req.headers());
+            let call = routes.clone().oneshot(req.map(tonic::body::Body::new));
+            async move {
+                match timeout {
+                    None => call.await,
+                    Some(t) => match tokio::time::timeout(t, call).await {
+                        Ok(answer) => answer,
+                        Err(_) => Ok(tonic::Status::deadline_exceeded("the call's grpc-timeout passed").into_http()),
+                    },
+                }
+            }
+        });
+        let (builder, svc, mut stop) = (builder.clone(), TowerToHyperService::new(svc), stop_rx.clone());
         tokio::spawn(async move {
             let mut conn = pin!(builder.serve_connection(TokioIo::new(conn), svc));
             let result = tokio::select! {
@@ -58,4 +80,47 @@ pub async fn serve(routes: Routes, incoming: Incoming, shutdown: impl Future<Out
     drop(stop_rx);
     let _ = stop_tx.send(true);
     stop_tx.closed().await;
+}
+
+/// The client's deadline from the `grpc-timeout` header ("<at most 8 digits><H|M|S|m|u|n>");
+/// `None` when absent or malformed (the call then runs under the server's own bounds).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get("grpc-timeout")?.to_str().ok().filter(|v| v.is_ascii())?;
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout_of(v: &str) -> Option<Duration> {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-timeout", http::HeaderValue::from_str(v).ok()?);
+        grpc_timeout(&h)
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_and_bad_ones_are_ignored() {
+        assert_eq!(timeout_of("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(timeout_of("70000m"), Some(Duration::from_secs(70)));
+        assert_eq!(timeout_of("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(timeout_of("5u"), Some(Duration::from_micros(5)));
+        for bad in ["", "S", "10", "10x", "123456789S", "-1S", "1.5S", "é"] {
+            assert_eq!(timeout_of(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&http::HeaderMap::new()), None);
+    }
 }

@@ -293,7 +293,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                 }
             };
             if let Some(o) = &self.observer {
-                o.applied(self.group, entry.log_id.index, entry.log_id.leader_id.term, entry_digest(&entry.payload));
+                o.applied(self.group, entry.log_id.index, entry.log_id.leader_id.term, entry_digest(&entry));
             }
             self.applied.last_applied = Some(entry.log_id);
             responses.push(response);
@@ -390,8 +390,10 @@ impl RaftStateMachine<TypeConfig> for SmStore {
     }
 }
 
-/// FNV-1a of an entry's kind, timestamp and payloads, for [`crate::node::ApplyObserver`].
-fn entry_digest(payload: &EntryPayload<TypeConfig>) -> u64 {
+/// FNV-1a of an entry's leader (openraft names a leader by term and node, so two leaders of one
+/// term can write different entries at one index), kind, timestamp and payloads, for
+/// [`crate::node::ApplyObserver`]. Computed only when an observer is set.
+fn entry_digest(entry: &Entry) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for b in bytes {
@@ -399,7 +401,8 @@ fn entry_digest(payload: &EntryPayload<TypeConfig>) -> u64 {
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
     };
-    match payload {
+    eat(&entry.log_id.leader_id.node_id.to_be_bytes());
+    match &entry.payload {
         EntryPayload::Blank => eat(b"blank"),
         EntryPayload::Membership(m) => eat(format!("membership {m:?}").as_bytes()),
         EntryPayload::Normal(cmd) => {

@@ -415,23 +415,15 @@ fn check(
         ("snapshots installed", snapshot_installs),
         ("snapshots installed after long outages", outage_installs),
     ];
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut parts: Vec<Vec<u8>> = Vec::new();
     for (t, f) in report.faults.iter().chain(report.trace.iter()) {
-        fnv(&mut h, &t.as_millis().to_be_bytes());
-        fnv(&mut h, f.as_bytes());
+        parts.push(t.as_millis().to_be_bytes().to_vec());
+        parts.push(f.as_bytes().to_vec());
     }
     for (id, r) in &runs {
-        fnv(&mut h, id.as_bytes());
-        for e in &r.events {
-            fnv(&mut h, &e.event_type.to_be_bytes());
-        }
+        parts.push(id.as_bytes().to_vec());
+        parts.extend(r.events.iter().map(|e| e.event_type.to_be_bytes().to_vec()));
     }
-    report.trace_hash = h;
-}
-
-fn fnv(h: &mut u64, bytes: &[u8]) {
-    for b in bytes {
-        *h ^= u64::from(*b);
-        *h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+    let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    report.trace_hash = norn_node::placement::stable_hash(&parts);
 }
