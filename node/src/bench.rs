@@ -2,16 +2,17 @@
 //!
 //! The nodes run in this process (so the numbers measure Raft, group commit and the disk rather
 //! than a client's gRPC stack) but talk to each other over real TCP and write to real RocksDB
-//! directories with every acknowledged append fsynced on a quorum.
+//! directories with every acknowledged append fsynced on a quorum. Each node has a runtime and
+//! thread of its own with the worker threads `norn cluster up` would give it on this machine,
+//! and each proposer runs on its shard leader's runtime, where the node's frontend proposes.
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use norn_raft::{RaftNode, Role};
+use norn_raft::Role;
 
 use crate::command::ShardCommand;
 use crate::kv::KvCommand;
@@ -33,6 +34,8 @@ pub struct BenchOptions {
     pub value_bytes: usize,
     /// Overrides `raft.proposals_in_flight_max` (entries in flight per shard before batching).
     pub in_flight: Option<usize>,
+    /// Tokio worker threads of each node's runtime (1: the current-thread scheduler).
+    pub threads_per_node: usize,
 }
 
 /// One row of the result table.
@@ -72,17 +75,52 @@ pub fn measure_fsync(dir: &Path, samples: usize) -> anyhow::Result<Duration> {
     Ok(times[times.len() / 2])
 }
 
-fn leaders(nodes: &[RunningNode]) -> Vec<(u32, RaftNode)> {
+/// Each shard's leader, as an index into `nodes`.
+fn leaders(nodes: &[RunningNode]) -> Vec<(u32, usize)> {
     let mut out = Vec::new();
-    for n in nodes {
+    for (i, n) in nodes.iter().enumerate() {
         for s in n.raft.status() {
             if s.role == Role::Leader {
-                out.push((s.group, n.raft.clone()));
+                out.push((s.group, i));
             }
         }
     }
     out.sort_by_key(|(g, _)| *g);
     out
+}
+
+/// A tokio runtime on a thread of its own, standing in for one node's process.
+struct NodeRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NodeRuntime {
+    /// The runtime a node with `worker_threads` gets (`NodeConfig::worker_threads`).
+    fn start(name: String, worker_threads: usize) -> anyhow::Result<Self> {
+        let rt = crate::config::build_runtime(worker_threads)?;
+        let handle = rt.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            rt.block_on(async {
+                let _ = stopped.await;
+            });
+            rt.shutdown_background();
+        })?;
+        Ok(Self { handle, stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for NodeRuntime {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Runs the benchmark and returns the fsync median and one row per proposer count.
@@ -106,10 +144,14 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<(Duration, Vec<BenchRow>
     };
     let layout = lay_out(&spec)?;
     let mut nodes = Vec::new();
+    let mut runtimes = Vec::new();
     for n in &layout.nodes {
         let mut cfg = crate::config::NodeConfig::load(&n.config)?;
         cfg.metrics_addr = None;
-        nodes.push(start(cfg).await?);
+        cfg.worker_threads = opts.threads_per_node;
+        let rt = NodeRuntime::start(format!("norn-node-{}", n.id), cfg.worker_threads)?;
+        nodes.push(rt.handle.spawn(start(cfg)).await??);
+        runtimes.push(rt);
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut by_shard = leaders(&nodes);
@@ -118,7 +160,6 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<(Duration, Vec<BenchRow>
         tokio::time::sleep(Duration::from_millis(100)).await;
         by_shard = leaders(&nodes);
     }
-    let by_shard = Arc::new(by_shard);
     let value = vec![7u8; opts.value_bytes];
     let mut rows = Vec::new();
     for &p in &opts.proposers {
@@ -129,10 +170,11 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<(Duration, Vec<BenchRow>
         let stop_at = started + opts.duration;
         let mut tasks = Vec::new();
         for i in 0..p {
-            let by_shard = by_shard.clone();
+            let (shard, leader) = by_shard[i % by_shard.len()];
+            let node = nodes[leader].raft.clone();
             let value = value.clone();
-            tasks.push(tokio::spawn(async move {
-                let (shard, node) = &by_shard[i % by_shard.len()];
+            // The proposer runs on its leader's runtime, as the node's own frontend would.
+            tasks.push(runtimes[leader].handle.spawn(async move {
                 let mut hist = Histogram::<u64>::new(3).map_err(|e| anyhow::anyhow!("{e}"))?;
                 let mut n = 0u64;
                 #[allow(clippy::disallowed_methods)]
@@ -144,7 +186,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<(Duration, Vec<BenchRow>
                     .encode();
                     #[allow(clippy::disallowed_methods)]
                     let t = Instant::now();
-                    node.propose(*shard, payload).await?;
+                    node.propose(shard, payload).await?;
                     hist.record(t.elapsed().as_micros() as u64)?;
                     n += 1;
                 }
@@ -171,9 +213,10 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<(Duration, Vec<BenchRow>
             sync_busy: busy.as_secs_f64() / (elapsed.as_secs_f64() * nodes.len().max(1) as f64),
         });
     }
-    for n in nodes {
-        n.stop().await;
+    for (n, rt) in nodes.into_iter().zip(&runtimes) {
+        rt.handle.spawn(n.stop()).await?;
     }
+    drop(runtimes);
     Ok((fsync, rows))
 }
 

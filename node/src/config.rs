@@ -55,6 +55,10 @@ pub struct NodeConfig {
     /// Accept fault-injection calls (tests and chaos runs only).
     #[serde(default)]
     pub enable_fault_injection: bool,
+    /// Tokio worker threads: 0 for one per core, 1 for the current-thread scheduler (every
+    /// task of the node on one thread; RocksDB syncs still run on blocking threads).
+    #[serde(default)]
+    pub worker_threads: usize,
     /// Raft timings.
     #[serde(default)]
     pub raft: RaftOptions,
@@ -77,6 +81,9 @@ fn default_replicas() -> usize {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
+
+/// Most tokio worker threads a node may ask for.
+const WORKER_THREADS_MAX: usize = 1024;
 
 impl NodeConfig {
     /// Reads a TOML file.
@@ -124,12 +131,28 @@ impl NodeConfig {
         if self.replicas == 0 {
             return Err(ConfigError("replicas must be at least 1".into()));
         }
+        if self.worker_threads > WORKER_THREADS_MAX {
+            return Err(ConfigError(format!(
+                "worker_threads must be 0 (one per core) to {WORKER_THREADS_MAX}, got {}",
+                self.worker_threads
+            )));
+        }
         Ok(())
     }
 
     /// This node's address record.
     pub fn me(&self) -> NodeInfo {
         NodeInfo { raft_addr: self.raft_addr.clone(), client_addr: self.client_addr.clone() }
+    }
+}
+
+/// A tokio runtime with `worker_threads` workers: 0 for one per core, 1 for the current-thread
+/// scheduler (on a machine shared by several nodes, fewer threads mean fewer wake-ups).
+pub fn build_runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
     }
 }
 
@@ -146,6 +169,7 @@ mod tests {
             metrics_addr: None,
             shards: 16,
             replicas: 3,
+            worker_threads: 0,
             members: vec![Member { id: 1, raft_addr: "127.0.0.1:2".into(), client_addr: "127.0.0.1:1".into() }],
             enable_fault_injection: false,
             raft: RaftOptions::default(),
@@ -172,5 +196,23 @@ mod tests {
         c.members.push(c.members[0].clone());
         assert!(c.validate().is_err());
         assert!(toml::from_str::<NodeConfig>("node_id = 1\nbogus = 2").is_err());
+        let mut c = cfg();
+        c.worker_threads = WORKER_THREADS_MAX + 1;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn worker_threads_pick_the_scheduler() {
+        use tokio::runtime::RuntimeFlavor;
+        let mut c = cfg();
+        c.worker_threads = 1;
+        let back: NodeConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(back.worker_threads, 1);
+        assert_eq!(build_runtime(1).unwrap().handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        assert_eq!(build_runtime(2).unwrap().handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(build_runtime(0).unwrap().handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        // A file written before the key existed still loads, with one thread per core.
+        let old = "node_id = 1\ndata_dir = \"d\"\n[[members]]\nid = 1\nraft_addr = \"127.0.0.1:7234\"\nclient_addr = \"127.0.0.1:7233\"\n";
+        assert_eq!(toml::from_str::<NodeConfig>(old).unwrap().worker_threads, 0);
     }
 }

@@ -127,6 +127,7 @@ pub fn lay_out(spec: &ClusterSpec) -> anyhow::Result<ClusterFile> {
             replicas: 3,
             members: members.clone(),
             enable_fault_injection: spec.fault_injection,
+            worker_threads: threads_per_node(spec.nodes),
             raft: spec.raft.clone(),
         };
         let config = dir.join("norn.toml");
@@ -288,4 +289,23 @@ pub async fn down(dir: &Path, grace: Duration) -> anyhow::Result<usize> {
     }
     write_file(dir, &file)?;
     Ok(pids.len())
+}
+
+/// Tokio worker threads for each of `nodes` nodes sharing this machine: its cores divided among
+/// them, at least one. Oversubscribed worker threads only add wake-ups and context switches.
+pub fn threads_per_node(nodes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (cores / nodes.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn local_nodes_share_the_cores_and_get_at_least_one_thread() {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        assert_eq!(super::threads_per_node(1), cores);
+        assert_eq!(super::threads_per_node(cores * 2), 1);
+        assert_eq!(super::threads_per_node(0), cores);
+        assert!(super::threads_per_node(3) >= 1);
+    }
 }

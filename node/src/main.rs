@@ -108,6 +108,9 @@ struct ServerArgs {
     /// Accept fault-injection calls (tests only).
     #[arg(long)]
     enable_fault_injection: bool,
+    /// Tokio worker threads (0: one per core; 1: the current-thread scheduler).
+    #[arg(long)]
+    worker_threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -162,6 +165,10 @@ enum BenchCmd {
         /// (`raft.proposals_in_flight_max`; a large value all but disables batching).
         #[arg(long)]
         in_flight: Option<usize>,
+        /// Tokio worker threads of each node (1 selects the current-thread scheduler). Default:
+        /// the machine's cores divided among the nodes, at least 1, as `norn cluster up` does.
+        #[arg(long)]
+        threads_per_node: Option<usize>,
     },
 }
 
@@ -217,6 +224,7 @@ fn server_config(a: ServerArgs) -> anyhow::Result<NodeConfig> {
             replicas: 3,
             members: Vec::new(),
             enable_fault_injection: false,
+            worker_threads: 0,
             raft: RaftOptions::default(),
         },
     };
@@ -258,6 +266,9 @@ fn server_config(a: ServerArgs) -> anyhow::Result<NodeConfig> {
         cfg.raft.snapshot_logs_since_last = v;
     }
     cfg.enable_fault_injection |= a.enable_fault_injection;
+    if let Some(v) = a.worker_threads {
+        cfg.worker_threads = v;
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -320,11 +331,21 @@ async fn admin(address: &str) -> anyhow::Result<AdminClient<tonic::transport::Ch
     Ok(AdminClient::new(channel(address).await?))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     init_tracing();
     let cli = Cli::parse();
-    match cli.command {
+    if let Cmd::Server(a) = cli.command {
+        // The node's runtime follows its configuration (`worker_threads`).
+        let cfg = server_config(a)?;
+        let rt = norn_node::config::build_runtime(cfg.worker_threads).context("start the tokio runtime")?;
+        return rt.block_on(norn_node::server::run(cfg, shutdown_signal()));
+    }
+    let rt = norn_node::config::build_runtime(0).context("start the tokio runtime")?;
+    rt.block_on(run(cli.command))
+}
+
+async fn run(command: Cmd) -> anyhow::Result<()> {
+    match command {
         Cmd::Server(a) => {
             let cfg = server_config(a)?;
             norn_node::server::run(cfg, shutdown_signal()).await
@@ -342,6 +363,7 @@ async fn main() -> anyhow::Result<()> {
                 replicas: 1,
                 members: vec![Member { id: 1, raft_addr: raft, client_addr: client.clone() }],
                 enable_fault_injection: false,
+                worker_threads: 0,
                 raft: RaftOptions {
                     election_timeout_ms_min: 150,
                     election_timeout_ms_max: 300,
@@ -411,7 +433,7 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench(BenchCmd::Raft { nodes, shards, proposers, seconds, value_bytes, in_flight }) => {
+        Cmd::Bench(BenchCmd::Raft { nodes, shards, proposers, seconds, value_bytes, in_flight, threads_per_node }) => {
             let opts = norn_node::bench::BenchOptions {
                 nodes,
                 shards,
@@ -419,6 +441,7 @@ async fn main() -> anyhow::Result<()> {
                 duration: Duration::from_secs(seconds),
                 value_bytes,
                 in_flight,
+                threads_per_node: threads_per_node.unwrap_or_else(|| norn_node::local_cluster::threads_per_node(nodes)),
             };
             let (fsync, rows) = norn_node::bench::run(&opts).await?;
             print!("{}", norn_node::bench::table(fsync, &rows));

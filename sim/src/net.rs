@@ -103,6 +103,8 @@ pub fn node_config(cfg: &SimConfig, id: u64) -> NodeConfig {
         replicas: 3,
         members,
         enable_fault_injection: false,
+        // Every simulated host is one thread under turmoil; the setting is not used.
+        worker_threads: 1,
         raft: RaftOptions {
             election_timeout_ms_min: 500,
             election_timeout_ms_max: 1000,
