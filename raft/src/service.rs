@@ -1,8 +1,13 @@
 //! The server side of the transport: receives frames and hands them to the right group.
 
+use std::pin::Pin;
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec;
 use crate::node::RaftNode;
@@ -10,7 +15,11 @@ use crate::pb::raft_transport_server::{RaftTransport, RaftTransportServer};
 use crate::pb::{Frame, Frames};
 use crate::transport::kind;
 
+/// Frames of one `Stream` being handled at once; the stream is not read further until one ends.
+const STREAM_IN_FLIGHT_MAX: usize = 4096;
+
 /// Serves `norn.raft.v1.RaftTransport` for every group of a [`RaftNode`].
+#[derive(Clone)]
 pub struct RaftService {
     node: RaftNode,
 }
@@ -39,7 +48,13 @@ fn reply<T: Serialize>(frame: &Frame, me: u64, value: &T) -> Result<Frame, Statu
         to: frame.from,
         error_code: 0,
         error: String::new(),
+        id: frame.id,
     })
+}
+
+/// The answer frame for a frame that failed with `status`.
+fn failed(me: u64, id: u64, status: &Status) -> Frame {
+    Frame { from: me, id, error_code: status.code() as i32, error: status.message().to_string(), ..Default::default() }
 }
 
 #[tonic::async_trait]
@@ -56,18 +71,42 @@ impl RaftTransport for RaftService {
         // Every group's frame is handled at once; the answers keep the frames' order.
         let answers = futures::future::join_all(frames.into_iter().map(|f| self.handle(f))).await;
         let me = self.node.id();
-        let frames = answers
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|s| Frame {
-                    from: me,
-                    error_code: s.code() as i32,
-                    error: s.message().to_string(),
-                    ..Default::default()
-                })
-            })
-            .collect();
+        let frames = answers.into_iter().map(|r| r.unwrap_or_else(|s| failed(me, 0, &s))).collect();
         Ok(Response::new(Frames { frames }))
+    }
+
+    type StreamStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'static>>;
+
+    async fn stream(&self, request: Request<Streaming<Frame>>) -> Result<Response<Self::StreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<Frame, Status>>(STREAM_IN_FLIGHT_MAX);
+        let service = self.clone();
+        // Every frame is handled in a task of its own, so that one group's slow append (its
+        // fsync) holds up no other group's; answers go out as they finish.
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(STREAM_IN_FLIGHT_MAX));
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else { return };
+                let frame = match inbound.message().await {
+                    Ok(Some(f)) => f,
+                    // The caller closed its side, or the connection broke: answers still in
+                    // flight are dropped with the response stream.
+                    Ok(None) | Err(_) => return,
+                };
+                let service = service.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let id = frame.id;
+                    let answer = match service.handle(frame).await {
+                        Ok(f) => f,
+                        Err(s) => failed(service.node.id(), id, &s),
+                    };
+                    let _ = tx.send(Ok(answer)).await;
+                    drop(slot);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
 

@@ -1,37 +1,38 @@
 //! Node-to-node transport. One tonic channel per peer node carries the RPCs of every group;
-//! each frame names its group. Every call has a deadline; tonic reconnects a broken channel on
-//! the next call. Tests can cut links with [`Transport::set_blocked`] (a partition filter, like
-//! TiKV's simulated transport), which drops frames in both directions.
+//! each frame names its group. Every call has a deadline; a call that times out or meets a broken
+//! connection drops it, and the next call opens a fresh one. Tests can cut links with
+//! [`Transport::set_blocked`] (a partition filter, like TiKV's simulated transport), which drops
+//! frames in both directions.
 //!
-//! Append-entries and vote frames to one peer are coalesced: a sender task per peer keeps at
-//! most [`BATCHES_IN_FLIGHT`] `Batch` calls open and packs every frame queued meanwhile into the
-//! next one, so the groups of a busy node share calls (and their wake-ups and system calls)
-//! instead of making one call each. A lone frame goes out at once. Snapshot chunks, which can be
-//! large and slow, travel alone.
+//! Append-entries and vote frames to one peer travel on one long-lived bidirectional `Stream`
+//! call: each frame carries a call id, and the peer's answers come back on the response stream
+//! with that id, in the order they finish. A frame costs one HTTP/2 DATA frame each way, with no
+//! per-call HEADERS, trailers or tasks, and frames queued while the connection is busy leave in
+//! one write. Snapshot chunks and frames over [`STREAM_FRAME_BYTES_MAX`], which would hold up the
+//! other groups' frames behind them on the one stream, travel alone as `Call`s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::pb::raft_transport_client::RaftTransportClient;
-use crate::pb::{Frame, Frames};
+use crate::pb::Frame;
 use crate::types::{GroupId, NodeId};
 
-/// `Batch` calls one peer may have open at once; frames queued meanwhile go in the next.
-pub const BATCHES_IN_FLIGHT: usize = 8;
-/// Frames in one `Batch` call at most.
+/// Frames in one `Batch` call at most (the server side of the older batched calls).
 pub const BATCH_FRAMES_MAX: usize = 256;
-/// Payload bytes in one `Batch` call at most (a larger frame travels alone).
-pub const BATCH_BYTES_MAX: usize = 4 << 20;
-/// Frames queued per peer before callers wait.
+/// Payload bytes of the largest frame that travels on the shared stream; larger ones are `Call`s.
+pub const STREAM_FRAME_BYTES_MAX: usize = 256 << 10;
+/// Frames queued per peer stream before callers wait.
 const OUTBOX_MAX: usize = 4096;
 
 /// A byte stream to a peer.
@@ -85,11 +86,29 @@ pub enum TransportError {
     Corrupt(NodeId, String),
 }
 
-/// A frame waiting for the next `Batch` call to its peer.
-struct Outgoing {
-    frame: Frame,
-    deadline: Duration,
-    reply: oneshot::Sender<Result<Frame, TransportError>>,
+type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Result<Frame, TransportError>>>>>;
+
+/// One open `Stream` call to a peer: the sending side of its request stream, the calls waiting
+/// for answers, and the task that reads the answers. Dropping it ends the call.
+struct Session {
+    addr: String,
+    tx: mpsc::Sender<Frame>,
+    pending: Pending,
+    next_id: AtomicU64,
+    closed: Arc<AtomicBool>,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Session {
+    fn is_open(&self) -> bool {
+        !self.closed.load(Ordering::Acquire) && !self.tx.is_closed()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 /// The node's transport: peer channels, per-peer batch senders, and fault filters.
@@ -99,21 +118,19 @@ pub struct Transport {
     // Ordered maps everywhere: drop and iteration orders must not depend on the process's
     // hash seed (the simulator replays a seed exactly).
     peers: Mutex<BTreeMap<NodeId, (String, RaftTransportClient<Channel>)>>,
-    outboxes: Mutex<BTreeMap<NodeId, (String, mpsc::Sender<Outgoing>)>>,
+    sessions: Mutex<BTreeMap<NodeId, Arc<Session>>>,
     blocked: RwLock<BTreeSet<NodeId>>,
-    me_weak: Weak<Transport>,
 }
 
 impl Transport {
     /// A transport for node `me`.
     pub fn new(me: NodeId, connector: Arc<dyn Connector>) -> Arc<Self> {
-        Arc::new_cyclic(|me_weak| Self {
+        Arc::new(Self {
             me,
             connector,
             peers: Mutex::new(BTreeMap::new()),
-            outboxes: Mutex::new(BTreeMap::new()),
+            sessions: Mutex::new(BTreeMap::new()),
             blocked: RwLock::new(BTreeSet::new()),
-            me_weak: me_weak.clone(),
         })
     }
 
@@ -167,18 +184,64 @@ impl Transport {
         self.peers.lock().unwrap_or_else(|p| p.into_inner()).remove(&target);
     }
 
-    /// The queue of frames for `target`'s next `Batch` call; starts its sender task if needed.
-    fn outbox(&self, target: NodeId, addr: &str) -> mpsc::Sender<Outgoing> {
-        let mut outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((a, tx)) = outboxes.get(&target) {
-            if a == addr && !tx.is_closed() {
-                return tx.clone();
+    /// The open stream to `target` at `addr`; opens one if there is none (or it broke).
+    fn session(&self, target: NodeId, addr: &str) -> Result<Arc<Session>, TransportError> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = sessions.get(&target) {
+            if s.addr == addr && s.is_open() {
+                return Ok(s.clone());
             }
         }
+        let mut client = self.client(target, addr)?;
         let (tx, rx) = mpsc::channel(OUTBOX_MAX);
-        tokio::spawn(send_batches(self.me_weak.clone(), target, addr.to_string(), rx));
-        outboxes.insert(target, (addr.to_string(), tx.clone()));
-        tx
+        let pending: Pending = Arc::new(Mutex::new(BTreeMap::new()));
+        let closed = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let pending = pending.clone();
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let failure = match client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+                    Err(status) => TransportError::Unreachable(target, status.message().to_string()),
+                    Ok(answers) => {
+                        let mut answers = answers.into_inner();
+                        loop {
+                            match answers.message().await {
+                                Ok(Some(answer)) => {
+                                    let waiter = pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&answer.id);
+                                    if let Some(w) = waiter {
+                                        let _ = w.send(frame_result(target, answer));
+                                    }
+                                }
+                                Ok(None) => {
+                                    break TransportError::Unreachable(target, "the peer ended the stream".into())
+                                }
+                                Err(status) => break TransportError::Unreachable(target, status.message().to_string()),
+                            }
+                        }
+                    }
+                };
+                closed.store(true, Ordering::Release);
+                let waiters = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+                for (_, w) in waiters {
+                    let _ = w.send(Err(failure.clone()));
+                }
+            })
+            .abort_handle()
+        };
+        let session =
+            Arc::new(Session { addr: addr.to_string(), tx, pending, next_id: AtomicU64::new(1), closed, reader });
+        sessions.insert(target, session.clone());
+        Ok(session)
+    }
+
+    /// Drops `session` (if it is still `target`'s) and the connection under it.
+    fn forget_session(&self, target: NodeId, session: &Arc<Session>) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if sessions.get(&target).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            sessions.remove(&target);
+            drop(sessions);
+            self.forget(target);
+        }
     }
 
     /// Sends one frame to `target` at `addr` and returns the answer's checked payload.
@@ -203,30 +266,57 @@ impl Transport {
             to: target,
             error_code: 0,
             error: String::new(),
+            id: 0,
         };
-        let reply = if kind == kind::SNAPSHOT {
+        let reply = if kind == kind::SNAPSHOT || frame.payload.len() > STREAM_FRAME_BYTES_MAX {
             self.call_alone(target, addr, frame, deadline).await?
         } else {
-            let (tx, rx) = oneshot::channel();
-            let queued = Outgoing { frame, deadline, reply: tx };
-            let outbox = self.outbox(target, addr);
-            let answer = tokio::time::timeout(deadline, async move {
-                outbox
-                    .send(queued)
-                    .await
-                    .map_err(|_| TransportError::Unreachable(target, "the batch sender stopped".into()))?;
-                rx.await.map_err(|_| TransportError::Unreachable(target, "the batch was dropped".into()))?
-            })
-            .await;
-            match answer {
-                Err(_) => return Err(TransportError::Timeout(target, deadline)),
-                Ok(r) => r?,
-            }
+            self.call_on_stream(target, addr, frame, deadline).await?
         };
         if crc32fast::hash(&reply.payload) != reply.crc {
             return Err(TransportError::Corrupt(target, "checksum mismatch".into()));
         }
         Ok(reply.payload)
+    }
+
+    /// One frame on the peer's stream; its answer is the one that comes back with its id.
+    async fn call_on_stream(
+        &self,
+        target: NodeId,
+        addr: &str,
+        mut frame: Frame,
+        deadline: Duration,
+    ) -> Result<Frame, TransportError> {
+        let session = self.session(target, addr)?;
+        let id = session.next_id.fetch_add(1, Ordering::Relaxed);
+        frame.id = id;
+        let (tx, rx) = oneshot::channel();
+        session.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        let answer = tokio::time::timeout(deadline, async {
+            session
+                .tx
+                .send(frame)
+                .await
+                .map_err(|_| TransportError::Unreachable(target, "the stream to the peer closed".into()))?;
+            rx.await.map_err(|_| TransportError::Unreachable(target, "the stream to the peer closed".into()))?
+        })
+        .await;
+        session.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        match answer {
+            Err(_) => {
+                // The connection may be dead without knowing it (the peer crashed, a link was
+                // cut): the next call opens a fresh one instead of waiting on it again.
+                self.forget_session(target, &session);
+                Err(TransportError::Timeout(target, deadline))
+            }
+            Ok(Err(e)) => {
+                if !session.is_open() {
+                    self.forget_session(target, &session);
+                }
+                Err(e)
+            }
+            Ok(Ok(f)) => Ok(f),
+        }
     }
 
     /// One frame in a call of its own.
@@ -257,84 +347,7 @@ impl Transport {
     }
 }
 
-/// One peer's batch sender: takes the first queued frame, waits for a free call slot, packs
-/// every frame queued meanwhile, and sends them as one `Batch` call. Ends when the transport is
-/// dropped (its queue closes).
-async fn send_batches(transport: Weak<Transport>, target: NodeId, addr: String, mut rx: mpsc::Receiver<Outgoing>) {
-    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut bytes = first.frame.payload.len();
-        let mut batch = vec![first];
-        while batch.len() < BATCH_FRAMES_MAX && bytes < BATCH_BYTES_MAX {
-            match rx.try_recv() {
-                Ok(o) => {
-                    bytes += o.frame.payload.len();
-                    batch.push(o);
-                }
-                Err(_) => break,
-            }
-        }
-        // Callers that gave up (their deadline passed) need no answer.
-        batch.retain(|o| !o.reply.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        let Some(transport) = transport.upgrade() else { return };
-        let client = match transport.client(target, &addr) {
-            Ok(c) => c,
-            Err(e) => {
-                for o in batch {
-                    let _ = o.reply.send(Err(e.clone()));
-                }
-                continue;
-            }
-        };
-        tokio::spawn(async move {
-            send_batch(&transport, target, client, batch).await;
-            drop(slot);
-        });
-    }
-}
-
-async fn send_batch(
-    transport: &Transport,
-    target: NodeId,
-    mut client: RaftTransportClient<Channel>,
-    batch: Vec<Outgoing>,
-) {
-    let deadline = batch.iter().map(|o| o.deadline).max().unwrap_or(Duration::from_secs(1));
-    let (frames, replies): (Vec<Frame>, Vec<_>) = batch.into_iter().map(|o| (o.frame, o.reply)).unzip();
-    let mut req = tonic::Request::new(Frames { frames });
-    req.set_timeout(deadline);
-    let failure = match tokio::time::timeout(deadline, client.batch(req)).await {
-        Err(_) => {
-            // As for single calls: a dead connection is replaced, not waited on again.
-            transport.forget(target);
-            TransportError::Timeout(target, deadline)
-        }
-        Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-            transport.forget(target);
-            TransportError::Unreachable(target, status.message().to_string())
-        }
-        Ok(Err(status)) => TransportError::Status(target, status),
-        Ok(Ok(r)) => {
-            let answers = r.into_inner().frames;
-            if answers.len() == replies.len() {
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(frame_result(target, answer));
-                }
-                return;
-            }
-            TransportError::Corrupt(target, format!("{} answers to {} frames", answers.len(), replies.len()))
-        }
-    };
-    for reply in replies {
-        let _ = reply.send(Err(failure.clone()));
-    }
-}
-
-/// One answer of a `Batch` call: the peer's frame, or the error it reported for that frame.
+/// One answer on a stream (or in a `Batch`): the peer's frame, or the error it reported for it.
 fn frame_result(target: NodeId, answer: Frame) -> Result<Frame, TransportError> {
     if answer.error_code == 0 {
         return Ok(answer);
