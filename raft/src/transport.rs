@@ -88,26 +88,21 @@ pub enum TransportError {
 
 type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Result<Frame, TransportError>>>>>;
 
-/// One open `Stream` call to a peer: the sending side of its request stream, the calls waiting
-/// for answers, and the task that reads the answers. Dropping it ends the call.
+/// One open `Stream` call to a peer: the sending side of its request stream and the calls
+/// waiting for answers; a reader task delivers the answers. Once the last handle is dropped the
+/// request stream ends, the peer answers what it has and ends its side, and the reader stops
+/// (on a dead connection, when HTTP/2 keep-alive gives up on it).
 struct Session {
     addr: String,
     tx: mpsc::Sender<Frame>,
     pending: Pending,
     next_id: AtomicU64,
     closed: Arc<AtomicBool>,
-    reader: tokio::task::AbortHandle,
 }
 
 impl Session {
     fn is_open(&self) -> bool {
         !self.closed.load(Ordering::Acquire) && !self.tx.is_closed()
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        self.reader.abort();
     }
 }
 
@@ -196,7 +191,7 @@ impl Transport {
         let (tx, rx) = mpsc::channel(OUTBOX_MAX);
         let pending: Pending = Arc::new(Mutex::new(BTreeMap::new()));
         let closed = Arc::new(AtomicBool::new(false));
-        let reader = {
+        {
             let pending = pending.clone();
             let closed = closed.clone();
             tokio::spawn(async move {
@@ -225,16 +220,16 @@ impl Transport {
                 for (_, w) in waiters {
                     let _ = w.send(Err(failure.clone()));
                 }
-            })
-            .abort_handle()
-        };
-        let session =
-            Arc::new(Session { addr: addr.to_string(), tx, pending, next_id: AtomicU64::new(1), closed, reader });
+            });
+        }
+        let session = Arc::new(Session { addr: addr.to_string(), tx, pending, next_id: AtomicU64::new(1), closed });
         sessions.insert(target, session.clone());
         Ok(session)
     }
 
-    /// Drops `session` (if it is still `target`'s) and the connection under it.
+    /// Stops opening calls on `session` (if it is still `target`'s) and drops the cached
+    /// connection, so that the next call opens a fresh one. Calls already waiting on the old
+    /// stream keep waiting for their own answers or deadlines.
     fn forget_session(&self, target: NodeId, session: &Arc<Session>) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         if sessions.get(&target).is_some_and(|s| Arc::ptr_eq(s, session)) {
