@@ -344,12 +344,10 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run(cli.command))
 }
 
+/// Every command but `server`, which `main` starts on the runtime its configuration asks for.
 async fn run(command: Cmd) -> anyhow::Result<()> {
     match command {
-        Cmd::Server(a) => {
-            let cfg = server_config(a)?;
-            norn_node::server::run(cfg, shutdown_signal()).await
-        }
+        Cmd::Server(_) => anyhow::bail!("norn server runs on a runtime of its own (see main)"),
         Cmd::Dev { data_dir, port, shards } => {
             let client = format!("127.0.0.1:{port}");
             let raft = format!("127.0.0.1:{}", port.checked_add(1).context("port too high")?);

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::codec;
 use crate::node::RaftNode;
 use crate::pb::raft_transport_server::{RaftTransport, RaftTransportServer};
-use crate::pb::{Frame, Frames};
+use crate::pb::Frame;
 use crate::transport::kind;
 
 /// Frames of one `Stream` being handled at once; the stream is not read further until one ends.
@@ -61,18 +61,6 @@ fn failed(me: u64, id: u64, status: &Status) -> Frame {
 impl RaftTransport for RaftService {
     async fn call(&self, request: Request<Frame>) -> Result<Response<Frame>, Status> {
         self.handle(request.into_inner()).await.map(Response::new)
-    }
-
-    async fn batch(&self, request: Request<Frames>) -> Result<Response<Frames>, Status> {
-        let frames = request.into_inner().frames;
-        if frames.len() > 4 * crate::transport::BATCH_FRAMES_MAX {
-            return Err(Status::invalid_argument(format!("a batch of {} frames is too large", frames.len())));
-        }
-        // Every group's frame is handled at once; the answers keep the frames' order.
-        let answers = futures::future::join_all(frames.into_iter().map(|f| self.handle(f))).await;
-        let me = self.node.id();
-        let frames = answers.into_iter().map(|r| r.unwrap_or_else(|s| failed(me, 0, &s))).collect();
-        Ok(Response::new(Frames { frames }))
     }
 
     type StreamStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send + 'static>>;

@@ -28,8 +28,6 @@ use crate::pb::raft_transport_client::RaftTransportClient;
 use crate::pb::Frame;
 use crate::types::{GroupId, NodeId};
 
-/// Frames in one `Batch` call at most (the server side of the older batched calls).
-pub const BATCH_FRAMES_MAX: usize = 256;
 /// Payload bytes of the largest frame that travels on the shared stream; larger ones are `Call`s.
 pub const STREAM_FRAME_BYTES_MAX: usize = 256 << 10;
 /// Frames queued per peer stream before callers wait.
@@ -106,7 +104,7 @@ impl Session {
     }
 }
 
-/// The node's transport: peer channels, per-peer batch senders, and fault filters.
+/// The node's transport: peer channels, per-peer streams, and fault filters.
 pub struct Transport {
     me: NodeId,
     connector: Arc<dyn Connector>,
@@ -287,6 +285,12 @@ impl Transport {
         frame.id = id;
         let (tx, rx) = oneshot::channel();
         session.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        if !session.is_open() {
+            // The reader may have failed the waiting calls just before this one was added.
+            session.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            self.forget_session(target, &session);
+            return Err(TransportError::Unreachable(target, "the stream to the peer closed".into()));
+        }
         let answer = tokio::time::timeout(deadline, async {
             session
                 .tx
@@ -342,7 +346,7 @@ impl Transport {
     }
 }
 
-/// One answer on a stream (or in a `Batch`): the peer's frame, or the error it reported for it.
+/// One answer on a stream: the peer's frame, or the error it reported for it.
 fn frame_result(target: NodeId, answer: Frame) -> Result<Frame, TransportError> {
     if answer.error_code == 0 {
         return Ok(answer);
