@@ -8,10 +8,11 @@ const SERVICE_FILE: &str = "temporal/api/workflowservice/v1/service.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/admin.proto");
+    println!("cargo:rerun-if-changed=proto/internal.proto");
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_protos(&["proto/admin.proto"], &["proto"])?;
+        .compile_protos(&["proto/admin.proto", "proto/internal.proto"], &["proto"])?;
 
     println!("cargo:rerun-if-env-changed=DEP_TEMPORALIO_PROTOS_DESCRIPTOR_PATH");
     let path = std::env::var("DEP_TEMPORALIO_PROTOS_DESCRIPTOR_PATH")

@@ -141,6 +141,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<(Duration, Vec<BenchRow>
             }
         },
         fault_injection: false,
+        cluster_id: String::new(),
     };
     let layout = lay_out(&spec)?;
     let mut nodes = Vec::new();

@@ -31,6 +31,13 @@ impl Member {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
+    /// The cluster's id, the same on every member and unique to this cluster (`norn cluster up`
+    /// generates one). A node stores it in its data directory on first start and refuses to
+    /// start with another; peers refuse frames and calls from nodes of another cluster. Empty:
+    /// derived from the shard count and the member list (set it for real deployments: two
+    /// clusters laid out on the same addresses then share an id).
+    #[serde(default)]
+    pub cluster_id: String,
     /// This node's id; must appear in `members`.
     pub node_id: NodeId,
     /// Where the node keeps its RocksDB.
@@ -128,6 +135,9 @@ impl NodeConfig {
                 self.raft_addr, me.raft_addr
             )));
         }
+        if self.cluster_id.len() > 128 || self.cluster_id.chars().any(|c| c.is_control()) {
+            return Err(ConfigError("cluster_id must be at most 128 printable characters".into()));
+        }
         if self.replicas == 0 {
             return Err(ConfigError("replicas must be at least 1".into()));
         }
@@ -138,6 +148,22 @@ impl NodeConfig {
             )));
         }
         Ok(())
+    }
+
+    /// The cluster id in force: `cluster_id`, or one derived from the shard count and members.
+    pub fn effective_cluster_id(&self) -> String {
+        if !self.cluster_id.is_empty() {
+            return self.cluster_id.clone();
+        }
+        let mut members: Vec<String> = self.members.iter().map(|m| format!("{}={}", m.id, m.raft_addr)).collect();
+        members.sort();
+        let text = format!("{}|{}", self.shards, members.join(","));
+        format!("derived-{:016x}", crate::placement::stable_hash(&[text.as_bytes()]))
+    }
+
+    /// The wire form of the cluster id (what every peer frame carries).
+    pub fn cluster_tag(&self) -> u64 {
+        crate::placement::stable_hash(&[self.effective_cluster_id().as_bytes()])
     }
 
     /// This node's address record.
@@ -162,6 +188,7 @@ mod tests {
 
     fn cfg() -> NodeConfig {
         NodeConfig {
+            cluster_id: String::new(),
             node_id: 1,
             data_dir: "d".into(),
             client_addr: "127.0.0.1:1".into(),

@@ -7,7 +7,9 @@
 //! - [`command`]: what shard logs carry, and the shard state machine that applies it.
 //! - [`kv`]: the replicated test map.
 //! - [`namespace`]: the namespace registry in the system shard.
-//! - [`admin`]: the `norn.admin.v1.Admin` service (routing, forwarding, status, faults).
+//! - [`routing`]: one route-to-leader loop for every call that must run on a shard's leader.
+//! - [`internal`]: the node-to-node service on the peer port (one hop of a routed call).
+//! - [`admin`]: the `norn.admin.v1.Admin` service (status, test map, faults, history reads).
 //! - [`frontend`]: Temporal's `WorkflowService`.
 //! - [`history`]: the pure history engine (run state, events, effects).
 //! - [`matching`]: ready tasks and waiting pollers per task queue.
@@ -22,6 +24,7 @@ pub mod command;
 pub mod config;
 pub mod frontend;
 pub mod history;
+pub mod internal;
 pub mod kv;
 pub mod list_filter;
 pub mod local_cluster;
@@ -29,6 +32,7 @@ pub mod matching;
 pub mod metrics;
 pub mod namespace;
 pub mod placement;
+pub mod routing;
 pub mod serve;
 pub mod server;
 

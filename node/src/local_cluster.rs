@@ -25,6 +25,9 @@ pub enum Ports {
     Base(u16),
     /// Free ports picked by the OS (tests).
     Free,
+    /// These `(client, peer, metrics)` addresses, one per node (tests that reuse another
+    /// cluster's addresses).
+    Explicit(Vec<(String, String, String)>),
 }
 
 /// What cluster to lay out.
@@ -42,6 +45,9 @@ pub struct ClusterSpec {
     pub raft: RaftOptions,
     /// Allow fault injection calls.
     pub fault_injection: bool,
+    /// The cluster id; empty: a new random one (restarting a cluster keeps the id its
+    /// `cluster.json` recorded).
+    pub cluster_id: String,
 }
 
 /// One node as recorded in `cluster.json`.
@@ -66,8 +72,19 @@ pub struct NodeEntry {
 /// The contents of `cluster.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ClusterFile {
+    /// The cluster's id (in every node's configuration and data directory).
+    #[serde(default)]
+    pub cluster_id: String,
     /// Every node.
     pub nodes: Vec<NodeEntry>,
+}
+
+/// A new random cluster id (a UUID v4 from the OS's entropy).
+pub fn new_cluster_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    crate::history::engine::uuid_v4_string(b)
 }
 
 /// A port that is free now, taken from 20000..32000: below Linux's ephemeral range, so an outgoing
@@ -104,9 +121,15 @@ pub fn lay_out(spec: &ClusterSpec) -> anyhow::Result<ClusterFile> {
                 (at(0)?, at(100)?, at(200)?)
             }
             Ports::Free => (free_port()?, free_port()?, free_port()?),
+            Ports::Explicit(ref list) => {
+                let (c, r, m) = list.get(i).context("fewer explicit addresses than nodes")?.clone();
+                addrs.push((c, r, m));
+                continue;
+            }
         };
         addrs.push((format!("127.0.0.1:{c}"), format!("127.0.0.1:{r}"), format!("127.0.0.1:{m}")));
     }
+    let cluster_id = if spec.cluster_id.is_empty() { new_cluster_id() } else { spec.cluster_id.clone() };
     let members: Vec<Member> = addrs
         .iter()
         .enumerate()
@@ -118,6 +141,7 @@ pub fn lay_out(spec: &ClusterSpec) -> anyhow::Result<ClusterFile> {
         let dir = spec.data_dir.join(format!("node-{id}"));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let cfg = NodeConfig {
+            cluster_id: cluster_id.clone(),
             node_id: id,
             data_dir: dir.join("data"),
             client_addr: c.clone(),
@@ -142,7 +166,7 @@ pub fn lay_out(spec: &ClusterSpec) -> anyhow::Result<ClusterFile> {
             log: dir.join("norn.log"),
         });
     }
-    Ok(ClusterFile { nodes })
+    Ok(ClusterFile { cluster_id, nodes })
 }
 
 /// Starts one node process, detached in its own process group, logging to its log file.
@@ -166,29 +190,135 @@ pub fn spawn(binary: &Path, node: &NodeEntry) -> anyhow::Result<Child> {
         .with_context(|| format!("start {}", binary.display()))
 }
 
-/// Polls `client_addr` until every shard has a leader that every reachable node agrees on, all
-/// nodes are reachable and the `default` namespace answers, or `timeout` passes.
-pub async fn wait_ready(client_addrs: &[String], timeout: Duration) -> anyhow::Result<ClusterStatusResponse> {
+/// Starts every node of `file` from `binary` and waits until the cluster is ready; fails, naming
+/// the node, when a node process exits (its address taken, say) or when the process answering on
+/// a node's address is not the one started here (a stale node of another cluster). The children
+/// are returned running.
+pub async fn up(
+    binary: &Path,
+    file: &mut ClusterFile,
+    timeout: Duration,
+) -> anyhow::Result<(Vec<Child>, ClusterStatusResponse)> {
+    let mut children = Vec::new();
+    for n in &mut file.nodes {
+        let child = spawn(binary, n)?;
+        n.pid = Some(child.id());
+        children.push(child);
+    }
+    match wait_started(file, &mut children, timeout).await {
+        Ok(status) => Ok((children, status)),
+        Err(e) => {
+            for c in &mut children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            for n in &mut file.nodes {
+                n.pid = None;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The last lines of a node's log, for error messages.
+pub fn log_tail(node: &NodeEntry, lines: usize) -> String {
+    let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+async fn wait_started(
+    file: &ClusterFile,
+    children: &mut [Child],
+    timeout: Duration,
+) -> anyhow::Result<ClusterStatusResponse> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = String::from("no answer yet");
+    let addrs: Vec<String> = file.nodes.iter().map(|n| n.client_addr.clone()).collect();
     loop {
-        for addr in client_addrs {
-            match status(addr).await {
-                Ok(s) => match unready(&s) {
-                    // Leaders alone are not enough: the `default` namespace must answer too.
-                    None => match default_namespace(addr).await {
-                        Ok(()) => return Ok(s),
-                        Err(e) => last = format!("{addr}: namespace default not ready: {e}"),
-                    },
-                    Some(why) => last = why,
-                },
-                Err(e) => last = format!("{addr}: {e}"),
+        for (n, c) in file.nodes.iter().zip(children.iter_mut()) {
+            if let Some(code) = c.try_wait()? {
+                bail!(
+                    "node {} exited at start ({code}); its log {} ends with:\n{}",
+                    n.id,
+                    n.log.display(),
+                    log_tail(n, 5)
+                );
             }
         }
+        let last = match ready_once(&addrs).await {
+            Ok(s) => {
+                check_processes(file, &s)?;
+                return Ok(s);
+            }
+            Err(e) => e,
+        };
         if tokio::time::Instant::now() >= deadline {
             bail!("cluster not ready after {timeout:?}: {last}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Checks that every node answering is the process started for it, of the right cluster.
+pub fn check_processes(file: &ClusterFile, s: &ClusterStatusResponse) -> anyhow::Result<()> {
+    for n in &file.nodes {
+        let Some(st) = s.nodes.iter().find(|h| h.node_id == n.id).and_then(|h| h.status.as_ref()) else {
+            bail!("node {} at {} did not answer", n.id, n.client_addr);
+        };
+        if st.cluster_id != file.cluster_id {
+            bail!(
+                "the process on node {}'s address {} belongs to cluster {}, not to the new cluster {}: a node of \
+                 another cluster is still running there; stop it (pid {}) and retry",
+                n.id,
+                n.client_addr,
+                st.cluster_id,
+                file.cluster_id,
+                st.pid
+            );
+        }
+        if n.pid.is_some_and(|p| p != st.pid) {
+            bail!(
+                "the process answering on node {}'s address {} is pid {}, not pid {} started for it",
+                n.id,
+                n.client_addr,
+                st.pid,
+                n.pid.unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One readiness check through any of `client_addrs`.
+async fn ready_once(client_addrs: &[String]) -> Result<ClusterStatusResponse, String> {
+    let mut last = String::from("no answer yet");
+    for addr in client_addrs {
+        match status(addr).await {
+            Ok(s) => match unready(&s) {
+                None => match default_namespace(addr).await {
+                    Ok(()) => return Ok(s),
+                    Err(e) => last = format!("{addr}: namespace default not ready: {e}"),
+                },
+                Some(why) => last = why,
+            },
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Polls `client_addr` until every shard has a leader that every reachable node agrees on, all
+/// nodes are reachable and the `default` namespace answers, or `timeout` passes.
+pub async fn wait_ready(client_addrs: &[String], timeout: Duration) -> anyhow::Result<ClusterStatusResponse> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match ready_once(client_addrs).await {
+            Ok(s) => return Ok(s),
+            Err(last) if tokio::time::Instant::now() >= deadline => {
+                bail!("cluster not ready after {timeout:?}: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
 }
 

@@ -215,6 +215,7 @@ fn server_config(a: ServerArgs) -> anyhow::Result<NodeConfig> {
             toml::from_str::<NodeConfig>(&text).with_context(|| format!("parse {}", p.display()))?
         }
         None => NodeConfig {
+            cluster_id: String::new(),
             node_id: a.node_id.context("--node-id or --config is required")?,
             data_dir: a.data_dir.clone().context("--data-dir or --config is required")?,
             client_addr: "127.0.0.1:7233".into(),
@@ -352,6 +353,7 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
             let client = format!("127.0.0.1:{port}");
             let raft = format!("127.0.0.1:{}", port.checked_add(1).context("port too high")?);
             let cfg = NodeConfig {
+                cluster_id: String::new(),
                 node_id: 1,
                 data_dir,
                 client_addr: client.clone(),
@@ -373,14 +375,7 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
             norn_node::server::run(cfg, shutdown_signal()).await
         }
         Cmd::Cluster(ClusterCmd::Up { nodes, data_dir, base_port, shards, enable_fault_injection }) => {
-            let spec = ClusterSpec {
-                nodes,
-                data_dir: data_dir.clone(),
-                ports: Ports::Base(base_port),
-                shards,
-                raft: RaftOptions::default(),
-                fault_injection: enable_fault_injection,
-            };
+            let mut cluster_id = String::new();
             if let Ok(old) = local_cluster::read_file(&data_dir) {
                 anyhow::ensure!(
                     !old.nodes.iter().filter_map(|n| n.pid).any(local_cluster::alive),
@@ -388,16 +383,23 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
                     data_dir.display(),
                     data_dir.display()
                 );
+                // The same cluster again: its nodes' data directories belong to this id.
+                cluster_id = old.cluster_id;
             }
+            let spec = ClusterSpec {
+                nodes,
+                data_dir: data_dir.clone(),
+                ports: Ports::Base(base_port),
+                shards,
+                raft: RaftOptions::default(),
+                fault_injection: enable_fault_injection,
+                cluster_id,
+            };
             let mut file = local_cluster::lay_out(&spec)?;
             let binary = std::env::current_exe()?;
-            for n in &mut file.nodes {
-                let child = local_cluster::spawn(&binary, n)?;
-                n.pid = Some(child.id());
-            }
+            let started = local_cluster::up(&binary, &mut file, Duration::from_secs(60)).await;
             local_cluster::write_file(&data_dir, &file)?;
-            let addrs: Vec<String> = file.nodes.iter().map(|n| n.client_addr.clone()).collect();
-            let status = local_cluster::wait_ready(&addrs, Duration::from_secs(60)).await?;
+            let (_children, status) = started.context("norn cluster up failed; no node is left running")?;
             println!("norn cluster of {nodes} nodes is up ({shards} shards, every shard has a leader)");
             for n in &file.nodes {
                 println!(
@@ -482,38 +484,32 @@ async fn debug_history(
     local: bool,
 ) -> anyhow::Result<()> {
     use norn_proto::protos::temporal::api::history::v1::HistoryEvent;
-    use norn_proto::protos::temporal::api::workflowservice::v1::DescribeNamespaceRequest;
     use prost::Message;
-    let ch = channel(address).await?;
-    let ns = norn_proto::WorkflowServiceClient::new(ch.clone())
-        .describe_namespace(DescribeNamespaceRequest { namespace: namespace.into(), ..Default::default() })
-        .await?
-        .into_inner()
-        .namespace_info
-        .map(|i| i.id)
-        .unwrap_or_default();
-    let mut admin = AdminClient::new(ch);
-    let shards = admin.node_status(norn_node::pb::NodeStatusRequest {}).await?.into_inner().shard_count;
-    let shard = norn_node::placement::shard_of(&[ns.as_bytes(), workflow_id.as_bytes()], shards);
-    let consistency = if local { ReadConsistency::Local } else { ReadConsistency::Linearizable };
-    let r = admin
-        .read_state(norn_node::pb::ReadStateRequest {
-            shard,
-            key: norn_node::history::store::events_prefix(run_id),
-            prefix: true,
-            limit: 0,
-            consistency: consistency as i32,
-            hops: 0,
-        })
-        .await?
-        .into_inner();
-    for kv in r.pairs {
-        let e = HistoryEvent::decode(kv.value.as_slice()).context("undecodable event")?;
-        let digest = norn_node::placement::stable_hash(&[kv.value.as_slice()]);
-        let line = serde_json::json!({"event_id": e.event_id, "event_type": e.event_type().as_str_name(), "digest": format!("{digest:016x}")});
-        println!("{line}");
+    let mut admin = AdminClient::new(channel(address).await?);
+    let mut after = 0;
+    loop {
+        let r = admin
+            .read_history(norn_node::pb::ReadHistoryRequest {
+                namespace: namespace.into(),
+                workflow_id: workflow_id.into(),
+                run_id: run_id.into(),
+                local,
+                after_event_id: after,
+                page_size: 0,
+            })
+            .await?
+            .into_inner();
+        for bytes in &r.events {
+            let e = HistoryEvent::decode(bytes.as_slice()).context("undecodable event")?;
+            let digest = norn_node::placement::stable_hash(&[bytes.as_slice()]);
+            let line = serde_json::json!({"event_id": e.event_id, "event_type": e.event_type().as_str_name(), "digest": format!("{digest:016x}")});
+            println!("{line}");
+            after = e.event_id;
+        }
+        if !r.more || r.events.is_empty() {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 fn status_json(s: &norn_node::pb::ClusterStatusResponse) -> serde_json::Value {

@@ -151,6 +151,21 @@ impl Matching {
         }
     }
 
+    /// Removes every queue whose home is shard `home` (this node stopped leading it) and returns
+    /// their tasks, so they can be handed to the new home leader. Waiting pollers are let go
+    /// empty-handed; their next poll finds the new home.
+    pub fn drain_home(&self, home: u32, shards: u32) -> Vec<(QueueKey, TaskRef)> {
+        let mut queues = self.lock();
+        let keys: Vec<QueueKey> = queues.keys().filter(|k| k.home_shard(shards) == home).cloned().collect();
+        let mut out = Vec::new();
+        for k in keys {
+            if let Some(q) = queues.remove(&k) {
+                out.extend(q.tasks.into_iter().map(|t| (k.clone(), t)));
+            }
+        }
+        out
+    }
+
     /// Identities of recent pollers of `key`.
     pub fn pollers(&self, key: &QueueKey) -> Vec<String> {
         self.lock().get(key).map(|q| q.last_pollers.iter().cloned().collect()).unwrap_or_default()

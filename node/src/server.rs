@@ -1,11 +1,12 @@
 //! Starting a node: open the store, start the shard groups this node hosts, serve the peer and
 //! client ports, and stop cleanly on shutdown.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use norn_raft::{GroupSpec, RaftNode, RaftService, SystemClock, TcpConnector, Transport};
+use norn_raft::{GroupSpec, Identity, IncarnationSink, RaftNode, RaftService, SystemClock, TcpConnector, Transport};
 use norn_storage::{Cf, Engine, RocksEngine, RocksOptions, WriteBatch};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -17,20 +18,31 @@ use crate::frontend::Frontend;
 use crate::metrics::Metrics;
 use crate::pb::admin_server::AdminServer;
 use crate::placement;
+use crate::routing::Router;
 use norn_proto::WorkflowServiceServer;
 
-/// Key in the `local` column family holding the shard count fixed at cluster creation.
+/// Keys in the `local` column family: what the data directory belongs to.
 const SHARDS_KEY: &[u8] = b"cluster/shards";
+/// The on-disk format of the data directory (see [`DATA_FORMAT`]).
+const FORMAT_KEY: &[u8] = b"cluster/format";
+/// Version of what a node writes to its data directory. 2: state values sealed with checksums,
+/// per-run due/ready/closed indexes, cluster identity and incarnation.
+pub const DATA_FORMAT: u64 = 2;
+const CLUSTER_ID_KEY: &[u8] = b"cluster/id";
+const NODE_ID_KEY: &[u8] = b"node/id";
+const INCARNATION_KEY: &[u8] = b"node/incarnation";
+/// `peer/incarnation/<node u64 BE>`: the highest incarnation seen from each peer.
+const PEER_INCARNATION_PREFIX: &[u8] = b"peer/incarnation/";
 
 /// Largest request the client port accepts (Temporal's default gRPC limit).
 const CLIENT_MESSAGE_BYTES_MAX: usize = 128 << 20;
 
 /// Creates the `default` namespace if it does not exist yet, retrying until the system shard
 /// has a leader. Every node runs it; the registry makes it idempotent.
-async fn ensure_default_namespace(admin: AdminService) {
+async fn ensure_default_namespace(router: Router) {
     let mut delay = std::time::Duration::from_millis(100);
     loop {
-        match crate::frontend::ensure_default(&admin).await {
+        match crate::frontend::ensure_default(&router).await {
             Ok(ns) => {
                 tracing::info!(namespace = %ns.name, id = %ns.id, "default namespace ready");
                 return;
@@ -62,27 +74,107 @@ pub fn group_specs(config: &NodeConfig) -> Vec<GroupSpec> {
         .collect()
 }
 
-/// Refuses to start with a shard count other than the one the data directory was created with.
-fn check_identity(engine: &dyn Engine, config: &NodeConfig) -> anyhow::Result<()> {
+fn stored_u64(engine: &dyn Engine, key: &[u8], dir: &std::path::Path) -> anyhow::Result<Option<u64>> {
+    match engine.get(Cf::Local, key)? {
+        None => Ok(None),
+        Some(v) => <[u8; 8]>::try_from(v.as_slice())
+            .map(|b| Some(u64::from_be_bytes(b)))
+            .map_err(|_| anyhow::anyhow!("corrupt {} in {}", String::from_utf8_lossy(key), dir.display())),
+    }
+}
+
+/// What the data directory says this node is: the cluster it belongs to, the node id, this
+/// start's incarnation, and the peer incarnations seen before.
+pub struct StoredIdentity {
+    /// The identity peers see.
+    pub identity: Identity,
+    /// The cluster id in full.
+    pub cluster_id: String,
+    /// Highest incarnation seen from each peer by earlier starts.
+    pub peer_incarnations: BTreeMap<u64, u64>,
+}
+
+/// Checks that the data directory belongs to this cluster, node and shard count (recording them
+/// on first start), and bumps the node's incarnation, synced before the node talks to anyone.
+pub fn check_identity(engine: &dyn Engine, config: &NodeConfig) -> anyhow::Result<StoredIdentity> {
+    let dir = config.data_dir.as_path();
+    let cluster_id = config.effective_cluster_id();
+    let mut b = WriteBatch::new();
+    let fresh = engine.get(Cf::Local, SHARDS_KEY)?.is_none();
+    match stored_u64(engine, FORMAT_KEY, dir)? {
+        None if fresh => b.put(Cf::Local, FORMAT_KEY, DATA_FORMAT.to_be_bytes()),
+        stored if stored == Some(DATA_FORMAT) => {}
+        stored => anyhow::bail!(
+            "the data in {} was written in format {} but this norn reads format {DATA_FORMAT}; start it with the \
+             norn version that wrote it, or move the directory away and let the node catch up from its peers",
+            dir.display(),
+            stored.unwrap_or(1)
+        ),
+    }
     match engine.get(Cf::Local, SHARDS_KEY)? {
         Some(v) => {
             let stored = <[u8; 4]>::try_from(v.as_slice())
                 .map(u32::from_be_bytes)
-                .map_err(|_| anyhow::anyhow!("corrupt shard count in {}", config.data_dir.display()))?;
+                .map_err(|_| anyhow::anyhow!("corrupt shard count in {}", dir.display()))?;
             anyhow::ensure!(
                 stored == config.shards,
                 "the data in {} was created with {stored} shards but the configuration says {}; the shard count is fixed at cluster creation",
-                config.data_dir.display(),
+                dir.display(),
                 config.shards
             );
         }
-        None => {
-            let mut b = WriteBatch::new();
-            b.put(Cf::Local, SHARDS_KEY, config.shards.to_be_bytes());
-            engine.write(b, true)?;
+        None => b.put(Cf::Local, SHARDS_KEY, config.shards.to_be_bytes()),
+    }
+    match engine.get(Cf::Local, CLUSTER_ID_KEY)? {
+        Some(v) => {
+            let stored = String::from_utf8_lossy(&v);
+            anyhow::ensure!(
+                stored == cluster_id,
+                "the data in {} belongs to cluster {stored}, but the configuration says cluster {cluster_id}; \
+                 start this node with its own cluster's configuration, or move the data directory away to join \
+                 this cluster as a new node",
+                dir.display()
+            );
+        }
+        None => b.put(Cf::Local, CLUSTER_ID_KEY, cluster_id.as_bytes()),
+    }
+    match stored_u64(engine, NODE_ID_KEY, dir)? {
+        Some(id) => anyhow::ensure!(
+            id == config.node_id,
+            "the data in {} belongs to node {id}, but the configuration says node {}",
+            dir.display(),
+            config.node_id
+        ),
+        None => b.put(Cf::Local, NODE_ID_KEY, config.node_id.to_be_bytes()),
+    }
+    let incarnation = stored_u64(engine, INCARNATION_KEY, dir)?.unwrap_or(0).saturating_add(1);
+    b.put(Cf::Local, INCARNATION_KEY, incarnation.to_be_bytes());
+    engine.write(b, true)?;
+    let mut peer_incarnations = BTreeMap::new();
+    for (k, v) in engine.scan_prefix(Cf::Local, PEER_INCARNATION_PREFIX, usize::MAX)? {
+        let node = k.get(PEER_INCARNATION_PREFIX.len()..).and_then(|t| <[u8; 8]>::try_from(t).ok());
+        let inc = <[u8; 8]>::try_from(v.as_slice()).ok();
+        if let (Some(node), Some(inc)) = (node, inc) {
+            peer_incarnations.insert(u64::from_be_bytes(node), u64::from_be_bytes(inc));
         }
     }
-    Ok(())
+    let identity = Identity { cluster: config.cluster_tag(), node: config.node_id, incarnation };
+    tracing::info!(cluster = %cluster_id, node = config.node_id, incarnation, "data directory identity checked");
+    Ok(StoredIdentity { identity, cluster_id, peer_incarnations })
+}
+
+/// Remembers a peer's newer incarnation in the data directory (unsynced: losing it in a crash
+/// only forgets a refusal, never accepts what was refused).
+fn incarnation_sink(engine: Arc<dyn Engine>) -> IncarnationSink {
+    Box::new(move |node, incarnation| {
+        let mut key = PEER_INCARNATION_PREFIX.to_vec();
+        key.extend_from_slice(&node.to_be_bytes());
+        let mut b = WriteBatch::new();
+        b.put(Cf::Local, key, incarnation.to_be_bytes());
+        if let Err(e) = engine.write(b, false) {
+            tracing::warn!(peer = node, incarnation, error = %e, "could not record a peer's incarnation");
+        }
+    })
 }
 
 /// A started node: its groups and its servers.
@@ -225,14 +317,16 @@ pub async fn start_on(
     config.validate()?;
     let config = Arc::new(config);
     let Platform { engine, connector, clock, raft_incoming, client_incoming } = platform;
-    check_identity(&*engine, &config)?;
+    let stored = check_identity(&*engine, &config)?;
 
-    let transport = Transport::new(config.node_id, connector.clone());
+    let transport = Transport::new(stored.identity, connector.clone());
+    transport.remember_incarnations(stored.peer_incarnations.clone(), incarnation_sink(engine.clone()));
     let watch = crate::history::watch::RunWatch::default();
+    let due = crate::history::watch::DueWatch::default();
     let specs = group_specs(&config);
     tracing::info!(node = config.node_id, shards = specs.len(), client = %config.client_addr, raft = %config.raft_addr, "starting node");
     let raft = RaftNode::start(config.node_id, engine, transport, clock.clone(), config.raft.clone(), specs, |_| {
-        Box::new(ShardStateMachine { watch: watch.clone() })
+        Box::new(ShardStateMachine { shards: config.shards, watch: watch.clone(), due: due.clone() })
     })
     .await?;
 
@@ -249,13 +343,15 @@ pub async fn start_on(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let router = Router::new(raft.clone(), config.clone(), stored.cluster_id.clone(), metrics, connector, clock);
     let peer_server = crate::serve::serve(
-        tonic::service::Routes::new(RaftService::server(raft.clone())),
+        tonic::service::Routes::new(RaftService::server(raft.clone()))
+            .add_service(crate::internal::InternalService::server(router.clone())),
         raft_incoming,
         stopped(stop_rx.clone()),
     );
-    let admin = AdminService::new(raft.clone(), config.clone(), metrics, connector, clock);
-    let frontend = Frontend::new(admin.clone(), watch);
+    let admin = AdminService::new(router.clone());
+    let frontend = Frontend::new(router.clone(), watch, due);
     let duties = tokio::spawn(frontend.clone().run_duties());
     let client_routes = tonic::service::Routes::new(health_service)
         .add_service(
@@ -263,11 +359,11 @@ pub async fn start_on(
                 .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
                 .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX),
         )
-        .add_service(AdminServer::new(admin.clone()).accept_compressed(tonic::codec::CompressionEncoding::Gzip));
+        .add_service(AdminServer::new(admin).accept_compressed(tonic::codec::CompressionEncoding::Gzip));
     let client_server = crate::serve::serve(client_routes, client_incoming, stopped(stop_rx.clone()));
     tasks.push(tokio::spawn(peer_server));
     tasks.push(tokio::spawn(client_server));
-    tasks.push(tokio::spawn(ensure_default_namespace(admin)));
+    tasks.push(tokio::spawn(ensure_default_namespace(router)));
     tasks.push(duties);
     tracing::info!(node = config.node_id, client = %config.client_addr, raft = %config.raft_addr, "node ready");
     Ok(RunningNode { raft, stop_tx, tasks })

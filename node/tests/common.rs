@@ -38,15 +38,22 @@ impl Cluster {
             shards,
             raft,
             fault_injection: true,
+            cluster_id: String::new(),
         };
-        let file = local_cluster::lay_out(&spec).expect("lay out");
-        let mut c = Cluster { dir, file, children: Vec::new(), shards };
-        for i in 0..nodes {
-            let child = local_cluster::spawn(env!("CARGO_BIN_EXE_norn").as_ref(), &c.file.nodes[i]).expect("spawn");
-            c.children.push(Some(child));
+        Self::start_spec(dir, spec).await
+    }
+
+    /// Lays out `spec` (in `dir`) and starts it with `local_cluster::up`, as `norn cluster up` does.
+    pub async fn start_spec(dir: tempfile::TempDir, spec: ClusterSpec) -> Cluster {
+        let shards = spec.shards;
+        let mut file = local_cluster::lay_out(&spec).expect("lay out");
+        match local_cluster::up(env!("CARGO_BIN_EXE_norn").as_ref(), &mut file, Duration::from_secs(60)).await {
+            Ok((children, _)) => Cluster { dir, file, children: children.into_iter().map(Some).collect(), shards },
+            Err(e) => {
+                let c = Cluster { dir, file, children: Vec::new(), shards };
+                panic!("{e:#}\n{}", c.logs())
+            }
         }
-        c.wait_ready().await;
-        c
     }
 
     pub fn addrs(&self) -> Vec<String> {

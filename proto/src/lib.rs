@@ -30,6 +30,14 @@ pub mod admin {
     tonic::include_proto!("norn.admin.v1");
 }
 
+/// Norn's node-to-node protocol (`norn.internal.v1.Internal`), served on the peer port only:
+/// proposals, reads and task offers routed to shard leaders. Only `norn-node` uses it; it lives
+/// here because this crate holds every generated protocol.
+pub mod internal {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("norn.internal.v1");
+}
+
 /// How Norn maps keys to shards. Shared by the server and the Rust client SDK, which uses it to
 /// send each workflow call straight to the leader of the workflow's shard.
 pub mod placement {

@@ -45,9 +45,53 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
     postcard::from_bytes(body).map_err(|source| CodecError::Decode { what, source })
 }
 
+/// Seals a state value for storage: CRC32 (big-endian) of the key and value, then the value.
+/// The key is covered so that a value found under another key is caught too.
+pub fn seal_value(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut h = crc32fast::Hasher::new();
+    h.update(key);
+    h.update(value);
+    let mut out = Vec::with_capacity(value.len() + 4);
+    out.extend_from_slice(&h.finalize().to_be_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// Checks a value written by [`seal_value`] under `key` and returns the value.
+pub fn open_value<'a>(key: &[u8], stored: &'a [u8]) -> Result<&'a [u8], CodecError> {
+    const WHAT: &str = "state value";
+    if stored.len() < 4 {
+        return Err(CodecError::Truncated { what: WHAT, len: stored.len() });
+    }
+    let (head, value) = stored.split_at(4);
+    let sum = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let mut h = crc32fast::Hasher::new();
+    h.update(key);
+    h.update(value);
+    let computed = h.finalize();
+    if sum != computed {
+        return Err(CodecError::Checksum { what: WHAT, stored: sum, computed });
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealed_values_catch_flips_truncation_and_moves() {
+        let sealed = seal_value(b"run/a", b"state bytes");
+        assert_eq!(open_value(b"run/a", &sealed).unwrap(), b"state bytes");
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x01;
+            assert!(open_value(b"run/a", &bad).is_err(), "flip at {i} undetected");
+        }
+        assert!(open_value(b"run/a", &sealed[..3]).is_err());
+        assert!(open_value(b"run/a", &sealed[..sealed.len() - 1]).is_err());
+        assert!(open_value(b"run/b", &sealed).is_err(), "a value under another key is caught");
+    }
 
     #[test]
     fn round_trips_and_rejects_damage() {

@@ -40,8 +40,8 @@ pub use node::{
     ApplyObserver, GroupSpec, GroupStatus, ObserverSlot, PlantedBug, ProposeError, RaftNode, RaftOptions, Role,
 };
 pub use service::RaftService;
-pub use state_machine::{Applied, GroupView, StateMachine, StateView, Txn};
-pub use transport::{ConnectFuture, Connector, Io, TcpConnector, Transport};
+pub use state_machine::{Applied, ApplyError, GroupView, ScanPage, StateMachine, StateView, Txn};
+pub use transport::{ConnectFuture, Connector, Identity, IncarnationSink, Io, TcpConnector, Transport};
 pub use types::{Command, GroupId, NodeId, NodeInfo};
 
 /// Errors from starting or running the replication layer.

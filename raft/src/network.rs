@@ -50,7 +50,9 @@ impl GroupNetwork {
         let bytes =
             self.transport.call(self.target, &self.node.raft_addr, self.group, kind, payload, deadline).await.map_err(
                 |e| match e {
-                    TransportError::Unreachable(..) => RPCError::Unreachable(Unreachable::new(&e)),
+                    TransportError::Unreachable(..) | TransportError::Refused(..) => {
+                        RPCError::Unreachable(Unreachable::new(&e))
+                    }
                     TransportError::Timeout(..) => RPCError::Timeout(Timeout {
                         action: openraft::network::RPCTypes::AppendEntries,
                         id: self.transport.me(),

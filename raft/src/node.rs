@@ -381,7 +381,15 @@ impl RaftNode {
     /// Reads a key of `group`'s state as applied on this node (possibly stale unless preceded
     /// by [`RaftNode::read_index`]).
     pub fn read_local(&self, group: GroupId, key: &[u8]) -> Result<Option<Vec<u8>>, crate::Error> {
-        self.inner.engine.get(Cf::State, &keys::state_key(group, key)).map_err(|e| crate::Error::Storage(e.to_string()))
+        let stored = self
+            .inner
+            .engine
+            .get(Cf::State, &keys::state_key(group, key))
+            .map_err(|e| crate::Error::Storage(e.to_string()))?;
+        stored
+            .map(|v| crate::state_machine::open_stored(group, key, &v))
+            .transpose()
+            .map_err(|e| crate::Error::Storage(e.to_string()))
     }
 
     /// Read access to `group`'s state as applied on this node.

@@ -13,7 +13,7 @@ use crate::codec;
 use crate::node::RaftNode;
 use crate::pb::raft_transport_server::{RaftTransport, RaftTransportServer};
 use crate::pb::Frame;
-use crate::transport::kind;
+use crate::transport::{kind, Identity};
 
 /// Frames of one `Stream` being handled at once; the stream is not read further until one ends.
 const STREAM_IN_FLIGHT_MAX: usize = 4096;
@@ -37,24 +37,34 @@ fn decode_req<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
     codec::decode("raft request", payload).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-fn reply<T: Serialize>(frame: &Frame, me: u64, value: &T) -> Result<Frame, Status> {
+fn reply<T: Serialize>(frame: &Frame, me: Identity, value: &T) -> Result<Frame, Status> {
     let payload = codec::encode("raft response", value).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Frame {
         group: frame.group,
         kind: frame.kind,
         crc: crc32fast::hash(&payload),
         payload,
-        from: me,
+        from: me.node,
         to: frame.from,
         error_code: 0,
         error: String::new(),
         id: frame.id,
+        cluster: me.cluster,
+        incarnation: me.incarnation,
     })
 }
 
 /// The answer frame for a frame that failed with `status`.
-fn failed(me: u64, id: u64, status: &Status) -> Frame {
-    Frame { from: me, id, error_code: status.code() as i32, error: status.message().to_string(), ..Default::default() }
+fn failed(me: Identity, id: u64, status: &Status) -> Frame {
+    Frame {
+        from: me.node,
+        id,
+        error_code: status.code() as i32,
+        error: status.message().to_string(),
+        cluster: me.cluster,
+        incarnation: me.incarnation,
+        ..Default::default()
+    }
 }
 
 #[tonic::async_trait]
@@ -87,7 +97,7 @@ impl RaftTransport for RaftService {
                     let id = frame.id;
                     let answer = match service.handle(frame).await {
                         Ok(f) => f,
-                        Err(s) => failed(service.node.id(), id, &s),
+                        Err(s) => failed(service.node.transport().identity(), id, &s),
                     };
                     let _ = tx.send(Ok(answer)).await;
                     drop(slot);
@@ -100,13 +110,18 @@ impl RaftTransport for RaftService {
 
 impl RaftService {
     async fn handle(&self, frame: Frame) -> Result<Frame, Status> {
-        let me = self.node.id();
+        let identity = self.node.transport().identity();
+        let me = identity.node;
         if frame.to != me {
             return Err(Status::failed_precondition(format!(
                 "frame for node {} reached node {me}: check the cluster's peer addresses",
                 frame.to
             )));
         }
+        self.node
+            .transport()
+            .admit(frame.from, frame.cluster, frame.incarnation)
+            .map_err(Status::failed_precondition)?;
         if self.node.transport().is_blocked(frame.from) {
             return Err(Status::unavailable("link cut by fault injection"));
         }
@@ -120,15 +135,15 @@ impl RaftService {
         match frame.kind {
             kind::APPEND => {
                 let req = decode_req(&frame.payload)?;
-                reply(&frame, me, &raft.append_entries(req).await)
+                reply(&frame, identity, &raft.append_entries(req).await)
             }
             kind::VOTE => {
                 let req = decode_req(&frame.payload)?;
-                reply(&frame, me, &raft.vote(req).await)
+                reply(&frame, identity, &raft.vote(req).await)
             }
             kind::SNAPSHOT => {
                 let req = decode_req(&frame.payload)?;
-                reply(&frame, me, &raft.install_snapshot(req).await)
+                reply(&frame, identity, &raft.install_snapshot(req).await)
             }
             other => Err(Status::invalid_argument(format!("unknown frame kind {other}"))),
         }

@@ -39,11 +39,24 @@ pub struct Applied<'a> {
     pub payload: &'a [u8],
 }
 
+/// Why a command did not apply.
+#[derive(Debug)]
+pub enum ApplyError {
+    /// The command is refused, identically on every replica: every write it made is rolled back
+    /// and the proposer gets this response.
+    Rejected(Vec<u8>),
+    /// This replica cannot apply the command (a storage error, corrupt state): nothing of the
+    /// apply batch is written, the batch is not marked applied, and the group halts on this
+    /// replica with this message (it is never "applied" with different state than its peers).
+    Fatal(String),
+}
+
 /// A deterministic state machine for one group. `apply` must depend only on the group's state
-/// (read through `txn`) and the command: no clock, no randomness, no I/O.
+/// (read through `txn`) and the command: no clock, no randomness, no I/O. Each command is all or
+/// nothing: its writes land only if it returns `Ok`.
 pub trait StateMachine: Send + Sync + 'static {
     /// Applies one committed command and returns the response for the proposer.
-    fn apply(&mut self, txn: &mut Txn<'_>, cmd: Applied<'_>) -> Vec<u8>;
+    fn apply(&mut self, txn: &mut Txn<'_>, cmd: Applied<'_>) -> Result<Vec<u8>, ApplyError>;
 
     /// Called after the group's state was replaced by a snapshot; drop any cached state.
     fn reset(&mut self) {}
@@ -63,18 +76,87 @@ pub struct GroupView {
     pub(crate) engine: Arc<dyn Engine>,
 }
 
+/// Checks a stored state value against its key (see [`codec::seal_value`]).
+pub(crate) fn open_stored(group: GroupId, key: &[u8], stored: &[u8]) -> norn_storage::Result<Vec<u8>> {
+    codec::open_value(key, stored).map(<[u8]>::to_vec).map_err(|e| norn_storage::Error::Corrupt {
+        what: format!("shard {group} state key {:?}", String::from_utf8_lossy(key)),
+        detail: e.to_string(),
+    })
+}
+
+/// Stored pairs of a group (full keys) as the group's keys and checked values.
+fn open_pairs(group: GroupId, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> norn_storage::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| {
+            let key = k.get(4..).unwrap_or_default().to_vec();
+            let value = open_stored(group, &key, &v)?;
+            Ok((key, value))
+        })
+        .collect()
+}
+
 impl StateView for GroupView {
     fn get(&self, key: &[u8]) -> norn_storage::Result<Option<Vec<u8>>> {
-        self.engine.get(Cf::State, &keys::state_key(self.group, key))
+        match self.engine.get(Cf::State, &keys::state_key(self.group, key))? {
+            None => Ok(None),
+            Some(v) => open_stored(self.group, key, &v).map(Some),
+        }
     }
 
     fn scan_prefix(&self, prefix: &[u8], limit: usize) -> norn_storage::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        Ok(self
-            .engine
-            .scan_prefix(Cf::State, &keys::state_key(self.group, prefix), limit)?
-            .into_iter()
-            .map(|(k, v)| (k[4..].to_vec(), v))
-            .collect())
+        open_pairs(self.group, self.engine.scan_prefix(Cf::State, &keys::state_key(self.group, prefix), limit)?)
+    }
+}
+
+/// One page of a scan: the pairs, and whether more follow.
+pub type ScanPage = (Vec<(Vec<u8>, Vec<u8>)>, bool);
+
+impl GroupView {
+    /// One page of the pairs whose key starts with `prefix`, after `after` (exclusive), in key
+    /// order: at most `limit` pairs and about `bytes_max` bytes of keys and values (the pair that
+    /// crosses it ends the page). Returns the pairs and whether more follow.
+    pub fn scan_page(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        bytes_max: usize,
+    ) -> norn_storage::Result<ScanPage> {
+        /// Pairs read from the engine at a time.
+        const CHUNK: usize = 64;
+        let full = keys::state_key(self.group, prefix);
+        let end = norn_storage::prefix_end(&full);
+        let mut start = match after {
+            Some(a) if a > prefix => keys::state_key(self.group, a),
+            _ => full.clone(),
+        };
+        let mut exclusive = after.is_some_and(|a| a > prefix);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        loop {
+            let lower = if exclusive { Bound::Excluded(start.as_slice()) } else { Bound::Included(start.as_slice()) };
+            let upper = match &end {
+                Some(e) => Bound::Excluded(e.as_slice()),
+                None => Bound::Unbounded,
+            };
+            let chunk = self.engine.scan(Cf::State, lower, upper, CHUNK)?;
+            let done = chunk.len() < CHUNK;
+            for (k, v) in chunk {
+                if out.len() >= limit.max(1) || (bytes >= bytes_max && !out.is_empty()) {
+                    return Ok((out, true));
+                }
+                bytes = bytes.saturating_add(k.len() + v.len());
+                start.clone_from(&k);
+                let key = k.get(4..).unwrap_or_default().to_vec();
+                let value = open_stored(self.group, &key, &v)?;
+                out.push((key, value));
+            }
+            if done {
+                return Ok((out, false));
+            }
+            exclusive = true;
+        }
     }
 }
 
@@ -88,57 +170,81 @@ impl StateView for Txn<'_> {
     }
 }
 
-/// Read-your-writes access to one group's state during an apply batch.
+/// Read-your-writes access to one group's state during an apply batch. Writes of the command
+/// being applied stay apart until it succeeds (`commit_command`) or is rolled back
+/// (`rollback_command`), so a refused command leaves nothing behind.
 pub struct Txn<'a> {
     group: GroupId,
     engine: &'a dyn Engine,
-    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Writes of the commands of this batch that applied.
+    batch: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Writes of the command being applied.
+    command: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl<'a> Txn<'a> {
+    fn new(group: GroupId, engine: &'a dyn Engine) -> Self {
+        Self { group, engine, batch: BTreeMap::new(), command: BTreeMap::new() }
+    }
+
     /// Reads a key.
     pub fn get(&self, key: &[u8]) -> norn_storage::Result<Option<Vec<u8>>> {
-        if let Some(v) = self.overlay.get(key) {
+        if let Some(v) = self.command.get(key).or_else(|| self.batch.get(key)) {
             return Ok(v.clone());
         }
-        self.engine.get(Cf::State, &keys::state_key(self.group, key))
+        match self.engine.get(Cf::State, &keys::state_key(self.group, key))? {
+            None => Ok(None),
+            Some(v) => open_stored(self.group, key, &v).map(Some),
+        }
     }
 
     /// Sets a key.
     pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.overlay.insert(key.into(), Some(value.into()));
+        self.command.insert(key.into(), Some(value.into()));
     }
 
     /// Removes a key.
     pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
-        self.overlay.insert(key.into(), None);
+        self.command.insert(key.into(), None);
     }
 
     /// Pairs whose key starts with `prefix`, in key order, at most `limit`.
     pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> norn_storage::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let full = keys::state_key(self.group, prefix);
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
-            .engine
-            .scan_prefix(Cf::State, &full, limit.saturating_add(self.overlay.len()))?
-            .into_iter()
-            .map(|(k, v)| (k[4..].to_vec(), Some(v)))
-            .collect();
+        let pending = self.batch.len().saturating_add(self.command.len());
+        let stored = self.engine.scan_prefix(Cf::State, &full, limit.saturating_add(pending))?;
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            open_pairs(self.group, stored)?.into_iter().map(|(k, v)| (k, Some(v))).collect();
         let end = norn_storage::prefix_end(prefix);
         let upper = match &end {
             Some(e) => Bound::Excluded(e.clone()),
             None => Bound::Unbounded,
         };
-        for (k, v) in self.overlay.range((Bound::Included(prefix.to_vec()), upper)) {
-            merged.insert(k.clone(), v.clone());
+        for layer in [&self.batch, &self.command] {
+            for (k, v) in layer.range((Bound::Included(prefix.to_vec()), upper.clone())) {
+                merged.insert(k.clone(), v.clone());
+            }
         }
         Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).take(limit).collect())
     }
 
+    /// Keeps the current command's writes.
+    fn commit_command(&mut self) {
+        let command = std::mem::take(&mut self.command);
+        self.batch.extend(command);
+    }
+
+    /// Drops the current command's writes.
+    fn rollback_command(&mut self) {
+        self.command.clear();
+    }
+
     fn into_batch(self, batch: &mut WriteBatch) {
-        for (k, v) in self.overlay {
+        debug_assert!(self.command.is_empty(), "a command's writes were neither kept nor dropped");
+        for (k, v) in self.batch {
             let key = keys::state_key(self.group, &k);
             match v {
-                Some(v) => batch.put(Cf::State, key, v),
+                Some(v) => batch.put(Cf::State, key, codec::seal_value(&k, &v)),
                 None => batch.delete(Cf::State, key),
             }
         }
@@ -165,6 +271,11 @@ struct StoredSnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
 }
+
+/// A committed command that this replica cannot apply.
+#[derive(Debug, thiserror::Error)]
+#[error("apply failed: {0}")]
+struct ApplyFailed(String);
 
 fn sm_read(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::read_state_machine(&e).into()
@@ -265,21 +376,22 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut txn = Txn { group: self.group, engine: &*self.engine, overlay: BTreeMap::new() };
+        let mut txn = Txn::new(self.group, &*self.engine);
         let mut responses = Vec::new();
+        let mut applied = self.applied.clone();
         for entry in entries {
             let response = match &entry.payload {
                 EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
-                    self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     Vec::new()
                 }
                 EntryPayload::Normal(cmd) => {
-                    let ts = cmd.timestamp_ms.max(self.applied.last_timestamp_ms);
-                    self.applied.last_timestamp_ms = ts;
+                    let ts = cmd.timestamp_ms.max(applied.last_timestamp_ms);
+                    applied.last_timestamp_ms = ts;
                     let mut answers = Vec::with_capacity(cmd.payloads.len());
                     for (position, payload) in cmd.payloads.iter().enumerate() {
-                        let applied = Applied {
+                        let cmd = Applied {
                             group: self.group,
                             index: entry.log_id.index,
                             position: position as u32,
@@ -287,7 +399,33 @@ impl RaftStateMachine<TypeConfig> for SmStore {
                             timestamp_ms: ts,
                             payload,
                         };
-                        answers.push(self.sm.apply(&mut txn, applied));
+                        let answer = match self.sm.apply(&mut txn, cmd) {
+                            Ok(answer) => {
+                                txn.commit_command();
+                                answer
+                            }
+                            Err(ApplyError::Rejected(answer)) => {
+                                txn.rollback_command();
+                                answer
+                            }
+                            Err(ApplyError::Fatal(why)) => {
+                                // Nothing of this batch is written or marked applied: the group
+                                // stops here on this replica, loudly, instead of diverging.
+                                tracing::error!(
+                                    shard = self.group,
+                                    index = entry.log_id.index,
+                                    position,
+                                    error = %why,
+                                    "cannot apply a committed command; halting this shard on this node (its \
+                                     peers go on); repair or replace this node's data directory"
+                                );
+                                return Err(sm_write(ApplyFailed(format!(
+                                    "shard {} entry {} command {position}: {why}",
+                                    self.group, entry.log_id.index
+                                ))));
+                            }
+                        };
+                        answers.push(answer);
                     }
                     answers
                 }
@@ -295,7 +433,11 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             if let Some(o) = &self.observer {
                 o.applied(self.group, entry.log_id.index, entry.log_id.leader_id.term, entry_digest(&entry));
             }
-            self.applied.last_applied = Some(entry.log_id);
+            // The applied index only moves forward, one entry at a time.
+            if let Some(prev) = applied.last_applied {
+                assert!(entry.log_id.index > prev.index, "applied index went back: {prev} then {}", entry.log_id);
+            }
+            applied.last_applied = Some(entry.log_id);
             responses.push(response);
         }
         let mut batch = WriteBatch::new();
@@ -303,7 +445,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         batch.put(
             Cf::RaftMeta,
             keys::meta_key(self.group, keys::APPLIED),
-            codec::encode("applied state", &self.applied).map_err(sm_write)?,
+            codec::encode("applied state", &applied).map_err(sm_write)?,
         );
         if let Some(committed) = self.progress.committed() {
             batch.put(
@@ -313,6 +455,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             );
         }
         self.engine.write(batch, false).map_err(sm_write)?;
+        self.applied = applied;
         self.set_applied_index();
         Ok(responses)
     }
@@ -357,6 +500,8 @@ impl RaftStateMachine<TypeConfig> for SmStore {
             }
         }
         for (k, v) in &body.kvs {
+            // Values travel sealed as stored; a damaged one refuses the whole snapshot.
+            open_stored(self.group, k, v).map_err(snap_read)?;
             batch.put(Cf::State, keys::state_key(self.group, k), v.clone());
         }
         let applied = AppliedState {

@@ -33,6 +33,25 @@ pub const STREAM_FRAME_BYTES_MAX: usize = 256 << 10;
 /// Frames queued per peer stream before callers wait.
 const OUTBOX_MAX: usize = 4096;
 
+/// Who this node is on the wire: the cluster it belongs to, its id, and this process's
+/// incarnation. Every frame carries the sender's; see [`Transport::admit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Hash of the cluster id created once at bootstrap and stored in every node's data dir.
+    pub cluster: u64,
+    /// The node's id.
+    pub node: NodeId,
+    /// Bumped (and synced) at every start of the node.
+    pub incarnation: u64,
+}
+
+/// Called with `(node, incarnation)` when a peer shows a newer incarnation, so it can be
+/// remembered across restarts.
+pub type IncarnationSink = Box<dyn Fn(NodeId, u64) + Send + Sync>;
+
+/// Most refusals remembered for rate-limiting their log lines.
+const REFUSALS_LOGGED_MAX: usize = 1024;
+
 /// A byte stream to a peer.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
@@ -82,6 +101,10 @@ pub enum TransportError {
     /// The answer failed its checksum or did not decode.
     #[error("bad frame from node {0}: {1}")]
     Corrupt(NodeId, String),
+    /// The process that answered is not the member we meant (another cluster's node, an older
+    /// incarnation of the member, or another node id).
+    #[error("refused the answer of node {0}: {1}")]
+    Refused(NodeId, String),
 }
 
 type Pending = Arc<Mutex<BTreeMap<u64, oneshot::Sender<Result<Frame, TransportError>>>>>;
@@ -107,7 +130,13 @@ impl Session {
 /// The node's transport: peer channels, per-peer streams, and fault filters.
 pub struct Transport {
     me: NodeId,
+    identity: Identity,
     connector: Arc<dyn Connector>,
+    /// Highest incarnation seen per peer, and who to tell when it rises.
+    seen: Mutex<BTreeMap<NodeId, u64>>,
+    seen_sink: Mutex<Option<IncarnationSink>>,
+    /// Refusals already logged (one line per sender, cluster and incarnation).
+    refused: Mutex<BTreeSet<(NodeId, u64, u64)>>,
     // Ordered maps everywhere: drop and iteration orders must not depend on the process's
     // hash seed (the simulator replays a seed exactly).
     peers: Mutex<BTreeMap<NodeId, (String, RaftTransportClient<Channel>)>>,
@@ -116,11 +145,15 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// A transport for node `me`.
-    pub fn new(me: NodeId, connector: Arc<dyn Connector>) -> Arc<Self> {
+    /// A transport for the node `identity` names.
+    pub fn new(identity: Identity, connector: Arc<dyn Connector>) -> Arc<Self> {
         Arc::new(Self {
-            me,
+            me: identity.node,
+            identity,
             connector,
+            seen: Mutex::new(BTreeMap::new()),
+            seen_sink: Mutex::new(None),
+            refused: Mutex::new(BTreeSet::new()),
             peers: Mutex::new(BTreeMap::new()),
             sessions: Mutex::new(BTreeMap::new()),
             blocked: RwLock::new(BTreeSet::new()),
@@ -130,6 +163,67 @@ impl Transport {
     /// This node's id.
     pub fn me(&self) -> NodeId {
         self.me
+    }
+
+    /// This node's identity on the wire.
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// Starts from the peer incarnations remembered by an earlier process, and tells `sink` of
+    /// every newer one seen from now on.
+    pub fn remember_incarnations(&self, known: BTreeMap<NodeId, u64>, sink: IncarnationSink) {
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = known;
+        *self.seen_sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
+    }
+
+    /// The highest incarnation seen from each peer.
+    pub fn incarnations(&self) -> BTreeMap<NodeId, u64> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Admits a frame or call from `from`, which says it belongs to `cluster` in `incarnation`:
+    /// refused when the cluster is not ours (a node of another cluster answering on a member's
+    /// address) or the incarnation is older than one already seen from that node (an old copy of
+    /// its data directory). Every refusal is logged once per sender, cluster and incarnation.
+    pub fn admit(&self, from: NodeId, cluster: u64, incarnation: u64) -> Result<(), String> {
+        let why = if cluster != self.identity.cluster {
+            Some(format!(
+                "node {from} belongs to cluster {cluster:016x}, not to this node's cluster {:016x}: a process of \
+                 another cluster is answering on a member's address; stop it, or fix the member list",
+                self.identity.cluster
+            ))
+        } else if from == self.me && incarnation != self.identity.incarnation {
+            Some(format!("a second process claims to be node {from} (incarnation {incarnation}); stop it"))
+        } else {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let known = seen.get(&from).copied().unwrap_or(0);
+            if incarnation < known {
+                Some(format!(
+                    "node {from} answers in incarnation {incarnation}, older than incarnation {known} already seen: \
+                     an old copy of node {from}'s data directory is running; stop it"
+                ))
+            } else {
+                if incarnation > known && from != self.me {
+                    seen.insert(from, incarnation);
+                    drop(seen);
+                    if let Some(sink) = &*self.seen_sink.lock().unwrap_or_else(|p| p.into_inner()) {
+                        sink(from, incarnation);
+                    }
+                }
+                None
+            }
+        };
+        match why {
+            None => Ok(()),
+            Some(why) => {
+                let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+                if refused.len() < REFUSALS_LOGGED_MAX && refused.insert((from, cluster, incarnation)) {
+                    tracing::error!(node = self.me, peer = from, peer_cluster = %format!("{cluster:016x}"), peer_incarnation = incarnation, "refused a peer: {why}");
+                }
+                Err(why)
+            }
+        }
     }
 
     /// Cuts (or, with an empty set, heals) the links to and from the given nodes.
@@ -260,12 +354,20 @@ impl Transport {
             error_code: 0,
             error: String::new(),
             id: 0,
+            cluster: self.identity.cluster,
+            incarnation: self.identity.incarnation,
         };
         let reply = if kind == kind::SNAPSHOT || frame.payload.len() > STREAM_FRAME_BYTES_MAX {
             self.call_alone(target, addr, frame, deadline).await?
         } else {
             self.call_on_stream(target, addr, frame, deadline).await?
         };
+        // The process that answered must be the member we meant: same cluster, not an older
+        // incarnation of it.
+        self.admit(target, reply.cluster, reply.incarnation).map_err(|why| TransportError::Refused(target, why))?;
+        if reply.from != target {
+            return Err(TransportError::Refused(target, format!("node {} answered for node {target}", reply.from)));
+        }
         if crc32fast::hash(&reply.payload) != reply.crc {
             return Err(TransportError::Corrupt(target, "checksum mismatch".into()));
         }
@@ -356,4 +458,26 @@ fn frame_result(target: NodeId, answer: Frame) -> Result<Frame, TransportError> 
         return Err(TransportError::Unreachable(target, status.message().to_string()));
     }
     Err(TransportError::Status(target, status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admits_only_this_cluster_and_never_an_older_incarnation() {
+        let me = Identity { cluster: 0xabc, node: 1, incarnation: 4 };
+        let t = Transport::new(me, Arc::new(TcpConnector));
+        let remembered = Arc::new(Mutex::new(Vec::new()));
+        let sink = remembered.clone();
+        t.remember_incarnations(BTreeMap::from([(2, 5)]), Box::new(move |n, i| sink.lock().unwrap().push((n, i))));
+        assert!(t.admit(2, 0xdef, 9).unwrap_err().contains("another cluster"));
+        assert!(t.admit(2, 0xabc, 4).unwrap_err().contains("older"), "an old copy of node 2 is refused");
+        t.admit(2, 0xabc, 5).unwrap();
+        t.admit(2, 0xabc, 6).unwrap();
+        assert!(t.admit(2, 0xabc, 5).is_err(), "once 6 was seen, 5 is stale");
+        assert_eq!(*remembered.lock().unwrap(), vec![(2, 6)], "a newer incarnation is remembered");
+        assert!(t.admit(1, 0xabc, 3).is_err(), "a second process claiming to be this node");
+        assert_eq!(t.incarnations().get(&2), Some(&6));
+    }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use norn_raft::{
-    Applied, GroupSpec, NodeInfo, ProposeError, RaftNode, RaftOptions, RaftService, Role, StateMachine, SystemClock,
-    TcpConnector, Transport, Txn,
+    Applied, ApplyError, GroupSpec, NodeInfo, ProposeError, RaftNode, RaftOptions, RaftService, Role, StateMachine,
+    SystemClock, TcpConnector, Transport, Txn,
 };
 use norn_storage::{Cf, Engine, MemDisk, MemEngine, WriteBatch};
 use tokio::net::TcpListener;
@@ -17,11 +17,16 @@ use tokio_stream::wrappers::TcpListenerStream;
 struct Append;
 
 impl StateMachine for Append {
-    fn apply(&mut self, txn: &mut Txn<'_>, cmd: Applied<'_>) -> Vec<u8> {
-        let n = txn.get(b"len").unwrap().map(|v| u64::from_be_bytes(v.try_into().unwrap())).unwrap_or(0) + 1;
+    fn apply(&mut self, txn: &mut Txn<'_>, cmd: Applied<'_>) -> Result<Vec<u8>, ApplyError> {
+        let len = txn.get(b"len").map_err(|e| ApplyError::Fatal(e.to_string()))?;
+        let n = len.map(|v| u64::from_be_bytes(v.try_into().unwrap())).unwrap_or(0) + 1;
         txn.put(format!("item/{n:08}").into_bytes(), cmd.payload.to_vec());
         txn.put(b"len".to_vec(), n.to_be_bytes().to_vec());
-        n.to_be_bytes().to_vec()
+        // A refused command: it wrote above, and none of it may remain.
+        if cmd.payload.starts_with(b"reject") {
+            return Err(ApplyError::Rejected(b"rejected".to_vec()));
+        }
+        Ok(n.to_be_bytes().to_vec())
     }
 }
 
@@ -57,7 +62,11 @@ fn members(addrs: &[String]) -> BTreeMap<u64, NodeInfo> {
 async fn start_node(id: u64, disk: &MemDisk, addrs: &[String]) -> Result<Node, norn_raft::Error> {
     let listener = TcpListener::bind(&addrs[(id - 1) as usize]).await.expect("bind");
     let engine: Arc<dyn Engine> = Arc::new(MemEngine::open(disk));
-    let transport = Transport::new(id, Arc::new(TcpConnector));
+    // Each start is a new incarnation, as a node's data directory would count it.
+    static INCARNATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let incarnation = INCARNATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let identity = norn_raft::Identity { cluster: 7, node: id, incarnation };
+    let transport = Transport::new(identity, Arc::new(TcpConnector));
     let spec = GroupSpec { id: 0, members: members(addrs), bootstrap: id == 1 };
     let raft =
         RaftNode::start(id, engine, transport, Arc::new(SystemClock), options(), vec![spec], |_| Box::new(Append))
@@ -197,4 +206,68 @@ async fn corrupted_log_bytes_are_reported_not_trusted() {
         Err(e) => assert!(e.to_string().contains("checksum"), "unclear error: {e}"),
         Ok(()) => panic!("node 2 started on a corrupted log"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_command_leaves_nothing_behind_on_any_replica() {
+    let g = Group::start().await;
+    assert_eq!(g.propose("a1").await.unwrap(), 1);
+    let leader = g.leader().await;
+    // Refused after writing: none of its writes may remain (the next item is number 2).
+    let r = g.node(leader).propose(0, b"reject-me".to_vec()).await.unwrap();
+    assert_eq!(r, b"rejected");
+    // Refused and accepted commands in one entry: only the accepted ones count.
+    let mut calls = Vec::new();
+    for i in 0..10 {
+        let node = g.node(leader).clone();
+        let payload = if i % 2 == 0 { format!("reject-{i}") } else { format!("ok-{i}") };
+        calls.push(tokio::spawn(async move { node.propose(0, payload.into_bytes()).await }));
+    }
+    let mut accepted = 0;
+    for c in calls {
+        if c.await.unwrap().unwrap() != b"rejected" {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 5);
+    assert_eq!(g.propose("last").await.unwrap(), 7, "refused commands left writes behind");
+    for id in 1..=3 {
+        g.node(id).wait_applied(0, g.node(leader).status()[0].applied_index).await.unwrap();
+        let len = g.node(id).read_local(0, b"len").unwrap().unwrap();
+        assert_eq!(u64::from_be_bytes(len.try_into().unwrap()), 7, "replica {id} diverged");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_state_value_halts_the_group_on_that_replica_naming_the_key() {
+    let g = Group::start().await;
+    for i in 1..=3 {
+        g.propose(&format!("v{i}")).await.unwrap();
+    }
+    let leader = g.leader().await;
+    let victim = (1..=3).find(|id| *id != leader).unwrap();
+    g.node(victim).wait_applied(0, g.node(leader).status()[0].applied_index).await.unwrap();
+    // Flip one bit of the stored `len` value on a follower, under its running node.
+    let engine = MemEngine::open(&g.disks[(victim - 1) as usize]);
+    let key = [&0u32.to_be_bytes()[..], b"len"].concat();
+    let mut value = engine.get(Cf::State, &key).unwrap().expect("len stored");
+    let at = value.len() - 1;
+    value[at] ^= 0x01;
+    let mut b = WriteBatch::new();
+    b.put(Cf::State, key, value);
+    engine.write(b, true).unwrap();
+    // Reading it is an error naming the key, never a wrong value.
+    let err = g.node(victim).read_local(0, b"len").expect_err("a flipped value was trusted");
+    assert!(err.to_string().contains("\"len\""), "error does not name the key: {err}");
+    // The next command halts the group on that replica; the others go on.
+    assert_eq!(g.propose("after").await.unwrap(), 4);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while g.node(victim).status()[0].role != Role::Failed {
+        assert!(tokio::time::Instant::now() < deadline, "the replica with a corrupt value kept applying");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fatal = g.node(victim).status()[0].fatal.clone().unwrap_or_default();
+    assert!(fatal.contains("len"), "the halt does not name the key: {fatal}");
+    assert!(g.node(victim).status()[0].applied_index < g.node(leader).status()[0].applied_index);
+    assert_eq!(g.propose("still").await.unwrap(), 5, "the healthy majority stopped");
 }

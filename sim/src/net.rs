@@ -94,6 +94,7 @@ pub fn node_config(cfg: &SimConfig, id: u64) -> NodeConfig {
         })
         .collect();
     NodeConfig {
+        cluster_id: String::new(),
         node_id: id,
         data_dir: std::path::PathBuf::from(format!("/sim/{}", node_host(id as usize))),
         client_addr: format!("{}:{CLIENT_PORT}", node_host(id as usize)),

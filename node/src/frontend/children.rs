@@ -6,7 +6,7 @@
 
 use norn_proto::protos::temporal::api::enums::v1::{EventType, ParentClosePolicy};
 use norn_proto::protos::temporal::api::history::v1::history_event::Attributes as Ev;
-use norn_proto::protos::temporal::api::history::v1::HistoryEvent;
+
 use norn_proto::protos::temporal::api::workflowservice::v1::StartWorkflowExecutionRequest;
 use prost::Message;
 use tonic::Status;
@@ -14,7 +14,7 @@ use tonic::Status;
 use super::Frontend;
 use crate::history::engine::EngineError;
 use crate::history::state::{ChildOutcome, ParentRef, RunStatus};
-use crate::history::store::{self, RunKey, WorkflowCommand, WorkflowResult};
+use crate::history::store::{RunKey, WorkflowCommand, WorkflowResult};
 
 impl Frontend {
     /// Starts the child initiated at `initiated_id` by `parent` and records the outcome there.
@@ -116,12 +116,10 @@ impl Frontend {
             Err(s) => return Err(s),
         };
         let Some(parent) = run.parent.clone() else { return self.drop_reminder(shard, child).await };
-        let last =
-            self.admin.read_keys(shard, &store::history_event_key(&run.run_id, run.next_event_id - 1), false).await?;
-        let event = last
-            .into_iter()
-            .next()
-            .and_then(|(_, v)| HistoryEvent::decode(v.as_slice()).ok())
+        let event = self
+            .router
+            .read_event(shard, &run.run_id, run.next_event_id - 1)
+            .await?
             .ok_or_else(|| Status::internal("the child's close event is missing"))?;
         let outcome = match (run.status, event.attributes) {
             (RunStatus::Completed, Some(Ev::WorkflowExecutionCompletedEventAttributes(a))) => {

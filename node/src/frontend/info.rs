@@ -8,8 +8,8 @@ use norn_proto::protos::temporal::api::workflowservice::v1::*;
 use tonic::Status;
 
 use super::Frontend;
-use crate::admin::Target;
 use crate::matching::{QueueKey, TaskKind};
+use crate::routing::Target;
 
 /// The search attributes list filters accept (see `list_filter`), with their types.
 pub const BUILT_IN_SEARCH_ATTRIBUTES: [(&str, IndexedValueType); 8] = [
@@ -42,17 +42,17 @@ impl Frontend {
         };
         let queue = QueueKey { namespace_id: ns, name, kind };
         // Pollers are known where the queue's matching lives: the leader of its home shard.
-        let home = queue.home_shard(self.admin.config().shards);
-        if let Target::Remote(addr) = self.admin.leader_target(home).await? {
+        let home = queue.home_shard(self.router.config().shards);
+        if let Target::Remote(addr) = self.router.leader_target(home).await? {
             if hops >= 2 {
                 return Err(Status::unavailable("task queue home moved while forwarding; retry"));
             }
             let mut c = self.workflow_client(&addr)?;
             return c.describe_task_queue(super::workflows::forwarded(req, hops)).await.map(|r| r.into_inner());
         }
-        let seen = super::workflows::timestamp(self.admin.now_ms());
+        let seen = super::workflows::timestamp(self.router.now_ms());
         let pollers = self
-            .admin
+            .router
             .matching()
             .pollers(&queue)
             .into_iter()
@@ -70,7 +70,7 @@ impl Frontend {
         GetClusterInfoResponse {
             server_version: super::SERVER_VERSION.into(),
             cluster_name: "norn".into(),
-            history_shard_count: self.admin.config().shards as i32,
+            history_shard_count: self.router.config().shards as i32,
             persistence_store: "norn-raft-rocksdb".into(),
             visibility_store: "norn-raft-rocksdb".into(),
             ..Default::default()

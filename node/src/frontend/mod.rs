@@ -22,31 +22,24 @@ use norn_proto::{WorkflowService, WorkflowServiceClient};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::admin::AdminService;
+use crate::routing::Router;
 
 /// The Temporal frontend of one node.
 #[derive(Clone)]
 pub struct Frontend {
-    admin: AdminService,
+    router: Router,
     /// Namespace name to id. Ids never change and namespaces are never deleted.
     ns_cache: Arc<Mutex<BTreeMap<String, String>>>,
     clients: Arc<Mutex<BTreeMap<String, WorkflowServiceClient<Channel>>>>,
-    timers: duties::ArmedTimers,
+    due: crate::history::watch::DueWatch,
     queries: queries::QueryWaiters,
     watch: crate::history::watch::RunWatch,
 }
 
 impl Frontend {
-    /// A frontend that routes through `admin`.
-    pub fn new(admin: AdminService, watch: crate::history::watch::RunWatch) -> Self {
-        Self {
-            admin,
-            ns_cache: Arc::default(),
-            clients: Arc::default(),
-            timers: Default::default(),
-            queries: Default::default(),
-            watch,
-        }
+    /// A frontend that routes through `router`.
+    pub fn new(router: Router, watch: crate::history::watch::RunWatch, due: crate::history::watch::DueWatch) -> Self {
+        Self { router, ns_cache: Arc::default(), clients: Arc::default(), due, queries: Default::default(), watch }
     }
 
     fn workflow_client(&self, addr: &str) -> Result<WorkflowServiceClient<Channel>, Status> {
@@ -54,7 +47,7 @@ impl Frontend {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let c = WorkflowServiceClient::new(self.admin.channel(addr)?).max_decoding_message_size(128 << 20);
+        let c = WorkflowServiceClient::new(self.router.channel(addr)?).max_decoding_message_size(128 << 20);
         clients.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -95,28 +88,28 @@ impl WorkflowService for Frontend {
         &self,
         request: Request<RegisterNamespaceRequest>,
     ) -> Result<Response<RegisterNamespaceResponse>, Status> {
-        namespaces::register(&self.admin, request.into_inner()).await.map(Response::new)
+        namespaces::register(&self.router, request.into_inner()).await.map(Response::new)
     }
 
     async fn describe_namespace(
         &self,
         request: Request<DescribeNamespaceRequest>,
     ) -> Result<Response<DescribeNamespaceResponse>, Status> {
-        namespaces::describe(&self.admin, request.into_inner()).await.map(Response::new)
+        namespaces::describe(&self.router, request.into_inner()).await.map(Response::new)
     }
 
     async fn list_namespaces(
         &self,
         request: Request<ListNamespacesRequest>,
     ) -> Result<Response<ListNamespacesResponse>, Status> {
-        namespaces::list(&self.admin, request.into_inner()).await.map(Response::new)
+        namespaces::list(&self.router, request.into_inner()).await.map(Response::new)
     }
 
     async fn update_namespace(
         &self,
         request: Request<UpdateNamespaceRequest>,
     ) -> Result<Response<UpdateNamespaceResponse>, Status> {
-        namespaces::update(&self.admin, request.into_inner()).await.map(Response::new)
+        namespaces::update(&self.router, request.into_inner()).await.map(Response::new)
     }
 
     async fn start_workflow_execution(

@@ -8,9 +8,9 @@ use norn_proto::protos::temporal::api::replication::v1::NamespaceReplicationConf
 use norn_proto::protos::temporal::api::workflowservice::v1::*;
 use tonic::Status;
 
-use crate::admin::AdminService;
 use crate::command::{ShardCommand, ShardResult};
 use crate::namespace::{self, NamespaceCommand, NamespaceRecord, NamespaceResult, SYSTEM_SHARD};
+use crate::routing::Router;
 
 /// Page size when the request gives none.
 const PAGE_SIZE_DEFAULT: usize = 100;
@@ -70,15 +70,17 @@ fn result(r: ShardResult) -> Result<NamespaceRecord, Status> {
 }
 
 /// Looks a namespace up by name (linearizable).
-pub async fn lookup(admin: &AdminService, name: &str) -> Result<NamespaceRecord, Status> {
+pub async fn lookup(admin: &Router, name: &str) -> Result<NamespaceRecord, Status> {
     let key = format!("ns/name/{name}").into_bytes();
-    let pairs = admin.read_keys(SYSTEM_SHARD, &key, false).await?;
-    let (_, v) = pairs.into_iter().next().ok_or_else(|| Status::not_found(format!("namespace {name} not found")))?;
+    let v = admin
+        .read_key(SYSTEM_SHARD, &key)
+        .await?
+        .ok_or_else(|| Status::not_found(format!("namespace {name} not found")))?;
     postcard::from_bytes(&v).map_err(|e| Status::internal(format!("corrupt namespace record {name}: {e}")))
 }
 
 /// Makes sure `default` exists (idempotent; every node runs it at start).
-pub async fn ensure_default(admin: &AdminService) -> Result<NamespaceRecord, Status> {
+pub async fn ensure_default(admin: &Router) -> Result<NamespaceRecord, Status> {
     let cmd = NamespaceCommand::Ensure {
         id: namespace::derived_id(namespace::DEFAULT_NAMESPACE),
         name: namespace::DEFAULT_NAMESPACE.into(),
@@ -86,10 +88,7 @@ pub async fn ensure_default(admin: &AdminService) -> Result<NamespaceRecord, Sta
     result(admin.propose_command(SYSTEM_SHARD, &ShardCommand::Namespace(cmd)).await?)
 }
 
-pub(super) async fn register(
-    admin: &AdminService,
-    r: RegisterNamespaceRequest,
-) -> Result<RegisterNamespaceResponse, Status> {
+pub(super) async fn register(admin: &Router, r: RegisterNamespaceRequest) -> Result<RegisterNamespaceResponse, Status> {
     namespace::validate_name(&r.namespace).map_err(Status::invalid_argument)?;
     if r.is_global_namespace {
         return Err(Status::invalid_argument("global (multi-cluster) namespaces are not supported by Norn"));
@@ -107,10 +106,7 @@ pub(super) async fn register(
     Ok(RegisterNamespaceResponse::default())
 }
 
-pub(super) async fn describe(
-    admin: &AdminService,
-    r: DescribeNamespaceRequest,
-) -> Result<DescribeNamespaceResponse, Status> {
+pub(super) async fn describe(admin: &Router, r: DescribeNamespaceRequest) -> Result<DescribeNamespaceResponse, Status> {
     if !r.namespace.is_empty() {
         return Ok(describe_response(&lookup(admin, &r.namespace).await?));
     }
@@ -118,15 +114,16 @@ pub(super) async fn describe(
         return Err(Status::invalid_argument("give a namespace name or id"));
     }
     let key = format!("ns/id/{}", r.id).into_bytes();
-    let pairs = admin.read_keys(SYSTEM_SHARD, &key, false).await?;
-    let (_, name) =
-        pairs.into_iter().next().ok_or_else(|| Status::not_found(format!("namespace id {} not found", r.id)))?;
+    let name = admin
+        .read_key(SYSTEM_SHARD, &key)
+        .await?
+        .ok_or_else(|| Status::not_found(format!("namespace id {} not found", r.id)))?;
     let name = String::from_utf8(name).map_err(|_| Status::internal("corrupt namespace id index"))?;
     Ok(describe_response(&lookup(admin, &name).await?))
 }
 
-pub(super) async fn list(admin: &AdminService, r: ListNamespacesRequest) -> Result<ListNamespacesResponse, Status> {
-    let pairs = admin.read_keys(SYSTEM_SHARD, b"ns/name/", true).await?;
+pub(super) async fn list(admin: &Router, r: ListNamespacesRequest) -> Result<ListNamespacesResponse, Status> {
+    let pairs = admin.scan(SYSTEM_SHARD, b"ns/name/", usize::MAX).await?;
     let mut recs: Vec<NamespaceRecord> = pairs
         .into_iter()
         .map(|(_, v)| postcard::from_bytes(&v).map_err(|e| Status::internal(format!("corrupt namespace record: {e}"))))
@@ -141,7 +138,7 @@ pub(super) async fn list(admin: &AdminService, r: ListNamespacesRequest) -> Resu
     Ok(ListNamespacesResponse { namespaces: page.into_iter().map(describe_response).collect(), next_page_token })
 }
 
-pub(super) async fn update(admin: &AdminService, r: UpdateNamespaceRequest) -> Result<UpdateNamespaceResponse, Status> {
+pub(super) async fn update(admin: &Router, r: UpdateNamespaceRequest) -> Result<UpdateNamespaceResponse, Status> {
     namespace::validate_name(&r.namespace).map_err(Status::invalid_argument)?;
     if r.promote_namespace || r.replication_config.is_some() {
         return Err(Status::invalid_argument("replication settings are not supported by Norn"));

@@ -108,7 +108,7 @@ impl Frontend {
         };
         drop(sub);
         let id = super::workflows::new_uuid();
-        let origin = self.admin.config().node_id;
+        let origin = self.router.config().node_id;
         let rx = self.queries.park(&id);
         let queue = QueueKey { namespace_id: ns, name: run.task_queue.clone(), kind: TaskKind::Workflow };
         let task = TaskRef {
@@ -117,7 +117,7 @@ impl Frontend {
             scheduled_id: 0,
             query: Some(QueryTask { id: id.clone(), origin, query: query.encode_to_vec() }),
         };
-        if let Err(e) = self.admin.add_task(&queue, &task, 0).await {
+        if let Err(e) = self.router.add_task(&queue, &task).await {
             self.queries.forget(&id);
             return Err(e);
         }
@@ -153,14 +153,14 @@ impl Frontend {
         req: RespondQueryTaskCompletedRequest,
     ) -> Result<RespondQueryTaskCompletedResponse, Status> {
         let (id, origin) = super::workflows::query_of_token(&req.task_token)?;
-        if origin == self.admin.config().node_id {
+        if origin == self.router.config().node_id {
             if !self.queries.deliver(&id, req) {
                 return Err(Status::not_found("query not found: it timed out or was answered already"));
             }
             return Ok(RespondQueryTaskCompletedResponse::default());
         }
         let addr = self
-            .admin
+            .router
             .member_addr(origin)
             .ok_or_else(|| Status::invalid_argument(format!("query token names unknown node {origin}")))?;
         let mut c = self.workflow_client(&addr)?;

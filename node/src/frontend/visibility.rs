@@ -57,7 +57,7 @@ impl Frontend {
     /// The runs of namespace `ns` that pass `q`, in its order.
     async fn matching_runs(&self, ns: &str, q: &ListQuery) -> Result<Vec<RunState>, Status> {
         let prefix = store::runs_prefix(ns);
-        let reads = (0..self.admin.config().shards).map(|shard| self.admin.read_keys(shard, &prefix, true));
+        let reads = (0..self.router.config().shards).map(|shard| self.router.scan(shard, &prefix, usize::MAX));
         let mut runs = Vec::new();
         for pairs in futures::future::try_join_all(reads).await? {
             for (_, v) in pairs {

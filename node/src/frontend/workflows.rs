@@ -25,12 +25,12 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 
 use super::Frontend;
-use crate::admin::Target;
 use crate::command::{ShardCommand, ShardResult};
 use crate::history::engine::{Effect, EngineError};
 use crate::history::state::{RunState, RunStatus};
-use crate::history::store::{self, RunKey, WorkflowCommand, WorkflowResult};
+use crate::history::store::{RunKey, WorkflowCommand, WorkflowResult};
 use crate::matching::{QueueKey, TaskKind, TaskRef};
+use crate::routing::Target;
 
 /// How long a poll waits for a task before answering empty (Temporal's SDKs wait 70 s).
 const POLL_WAIT: Duration = Duration::from_secs(60);
@@ -115,7 +115,7 @@ pub(super) fn forwarded<T>(msg: T, hops: u32) -> tonic::Request<T> {
 
 impl Frontend {
     pub(super) fn run_shard(&self, namespace_id: &str, workflow_id: &str) -> u32 {
-        crate::placement::shard_of(&[namespace_id.as_bytes(), workflow_id.as_bytes()], self.admin.config().shards)
+        crate::placement::shard_of(&[namespace_id.as_bytes(), workflow_id.as_bytes()], self.router.config().shards)
     }
 
     pub(super) async fn namespace_id(&self, name: &str) -> Result<String, Status> {
@@ -125,13 +125,13 @@ impl Frontend {
         if let Some(id) = self.ns_cache.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
             return Ok(id.clone());
         }
-        let rec = super::lookup(&self.admin, name).await?;
+        let rec = super::lookup(&self.router, name).await?;
         self.ns_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), rec.id.clone());
         Ok(rec.id)
     }
 
     pub(super) async fn propose(&self, shard: u32, cmd: WorkflowCommand) -> Result<WorkflowResult, Status> {
-        match self.admin.propose_command(shard, &ShardCommand::Workflow(cmd)).await? {
+        match self.router.propose_command(shard, &ShardCommand::Workflow(cmd)).await? {
             ShardResult::Workflow(WorkflowResult::StorageFailed(e)) => {
                 Err(Status::internal(format!("shard {shard} storage failure: {e}")))
             }
@@ -163,16 +163,17 @@ impl Frontend {
             let this = self.clone();
             let run = run.clone();
             let offer = |kind: TaskKind, task_queue: String, scheduled_id: i64, ready_at_ms: u64| {
+                // A retry still in its backoff is offered by the shard leader's duties when the
+                // backoff ends (the run's due index holds it).
+                if ready_at_ms > self.router.now_ms() {
+                    return;
+                }
                 let queue = QueueKey { namespace_id: run.namespace_id.clone(), name: task_queue, kind };
                 let task = TaskRef { shard, run: run.clone(), scheduled_id, query: None };
-                let admin = self.admin.clone();
+                let router = self.router.clone();
                 tokio::spawn(async move {
-                    let now = admin.now_ms();
-                    if ready_at_ms > now {
-                        tokio::time::sleep(Duration::from_millis(ready_at_ms - now)).await;
-                    }
-                    if let Err(e) = admin.add_task(&queue, &task, 0).await {
-                        tracing::warn!(queue = %queue.name, run = %task.run.run_id, error = %e, "could not offer task to matching");
+                    if let Err(e) = router.add_task(&queue, &task).await {
+                        tracing::warn!(queue = %queue.name, run = %task.run.run_id, error = %e, "could not offer task to matching; the shard re-offers it when the queue's home settles");
                     }
                 });
             };
@@ -183,13 +184,8 @@ impl Frontend {
                 Effect::ActivityTaskReady { task_queue, scheduled_id, ready_at_ms } => {
                     offer(TaskKind::Activity, task_queue, scheduled_id, ready_at_ms)
                 }
-                Effect::TimerArmed { timer_id, started_id, fire_at_ms } => {
-                    if self.timers.arm(&run.run_id, &timer_id) {
-                        tokio::spawn(
-                            async move { this.fire_timer(shard, run, timer_id, started_id, fire_at_ms).await },
-                        );
-                    }
-                }
+                // The shard leader's duties fire it from the run's due index.
+                Effect::TimerArmed { .. } => {}
                 Effect::RunClosed => {}
                 Effect::StartChild { initiated_id } => {
                     tokio::spawn(async move { this.start_child(shard, run, initiated_id).await });
@@ -209,46 +205,14 @@ impl Frontend {
         }
     }
 
-    pub(super) async fn fire_timer(&self, shard: u32, run: RunKey, timer_id: String, started_id: i64, fire_at_ms: u64) {
-        self.fire_timer_inner(shard, &run, &timer_id, started_id, fire_at_ms).await;
-        self.timers.disarm(&run.run_id, &timer_id);
-    }
-
-    async fn fire_timer_inner(&self, shard: u32, run: &RunKey, timer_id: &str, started_id: i64, fire_at_ms: u64) {
-        for _ in 0..50 {
-            let now = self.admin.now_ms();
-            if now < fire_at_ms {
-                tokio::time::sleep(Duration::from_millis(fire_at_ms - now)).await;
-            }
-            let cmd = WorkflowCommand::TimerFired { run: run.clone(), timer_id: timer_id.to_string(), started_id };
-            match self.apply(shard, cmd).await {
-                Ok(_) => return,
-                // Fired already, or the run closed; either way nothing is left to do.
-                Err(s) if s.code() == tonic::Code::NotFound => return,
-                Err(s) => {
-                    tracing::debug!(timer = %timer_id, error = %s, "timer not fired yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }
-
     pub(super) async fn read_run(&self, shard: u32, run: &RunKey) -> Result<RunState, Status> {
-        let pairs = self.admin.read_keys(shard, &store::run_state_key(run), false).await?;
-        let (_, v) = pairs.into_iter().next().ok_or_else(|| {
+        self.router.read_run(shard, run).await?.ok_or_else(|| {
             Status::not_found(format!("workflow execution {}/{} not found", run.workflow_id, run.run_id))
-        })?;
-        postcard::from_bytes(&v).map_err(|e| Status::internal(format!("corrupt run state: {e}")))
+        })
     }
 
     pub(super) async fn read_events(&self, shard: u32, run_id: &str) -> Result<Vec<HistoryEvent>, Status> {
-        let pairs = self.admin.read_keys(shard, &store::events_prefix(run_id), true).await?;
-        pairs
-            .into_iter()
-            .map(|(_, v)| {
-                HistoryEvent::decode(v.as_slice()).map_err(|e| Status::internal(format!("corrupt event: {e}")))
-            })
-            .collect()
+        self.router.read_events(shard, run_id, usize::MAX).await
     }
 
     /// Resolves an execution whose run id may be empty (the current run).
@@ -263,15 +227,8 @@ impl Frontend {
         }
         let shard = self.run_shard(namespace_id, &exec.workflow_id);
         let run_id = if exec.run_id.is_empty() {
-            let key = store::current_key(namespace_id, &exec.workflow_id);
-            let pairs = self.admin.read_keys(shard, &key, false).await?;
-            let (_, v) = pairs
-                .into_iter()
-                .next()
-                .ok_or_else(|| Status::not_found(format!("workflow execution {} not found", exec.workflow_id)))?;
-            let cur: store::CurrentRun =
-                postcard::from_bytes(&v).map_err(|e| Status::internal(format!("corrupt current run: {e}")))?;
-            cur.run_id
+            let cur = self.router.read_current(shard, namespace_id, &exec.workflow_id).await?;
+            cur.ok_or_else(|| Status::not_found(format!("workflow execution {} not found", exec.workflow_id)))?.run_id
         } else {
             exec.run_id.clone()
         };
@@ -452,7 +409,7 @@ impl Frontend {
 
     /// Forwards a poll to the task queue's home, or runs it here if this node is the home.
     async fn poll_target(&self, queue: &QueueKey) -> Result<Target, Status> {
-        self.admin.leader_target(queue.home_shard(self.admin.config().shards)).await
+        self.router.leader_target(queue.home_shard(self.router.config().shards)).await
     }
 
     pub(super) async fn poll_workflow_task(
@@ -477,7 +434,7 @@ impl Frontend {
         let deadline = tokio::time::Instant::now() + POLL_WAIT;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(task) = self.admin.matching().poll(&queue, &req.identity, left).await else {
+            let Some(task) = self.router.matching().poll(&queue, &req.identity, left).await else {
                 return Ok(PollWorkflowTaskQueueResponse::default());
             };
             if let Some(q) = &task.query {
@@ -495,7 +452,7 @@ impl Frontend {
                 Err(s) if s.code() == tonic::Code::NotFound => continue,
                 Err(s) => {
                     // Unknown outcome: put the task back; the shard refuses a second start.
-                    self.admin.matching().add(queue.clone(), task);
+                    self.router.matching().add(queue.clone(), task);
                     return Err(s);
                 }
             };
@@ -630,7 +587,7 @@ impl Frontend {
         let deadline = tokio::time::Instant::now() + POLL_WAIT;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(task) = self.admin.matching().poll(&queue, &req.identity, left).await else {
+            let Some(task) = self.router.matching().poll(&queue, &req.identity, left).await else {
                 return Ok(PollActivityTaskQueueResponse::default());
             };
             let cmd = WorkflowCommand::ActivityTaskStarted {
@@ -639,13 +596,14 @@ impl Frontend {
                 request_id: new_uuid(),
                 identity: req.identity.clone(),
             };
-            let planted = self.admin.config().raft.planted_bug == Some(norn_raft::PlantedBug::UncommittedActivityStart);
+            let planted =
+                self.router.config().raft.planted_bug == Some(norn_raft::PlantedBug::UncommittedActivityStart);
             let applied = if planted { Ok((task.run.clone(), 0)) } else { self.apply(task.shard, cmd).await };
             match applied {
                 Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::NotFound => continue,
                 Err(s) => {
-                    self.admin.matching().add(queue.clone(), task);
+                    self.router.matching().add(queue.clone(), task);
                     return Err(s);
                 }
             }
@@ -760,7 +718,7 @@ impl Frontend {
     /// How long a wait on a run's changes may go without re-reading: a replica here wakes the
     /// waiter on every apply, elsewhere only re-reads notice changes.
     pub(super) fn reread_every(&self, shard: u32) -> Duration {
-        if self.admin.raft().group_ids().binary_search(&shard).is_ok() {
+        if self.router.raft().group_ids().binary_search(&shard).is_ok() {
             HISTORY_REREAD_HOSTED
         } else {
             HISTORY_REREAD_REMOTE
@@ -845,14 +803,11 @@ impl Frontend {
         let s = self.read_run(shard, &run).await?;
         let tq = TaskQueue { name: s.task_queue.clone(), kind: TaskQueueKind::Normal as i32, ..Default::default() };
         // Memo and search attributes live in the run's first event.
-        let first = self.admin.read_keys(shard, &store::history_event_key(&run.run_id, 1), false).await?;
-        let started =
-            first.into_iter().next().and_then(|(_, v)| HistoryEvent::decode(v.as_slice()).ok()).and_then(|e| {
-                match e.attributes {
-                    Some(Ev::WorkflowExecutionStartedEventAttributes(a)) => Some(a),
-                    _ => None,
-                }
-            });
+        let first = self.router.read_event(shard, &run.run_id, 1).await?;
+        let started = first.and_then(|e| match e.attributes {
+            Some(Ev::WorkflowExecutionStartedEventAttributes(a)) => Some(a),
+            _ => None,
+        });
         let mut info = execution_info(&s);
         if let Some(a) = started {
             info.memo = a.memo;

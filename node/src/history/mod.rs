@@ -5,10 +5,14 @@
 //! - [`state`]: a run's mutable state.
 //! - [`engine`]: the transitions (start, workflow tasks, commands, activities, timers).
 //!
+//! - [`index`]: a run's due, ready and closed index entries (what the leader does next, when).
 //! - [`store`]: runs in a shard's state, and the replicated commands that drive the engine.
+//! - [`reads`]: typed reads of runs and events from any node (routed to the shard leader).
 //! - [`watch`]: node-local wake-ups for history long polls (outside the deterministic core).
 
 pub mod engine;
+pub mod index;
+pub mod reads;
 pub mod state;
 pub mod store;
 #[cfg(test)]

@@ -4,8 +4,10 @@
 //! - `cur/<ns_id>/<workflow_id>` -> [`CurrentRun`]: the workflow id's latest run.
 //! - `run/<ns_id>/<workflow_id>/<run_id>` -> [`RunState`] (postcard).
 //! - `ev/<run_id>/<event_id u64 BE>` -> `HistoryEvent` (protobuf).
-//! - `open/<ns_id>/<workflow_id>/<run_id>` -> [`RunKey`]: the open runs, scanned by the leader to
-//!   re-offer tasks, re-arm timers and enforce timeouts.
+//! - `idx/<ns_id>/<workflow_id>/<run_id>` -> the run's index keys (see [`super::index`]): the
+//!   due, ready and closed entries it holds, so the next save replaces exactly them.
+//! - `tell/<ns_id>/<workflow_id>/<run_id>` -> [`RunKey`]: closed children whose parent has not
+//!   recorded their close yet.
 
 use norn_proto::protos::temporal::api::common::v1::Payloads;
 use norn_proto::protos::temporal::api::history::v1::WorkflowExecutionSignaledEventAttributes;
@@ -18,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::{self, Effect, EngineError, Outcome};
 use super::state::{ChildOutcome, ParentRef, RunState};
+use crate::matching::{QueueKey, TaskRef};
 
 /// Identifies a run.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -104,6 +107,10 @@ pub enum WorkflowCommand {
     ExternalDone { run: RunKey, initiated_id: i64, delivered: bool },
     /// The parent of this closed child run has recorded its close.
     ParentTold { run: RunKey },
+    /// The leader found the run due without a timeout or timer to fire (an activity's retry
+    /// backoff ended): re-evaluate the run's indexes at this command's time and offer what became
+    /// ready. Writes no event.
+    Recheck { run: RunKey },
 }
 
 /// What a workflow command returns to its proposer.
@@ -140,8 +147,26 @@ fn run_key(k: &RunKey) -> Vec<u8> {
     format!("run/{}/{}/{}", k.namespace_id, k.workflow_id, k.run_id).into_bytes()
 }
 
-fn open_key(k: &RunKey) -> Vec<u8> {
-    format!("open/{}/{}/{}", k.namespace_id, k.workflow_id, k.run_id).into_bytes()
+fn idx_key(k: &RunKey) -> Vec<u8> {
+    format!("idx/{}/{}/{}", k.namespace_id, k.workflow_id, k.run_id).into_bytes()
+}
+
+/// Where an apply runs, and what it tells the leader's duties.
+#[derive(Clone, Debug)]
+pub struct ApplyCtx {
+    /// The shard being applied.
+    pub shard: u32,
+    /// The cluster's shard count (fixed at creation, the same on every replica).
+    pub shards: u32,
+    /// Set by the apply: the earliest due time it wrote into the due index.
+    pub earliest_due_ms: Option<u64>,
+}
+
+impl ApplyCtx {
+    /// A context for shard `shard` of `shards`.
+    pub fn new(shard: u32, shards: u32) -> Self {
+        Self { shard, shards, earliest_due_ms: None }
+    }
 }
 
 /// Prefix of a run's events.
@@ -191,29 +216,47 @@ pub fn current_key(ns: &str, wf: &str) -> Vec<u8> {
     cur_key(ns, wf)
 }
 
-fn save(txn: &mut Txn<'_>, run: &RunState, out: &Outcome) -> Result<(), String> {
+/// Replaces a run's index entries by the ones its new state needs.
+fn reindex(txn: &mut Txn<'_>, ctx: &mut ApplyCtx, run: &RunState, k: &RunKey, now_ms: u64) -> Result<(), String> {
+    let ik = idx_key(k);
+    let old: Vec<Vec<u8>> = match txn.get(&ik).map_err(|e| e.to_string())? {
+        None => Vec::new(),
+        Some(v) => postcard::from_bytes(&v).map_err(|e| format!("corrupt index list of run {}: {e}", k.run_id))?,
+    };
+    let new = super::index::entries(run, ctx.shard, ctx.shards, now_ms);
+    for key in old.iter().filter(|key| !new.contains_key(*key)) {
+        txn.delete(key.clone());
+    }
+    for (key, value) in &new {
+        if let Some(due) = super::index::due_ms_of(key).filter(|_| key.starts_with(super::index::DUE)) {
+            ctx.earliest_due_ms = Some(ctx.earliest_due_ms.map_or(due, |d| d.min(due)));
+        }
+        txn.put(key.clone(), value.clone());
+    }
+    let keys: Vec<&Vec<u8>> = new.keys().collect();
+    txn.put(ik, postcard::to_stdvec(&keys).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+fn save(txn: &mut Txn<'_>, ctx: &mut ApplyCtx, run: &RunState, out: &Outcome, now_ms: u64) -> Result<(), String> {
     let k = RunKey {
         namespace_id: run.namespace_id.clone(),
         workflow_id: run.workflow_id.clone(),
         run_id: run.run_id.clone(),
     };
-    for e in &out.events {
+    // Event ids of a run are contiguous: the new events follow the ones written before.
+    let first_new = run.next_event_id - out.events.len() as i64;
+    for (i, e) in out.events.iter().enumerate() {
+        assert_eq!(e.event_id, first_new + i as i64, "history of run {} is not contiguous", run.run_id);
         txn.put(event_key(&run.run_id, e.event_id), e.encode_to_vec());
     }
     txn.put(run_key(&k), postcard::to_stdvec(run).map_err(|e| e.to_string())?);
     let cur = CurrentRun { run_id: run.run_id.clone(), open: run.is_open(), request_id: run.start_request_id.clone() };
     txn.put(cur_key(&run.namespace_id, &run.workflow_id), postcard::to_stdvec(&cur).map_err(|e| e.to_string())?);
-    if run.is_open() {
-        txn.put(open_key(&k), postcard::to_stdvec(&k).map_err(|e| e.to_string())?);
-    } else {
-        txn.delete(open_key(&k));
-        if run.parent.is_some() && out.effects.contains(&Effect::TellParent) {
-            txn.put(tell_key(&k), postcard::to_stdvec(&k).map_err(|e| e.to_string())?);
-        }
-        let close_ms = run.close_ms.unwrap_or(run.start_ms);
-        txn.put(closed_key(close_ms, &k), postcard::to_stdvec(&k).map_err(|e| e.to_string())?);
+    if !run.is_open() && run.parent.is_some() && out.effects.contains(&Effect::TellParent) {
+        txn.put(tell_key(&k), postcard::to_stdvec(&k).map_err(|e| e.to_string())?);
     }
-    Ok(())
+    reindex(txn, ctx, run, &k, now_ms)
 }
 
 /// Closed child runs whose parent has not recorded their close yet.
@@ -230,26 +273,77 @@ pub fn untold_children(view: &dyn StateView, limit: usize) -> Result<Vec<RunKey>
         .collect()
 }
 
-/// Closed-run index, ordered by close time: what retention reads.
-fn closed_key(close_ms: u64, k: &RunKey) -> Vec<u8> {
-    format!("closed/{close_ms:020}/{}/{}/{}", k.namespace_id, k.workflow_id, k.run_id).into_bytes()
-}
-
-/// Closed runs of a shard, oldest close first, that closed at or before `until_ms` (at most
-/// `limit`), with their close times.
-pub fn closed_runs(view: &dyn StateView, until_ms: u64, limit: usize) -> Result<Vec<(u64, RunKey)>, String> {
+/// Closed runs of namespace `namespace_id` in a shard, oldest close first, that closed at or
+/// before `until_ms` (at most `limit`), with their close times.
+pub fn closed_runs(
+    view: &dyn StateView,
+    namespace_id: &str,
+    until_ms: u64,
+    limit: usize,
+) -> Result<Vec<(u64, RunKey)>, String> {
     let mut out = Vec::new();
-    for (key, v) in view.scan_prefix(b"closed/", usize::MAX).map_err(|e| e.to_string())? {
-        let close_ms: u64 = std::str::from_utf8(&key[7..key.len().min(27)])
-            .ok()
-            .and_then(|t| t.parse().ok())
-            .ok_or("corrupt closed-run index key")?;
-        if close_ms > until_ms || out.len() >= limit {
+    let end = super::index::closed_end(namespace_id, until_ms);
+    for (key, v) in view.scan_prefix(&super::index::closed_prefix(namespace_id), limit).map_err(|e| e.to_string())? {
+        if key >= end {
             break;
         }
+        let close_ms = super::index::closed_ms_of(namespace_id, &key).ok_or("corrupt closed-run index key")?;
         out.push((close_ms, postcard::from_bytes(&v).map_err(|e| format!("corrupt closed-run index: {e}"))?));
     }
     Ok(out)
+}
+
+/// Runs due at or before `until_ms`, earliest first, starting after `after` (a due-index key),
+/// at most `limit`: `(due-index key, due time, run)`.
+pub fn due_runs(
+    view: &norn_raft::GroupView,
+    until_ms: u64,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<Vec<(Vec<u8>, u64, RunKey)>, String> {
+    let end = super::index::due_end(until_ms);
+    let (pairs, _) = view.scan_page(super::index::DUE, after, limit, usize::MAX).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for (key, v) in pairs {
+        if key >= end {
+            break;
+        }
+        let due = super::index::due_ms_of(&key).ok_or("corrupt due index key")?;
+        let run: RunKey = postcard::from_bytes(&v).map_err(|e| format!("corrupt due index: {e}"))?;
+        out.push((key, due, run));
+    }
+    Ok(out)
+}
+
+/// The earliest due time after `now_ms` in a shard's due index, if any.
+pub fn first_due_after(view: &norn_raft::GroupView, now_ms: u64) -> Result<Option<u64>, String> {
+    let from = super::index::due_end(now_ms);
+    let (pairs, _) = view.scan_page(super::index::DUE, Some(&from), 1, usize::MAX).map_err(|e| e.to_string())?;
+    Ok(pairs.first().and_then(|(k, _)| super::index::due_ms_of(k)))
+}
+
+/// A ready-index entry: its key, the task's queue and the task.
+pub type ReadyEntry = (Vec<u8>, QueueKey, TaskRef);
+
+/// One page of a shard's ready tasks bound for home shard `home` (all homes with `None`),
+/// after `after`: `(index key, queue, task)`, and whether more follow.
+pub fn ready_page(
+    view: &norn_raft::GroupView,
+    home: Option<u32>,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<(Vec<ReadyEntry>, bool), String> {
+    let prefix = match home {
+        Some(h) => super::index::ready_home_prefix(h),
+        None => super::index::READY.to_vec(),
+    };
+    let (pairs, more) = view.scan_page(&prefix, after, limit, usize::MAX).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(pairs.len());
+    for (key, v) in pairs {
+        let (q, t): (QueueKey, TaskRef) = postcard::from_bytes(&v).map_err(|e| format!("corrupt ready index: {e}"))?;
+        out.push((key, q, t));
+    }
+    Ok((out, more))
 }
 
 /// Removes a closed run: its state, history, index entries, and the current-run record if it
@@ -267,7 +361,15 @@ fn delete_run(txn: &mut Txn<'_>, k: &RunKey) -> Result<WorkflowResult, Failure> 
         txn.delete(key);
     }
     txn.delete(run_key(k));
-    txn.delete(closed_key(run.close_ms.unwrap_or(run.start_ms), k));
+    let ik = idx_key(k);
+    if let Some(v) = txn.get(&ik).map_err(|e| Failure::Storage(e.to_string()))? {
+        let keys: Vec<Vec<u8>> = postcard::from_bytes(&v)
+            .map_err(|e| Failure::Storage(format!("corrupt index list of run {}: {e}", k.run_id)))?;
+        for key in keys {
+            txn.delete(key);
+        }
+    }
+    txn.delete(ik);
     if current(&*txn, &k.namespace_id, &k.workflow_id).map_err(Failure::Storage)?.is_some_and(|c| c.run_id == k.run_id)
     {
         txn.delete(cur_key(&k.namespace_id, &k.workflow_id));
@@ -294,8 +396,8 @@ fn decode<T: Message + Default>(bytes: &[u8], what: &str) -> Result<T, EngineErr
 }
 
 /// Applies a workflow command to the shard's state.
-pub fn apply(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> WorkflowResult {
-    match apply_inner(txn, cmd, now_ms) {
+pub fn apply(txn: &mut Txn<'_>, ctx: &mut ApplyCtx, cmd: WorkflowCommand, now_ms: u64) -> WorkflowResult {
+    match apply_inner(txn, ctx, cmd, now_ms) {
         Ok(r) => r,
         Err(Failure::Engine(e)) => WorkflowResult::Rejected(e),
         Err(Failure::Storage(e)) => WorkflowResult::StorageFailed(e),
@@ -335,6 +437,7 @@ fn loaded(txn: &Txn<'_>, k: &RunKey) -> Result<RunState, Failure> {
 /// the same request, or a policy refusal), `None` to go ahead.
 fn check_start(
     txn: &mut Txn<'_>,
+    ctx: &mut ApplyCtx,
     namespace_id: &str,
     req: &StartWorkflowExecutionRequest,
     now_ms: u64,
@@ -346,7 +449,7 @@ fn check_start(
         return Ok(Some(WorkflowResult::Deduplicated { run_id: cur.run_id }));
     }
     let k = RunKey { namespace_id: namespace_id.to_string(), workflow_id: req.workflow_id.clone(), run_id: cur.run_id };
-    apply_id_policies(txn, req, &k, cur.open, now_ms)
+    apply_id_policies(txn, ctx, req, &k, cur.open, now_ms)
 }
 
 /// Applies a start's workflow-id reuse and conflict policies to the id's current run `k`:
@@ -355,6 +458,7 @@ fn check_start(
 #[allow(deprecated)] // TerminateIfRunning is deprecated but SDKs still send it
 fn apply_id_policies(
     txn: &mut Txn<'_>,
+    ctx: &mut ApplyCtx,
     req: &StartWorkflowExecutionRequest,
     k: &RunKey,
     open: bool,
@@ -383,7 +487,7 @@ fn apply_id_policies(
         let mut old = loaded(txn, k)?;
         let reason = "terminated by a new start of the same workflow id (WorkflowIdConflictPolicy TerminateExisting)";
         let out = engine::terminate(&mut old, reason, None, &req.identity, now_ms)?;
-        save(txn, &old, &out).map_err(Failure::Storage)?;
+        save(txn, ctx, &old, &out, now_ms).map_err(Failure::Storage)?;
         return Ok(None);
     }
     let refused = match reuse {
@@ -394,11 +498,16 @@ fn apply_id_policies(
     Ok(refused.then(|| WorkflowResult::AlreadyStarted { run_id: k.run_id.clone() }))
 }
 
-fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<WorkflowResult, Failure> {
+fn apply_inner(
+    txn: &mut Txn<'_>,
+    ctx: &mut ApplyCtx,
+    cmd: WorkflowCommand,
+    now_ms: u64,
+) -> Result<WorkflowResult, Failure> {
     let (run, out) = match cmd {
         WorkflowCommand::Start { namespace_id, run_id, request } => {
             let req: StartWorkflowExecutionRequest = decode(&request, "start request")?;
-            if let Some(answer) = check_start(txn, &namespace_id, &req, now_ms)? {
+            if let Some(answer) = check_start(txn, ctx, &namespace_id, &req, now_ms)? {
                 return Ok(answer);
             }
             let (run, out) = engine::start(&namespace_id, &run_id, &req, now_ms)?;
@@ -441,7 +550,7 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
                     workflow_id: req.workflow_id.clone(),
                     run_id: closed.run_id.clone(),
                 };
-                if let Some(refused) = apply_id_policies(txn, &req, &k, false, now_ms)? {
+                if let Some(refused) = apply_id_policies(txn, ctx, &req, &k, false, now_ms)? {
                     return Ok(refused);
                 }
             }
@@ -466,8 +575,8 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
             let mut out = engine::workflow_task_completed(&mut state, scheduled_id, started_id, &req, now_ms)?;
             if let Some(next) = out.continued_as_new.take() {
                 let (new_state, new_out) = engine::start_continued(&state, &next, now_ms)?;
-                save(txn, &state, &out).map_err(Failure::Storage)?;
-                save(txn, &new_state, &new_out).map_err(Failure::Storage)?;
+                save(txn, ctx, &state, &out, now_ms).map_err(Failure::Storage)?;
+                save(txn, ctx, &new_state, &new_out, now_ms).map_err(Failure::Storage)?;
                 let mut result = applied(&state, out);
                 if let WorkflowResult::Applied { next_run, .. } = &mut result {
                     let k = RunKey {
@@ -535,7 +644,7 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
         WorkflowCommand::DeleteRun { run } => return delete_run(txn, &run),
         WorkflowCommand::StartChild { namespace_id, run_id, request, parent } => {
             let req: StartWorkflowExecutionRequest = decode(&request, "child start request")?;
-            if let Some(answer) = check_start(txn, &namespace_id, &req, now_ms)? {
+            if let Some(answer) = check_start(txn, ctx, &namespace_id, &req, now_ms)? {
                 return Ok(answer);
             }
             engine::start_child(&namespace_id, &run_id, &req, parent, now_ms)?
@@ -560,6 +669,21 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
             let out = engine::external_done(&mut state, initiated_id, delivered, now_ms)?;
             (state, out)
         }
+        WorkflowCommand::Recheck { run } => {
+            let state = loaded(txn, &run)?;
+            if !state.is_open() {
+                return Err(Failure::Engine(EngineError::AlreadyCompleted));
+            }
+            let mut out = Outcome::default();
+            for a in state.activities.values().filter(|a| a.request_id.is_empty() && a.scheduled_ms <= now_ms) {
+                out.effects.push(Effect::ActivityTaskReady {
+                    task_queue: a.task_queue.clone(),
+                    scheduled_id: a.scheduled_id,
+                    ready_at_ms: a.scheduled_ms,
+                });
+            }
+            (state, out)
+        }
         WorkflowCommand::ParentTold { run } => {
             txn.delete(tell_key(&run));
             return Ok(WorkflowResult::Deleted);
@@ -575,18 +699,6 @@ fn apply_inner(txn: &mut Txn<'_>, cmd: WorkflowCommand, now_ms: u64) -> Result<W
             (state, out)
         }
     };
-    save(txn, &run, &out).map_err(Failure::Storage)?;
+    save(txn, ctx, &run, &out, now_ms).map_err(Failure::Storage)?;
     Ok(applied(&run, out))
-}
-
-/// Every open run of a shard, as the leader sees it.
-pub fn open_runs(view: &dyn StateView) -> Result<Vec<RunState>, String> {
-    let mut out = Vec::new();
-    for (_, v) in view.scan_prefix(b"open/", usize::MAX).map_err(|e| e.to_string())? {
-        let k: RunKey = postcard::from_bytes(&v).map_err(|e| format!("corrupt open-run index: {e}"))?;
-        if let Some(run) = load(view, &k)? {
-            out.push(run);
-        }
-    }
-    Ok(out)
 }

@@ -41,6 +41,37 @@ impl RunWatch {
     }
 }
 
+/// The earliest new due time each shard's applies wrote into its due index, for the leader's
+/// duties loop (a node-local side channel, like [`RunWatch`]): an earlier deadline than the one
+/// the loop sleeps towards wakes it.
+#[derive(Clone, Default)]
+pub struct DueWatch {
+    inner: Arc<(Mutex<BTreeMap<u32, u64>>, Notify)>,
+}
+
+impl DueWatch {
+    /// Notes that `shard` has a run due at `due_ms`.
+    pub fn note(&self, shard: u32, due_ms: u64) {
+        let mut m = self.inner.0.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m.entry(shard).or_insert(u64::MAX);
+        if due_ms < *e {
+            *e = due_ms;
+            drop(m);
+            self.inner.1.notify_one();
+        }
+    }
+
+    /// Takes the noted due times.
+    pub fn take(&self) -> BTreeMap<u32, u64> {
+        std::mem::take(&mut *self.inner.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Resolves when a due time is noted.
+    pub async fn changed(&self) {
+        self.inner.1.notified().await;
+    }
+}
+
 impl Subscription {
     /// The notifier to wait on (create the `notified()` future before re-reading).
     pub fn notify(&self) -> &Notify {

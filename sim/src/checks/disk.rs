@@ -1,6 +1,6 @@
 //! What each node holds on its (simulated) disk after a run, decoded for the checks: per shard,
 //! the raw history entries (for byte-level replica comparison), the decoded histories, the run
-//! states and the open-run index.
+//! states and the open runs.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +18,7 @@ pub struct ShardState {
     pub histories: BTreeMap<String, Vec<HistoryEvent>>,
     /// Run states: run id -> state.
     pub runs: BTreeMap<String, RunState>,
-    /// Open-run index entries: (namespace id, workflow id, run id).
+    /// Open runs: (namespace id, workflow id, run id).
     pub open: Vec<(String, String, String)>,
     /// Entries that did not decode.
     pub undecodable: Vec<String>,
@@ -36,6 +36,14 @@ pub fn read(disk: &MemDisk) -> BTreeMap<u32, ShardState> {
         let group = u32::from_be_bytes([k[0], k[1], k[2], k[3]]);
         let key = &k[4..];
         let shard = out.entry(group).or_default();
+        // Values are stored sealed with a checksum of key and value.
+        let v = match norn_raft::codec::open_value(key, &v) {
+            Ok(v) => v.to_vec(),
+            Err(e) => {
+                shard.undecodable.push(format!("value at {}: {e}", String::from_utf8_lossy(key)));
+                continue;
+            }
+        };
         if let Some(rest) = key.strip_prefix(b"ev/") {
             shard.raw_events.insert(key.to_vec(), v.clone());
             // `<run id>/<event id, 8 bytes BE>`
@@ -55,16 +63,16 @@ pub fn read(disk: &MemDisk) -> BTreeMap<u32, ShardState> {
                 }
                 Err(e) => shard.undecodable.push(format!("run state {}: {e}", String::from_utf8_lossy(key))),
             }
-        } else if let Some(rest) = key.strip_prefix(b"open/") {
-            let text = String::from_utf8_lossy(rest).into_owned();
-            // Run ids hold no '/', namespace ids neither; workflow ids may.
-            let parsed =
-                text.split_once('/').and_then(|(ns, rest)| rest.rsplit_once('/').map(|(wf, run)| (ns, wf, run)));
-            match parsed {
-                Some((ns, wf, run)) => shard.open.push((ns.into(), wf.into(), run.into())),
-                None => shard.undecodable.push(format!("open-run key {text}")),
-            }
         }
+    }
+    // Open runs, from the run states themselves.
+    for shard in out.values_mut() {
+        shard.open = shard
+            .runs
+            .values()
+            .filter(|r| r.is_open())
+            .map(|r| (r.namespace_id.clone(), r.workflow_id.clone(), r.run_id.clone()))
+            .collect();
     }
     out
 }

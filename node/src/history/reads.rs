@@ -1,0 +1,63 @@
+//! Typed reads of a shard's workflow state from any node: the run state, the current run of a
+//! workflow id, and history events, routed to the shard's leader (see [`Router`]) and decoded
+//! here, so callers never see raw keys or encodings. A value that does not decode is
+//! `DataLoss` naming its key.
+
+use norn_proto::protos::temporal::api::history::v1::HistoryEvent;
+use prost::Message;
+use tonic::Status;
+
+use super::state::RunState;
+use super::store::{self, CurrentRun, RunKey};
+use crate::routing::Router;
+
+fn corrupt(shard: u32, what: &str, key: &[u8], e: impl std::fmt::Display) -> Status {
+    Status::data_loss(format!(
+        "shard {shard}: corrupt {what} at key {}: {e}; the node's data needs repair",
+        String::from_utf8_lossy(key)
+    ))
+}
+
+impl Router {
+    /// A run's state, linearizably.
+    pub async fn read_run(&self, shard: u32, run: &RunKey) -> Result<Option<RunState>, Status> {
+        let key = store::run_state_key(run);
+        match self.read_key(shard, &key).await? {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(&v).map(Some).map_err(|e| corrupt(shard, "run state", &key, e)),
+        }
+    }
+
+    /// The current (latest) run of a workflow id, linearizably.
+    pub async fn read_current(
+        &self,
+        shard: u32,
+        namespace_id: &str,
+        workflow_id: &str,
+    ) -> Result<Option<CurrentRun>, Status> {
+        let key = store::current_key(namespace_id, workflow_id);
+        match self.read_key(shard, &key).await? {
+            None => Ok(None),
+            Some(v) => postcard::from_bytes(&v).map(Some).map_err(|e| corrupt(shard, "current-run record", &key, e)),
+        }
+    }
+
+    /// One event of a run, linearizably.
+    pub async fn read_event(&self, shard: u32, run_id: &str, event_id: i64) -> Result<Option<HistoryEvent>, Status> {
+        let key = store::history_event_key(run_id, event_id);
+        match self.read_key(shard, &key).await? {
+            None => Ok(None),
+            Some(v) => HistoryEvent::decode(v.as_slice()).map(Some).map_err(|e| corrupt(shard, "event", &key, e)),
+        }
+    }
+
+    /// A run's events in order, read page by page (each page linearizable and bounded in size),
+    /// at most `max`.
+    pub async fn read_events(&self, shard: u32, run_id: &str, max: usize) -> Result<Vec<HistoryEvent>, Status> {
+        self.scan(shard, &store::events_prefix(run_id), max)
+            .await?
+            .into_iter()
+            .map(|(k, v)| HistoryEvent::decode(v.as_slice()).map_err(|e| corrupt(shard, "event", &k, e)))
+            .collect()
+    }
+}

@@ -1,0 +1,348 @@
+//! Cluster correctness on real `norn` processes: cluster identity, routing to the live leader
+//! from any node, all-or-nothing apply.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fast_raft, Cluster};
+use norn_client::workflow::{ActivityOptions, WfContext, WfResult};
+use norn_client::{Client, ClientOptions, StartOptions, Worker, WorkerOptions};
+use norn_node::local_cluster::{self, ClusterSpec, Ports};
+use norn_node::pb::NodeStatusRequest;
+
+fn bin() -> &'static std::path::Path {
+    env!("CARGO_BIN_EXE_norn").as_ref()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_node_of_an_earlier_cluster_is_refused_and_cluster_up_names_it() {
+    // Cluster A, with a key only it holds.
+    let mut a = Cluster::start(3, 4, fast_raft()).await;
+    a.put(1, "old-key", "from-cluster-a").await.expect("put in A");
+    // A `cluster down` that missed node 3: nodes 1 and 2 stop, node 3 of A keeps running.
+    a.kill(1);
+    a.kill(2);
+
+    // Cluster B laid out on A's addresses: its node 3 cannot bind, because A's node 3 holds the
+    // address. `up` must fail and name node 3, not report success.
+    let dir = tempfile::tempdir().unwrap();
+    let addrs: Vec<_> =
+        a.file.nodes.iter().map(|n| (n.client_addr.clone(), n.raft_addr.clone(), n.metrics_addr.clone())).collect();
+    let spec = ClusterSpec {
+        nodes: 3,
+        data_dir: dir.path().to_path_buf(),
+        ports: Ports::Explicit(addrs),
+        shards: 4,
+        raft: fast_raft(),
+        fault_injection: true,
+        cluster_id: String::new(),
+    };
+    let mut b = local_cluster::lay_out(&spec).unwrap();
+    assert_ne!(b.cluster_id, a.file.cluster_id, "each new cluster gets its own id");
+    let err = local_cluster::up(bin(), &mut b, Duration::from_secs(30)).await.expect_err("cluster up must fail");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("node 3"), "the failure names node 3: {msg}");
+
+    // B's nodes 1 and 2 run beside A's stale node 3 and form B's quorum. The stale node, holding
+    // A's data at higher terms, must never lead a shard of B or replicate into it.
+    let mut b_nodes = Vec::new();
+    for n in &b.nodes[..2] {
+        b_nodes.push(local_cluster::spawn(bin(), n).unwrap());
+    }
+    let client = |addr: &str| {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        norn_node::pb::admin_client::AdminClient::new(ch)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut led = std::collections::BTreeSet::new();
+        for n in &b.nodes[..2] {
+            if let Ok(s) = client(&n.client_addr).node_status(NodeStatusRequest {}).await {
+                let s = s.into_inner();
+                assert_eq!(s.cluster_id, b.cluster_id);
+                for sh in s.shards {
+                    assert_ne!(sh.leader, 3, "A's stale node 3 leads shard {} of B", sh.shard);
+                    if sh.role == "leader" {
+                        led.insert(sh.shard);
+                    }
+                }
+            }
+        }
+        // Shard 2 is bootstrapped by its first replica, B's node 3, which never started: it has
+        // no leader in B, and must not get one from A's node 3.
+        if led == std::collections::BTreeSet::from([0, 1, 3]) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "B's nodes 1 and 2 never led shards 0, 1 and 3: {led:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut b1 = client(&b.nodes[0].client_addr);
+    let new_key = (0..).map(|i| format!("new-key-{i}")).find(|k| common::shard_of(k, 4) != 2).unwrap();
+    b1.put(norn_node::pb::PutRequest { key: new_key.into_bytes(), value: b"b".to_vec(), hops: 0 })
+        .await
+        .expect("B accepts writes with nodes 1 and 2");
+    // Give the stale node time to try; nothing of A ever shows up in B.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for n in &b.nodes[..2] {
+        let r = client(&n.client_addr)
+            .get(norn_node::pb::GetRequest { key: b"old-key".to_vec(), consistency: 1, hops: 0 })
+            .await
+            .expect("local get")
+            .into_inner();
+        assert!(!r.found, "A's entry reached B's node {}", n.id);
+        let s = client(&n.client_addr).node_status(NodeStatusRequest {}).await.unwrap().into_inner();
+        for sh in s.shards {
+            assert_ne!(sh.leader, 3, "A's stale node 3 leads shard {} of B", sh.shard);
+        }
+    }
+    // B's cluster status reports node 3's address as held by another cluster.
+    let st = b1.cluster_status(norn_node::pb::ClusterStatusRequest {}).await.unwrap().into_inner();
+    let n3 = st.nodes.iter().find(|n| n.node_id == 3).unwrap();
+    assert!(!n3.reachable && n3.error.contains("another cluster"), "node 3 seen as {n3:?}");
+    // The stale node logged the refusals.
+    let log = std::fs::read_to_string(&a.file.nodes[2].log).unwrap_or_default();
+    assert!(log.contains("refused a peer"), "A's node 3 did not log a refusal:\n{}", a.logs());
+    for mut c in b_nodes {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+async fn one_activity(ctx: WfContext, n: u32) -> WfResult<u32> {
+    let r: u32 = ctx.activity("inc", &n, ActivityOptions::start_to_close(Duration::from_secs(10))).await?;
+    Ok(r)
+}
+
+/// A task queue name for each of the cluster's shards, as the home of its workflow tasks.
+async fn queue_per_home_shard(addr: &str, shards: u32) -> Vec<String> {
+    use norn_proto::protos::temporal::api::workflowservice::v1::DescribeNamespaceRequest;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let ns = norn_proto::WorkflowServiceClient::new(ch)
+        .describe_namespace(DescribeNamespaceRequest { namespace: "default".into(), ..Default::default() })
+        .await
+        .expect("describe default")
+        .into_inner()
+        .namespace_info
+        .unwrap()
+        .id;
+    let mut by_home = std::collections::BTreeMap::new();
+    for i in 0.. {
+        let name = format!("tq-{i}");
+        let q = norn_node::matching::QueueKey {
+            namespace_id: ns.clone(),
+            name: name.clone(),
+            kind: norn_node::matching::TaskKind::Workflow,
+        };
+        by_home.entry(q.home_shard(shards)).or_insert(name);
+        if by_home.len() == shards as usize {
+            break;
+        }
+    }
+    by_home.into_values().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_with_one_dead_serve_every_task_queue_through_every_survivor() {
+    let shards = 16;
+    let mut c = Cluster::start(5, shards, fast_raft()).await;
+    let queues = queue_per_home_shard(&c.addr(1), shards).await;
+    c.kill(4);
+    c.wait_leaders().await;
+    for via in [1u64, 2, 3, 5] {
+        // Everything through one surviving node: no client-side routing.
+        let opts = ClientOptions { shard_routing: false, ..Default::default() };
+        let client = Client::connect(&[c.addr(via)], opts).await.expect("connect");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut runs = Vec::new();
+        for q in &queues {
+            let mut w = Worker::new(client.clone(), WorkerOptions::new(q.clone()));
+            w.register_workflow("one_activity", one_activity)
+                .register_activity("inc", |_c, n: u32| async move { Ok(n + 1) });
+            let mut stop = stop_rx.clone();
+            runs.push(tokio::spawn(async move {
+                w.run(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+            }));
+        }
+        let mut handles = Vec::new();
+        for (i, q) in queues.iter().enumerate() {
+            let id = format!("via-{via}-{q}");
+            let h = client
+                .start_workflow("one_activity", &(i as u32), StartOptions::new(id.clone(), q.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("start {id} through node {via}: {e}\n{}", c.logs()));
+            handles.push((i as u32, id, h));
+        }
+        for (i, id, h) in handles {
+            let r: u32 = tokio::time::timeout(Duration::from_secs(60), h.result())
+                .await
+                .unwrap_or_else(|_| panic!("{id} through node {via} did not finish\n{}", c.logs()))
+                .unwrap_or_else(|e| panic!("{id} through node {via}: {e}"));
+            assert_eq!(r, i + 1);
+        }
+        let _ = stop_tx.send(true);
+        for r in runs {
+            let _ = r.await;
+        }
+        // The test map's every shard, through the same node.
+        for k in 0..40 {
+            let key = format!("k-{via}-{k}");
+            c.put(via, &key, "v").await.unwrap_or_else(|e| panic!("put {key} through node {via}: {e}"));
+            assert_eq!(c.get(via, &key, false).await.as_deref(), Some("v"));
+        }
+    }
+}
+
+fn wf_client(addr: &str) -> norn_proto::WorkflowServiceClient<tonic::transport::Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .timeout(Duration::from_secs(20))
+        .connect_lazy();
+    norn_proto::WorkflowServiceClient::new(ch)
+}
+
+fn start_request(workflow_id: &str, workflow_type: &str) -> StartWorkflowExecutionRequest {
+    StartWorkflowExecutionRequest {
+        namespace: "default".into(),
+        workflow_id: workflow_id.into(),
+        workflow_type: Some(WorkflowType { name: workflow_type.into() }),
+        task_queue: Some(TaskQueue { name: "nobody-polls".into(), ..Default::default() }),
+        request_id: format!("{workflow_id}-{workflow_type}"),
+        ..Default::default()
+    }
+}
+
+use norn_proto::protos::temporal::api::common::v1::{WorkflowExecution, WorkflowType};
+use norn_proto::protos::temporal::api::enums::v1::{WorkflowExecutionStatus, WorkflowIdConflictPolicy};
+use norn_proto::protos::temporal::api::taskqueue::v1::TaskQueue;
+use norn_proto::protos::temporal::api::workflowservice::v1::{
+    DescribeWorkflowExecutionRequest, SignalWorkflowExecutionRequest, StartWorkflowExecutionRequest,
+};
+
+async fn status_of(addr: &str, workflow_id: &str) -> WorkflowExecutionStatus {
+    let d = wf_client(addr)
+        .describe_workflow_execution(DescribeWorkflowExecutionRequest {
+            namespace: "default".into(),
+            execution: Some(WorkflowExecution { workflow_id: workflow_id.into(), run_id: String::new() }),
+        })
+        .await
+        .expect("describe")
+        .into_inner();
+    d.workflow_execution_info.unwrap().status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_terminate_existing_start_leaves_the_old_run_running() {
+    let c = Cluster::start(3, 4, fast_raft()).await;
+    let addr = c.addr(1);
+    let first = wf_client(&addr).start_workflow_execution(start_request("idle-1", "waits")).await.unwrap().into_inner();
+    // A second start that would terminate the first, but that the engine refuses (no type).
+    let mut bad = start_request("idle-1", "");
+    bad.workflow_type = None;
+    bad.workflow_id_conflict_policy = WorkflowIdConflictPolicy::TerminateExisting as i32;
+    let err = wf_client(&addr).start_workflow_execution(bad).await.expect_err("a start without a type is refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    // Nothing of the refused start happened: the first run still runs, on every node.
+    for id in 1..=3 {
+        assert_eq!(status_of(&c.addr(id), "idle-1").await, WorkflowExecutionStatus::Running, "via node {id}");
+    }
+    let events = |local_node: u64| {
+        let addr = c.addr(local_node);
+        let run_id = first.run_id.clone();
+        async move {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+            norn_node::pb::admin_client::AdminClient::new(ch)
+                .read_history(norn_node::pb::ReadHistoryRequest {
+                    namespace: "default".into(),
+                    workflow_id: "idle-1".into(),
+                    run_id,
+                    local: true,
+                    after_event_id: 0,
+                    page_size: 0,
+                })
+                .await
+                .expect("local history")
+                .into_inner()
+                .events
+        }
+    };
+    let reference = events(1).await;
+    assert_eq!(reference.len(), 2, "started and workflow task scheduled only");
+    for id in 2..=3 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while events(id).await != reference {
+            assert!(tokio::time::Instant::now() < deadline, "node {id}'s replica differs");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_run_state_halts_its_shard_on_that_node_naming_the_key() {
+    let mut c = Cluster::start(3, 4, fast_raft()).await;
+    let addr = c.addr(1);
+    let started =
+        wf_client(&addr).start_workflow_execution(start_request("victim-1", "waits")).await.unwrap().into_inner();
+    let ns = wf_client(&addr)
+        .describe_namespace(norn_proto::protos::temporal::api::workflowservice::v1::DescribeNamespaceRequest {
+            namespace: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .namespace_info
+        .unwrap()
+        .id;
+    let shard = norn_node::placement::shard_of(&[ns.as_bytes(), b"victim-1"], 4);
+    // Node 3 stops; one bit of its copy of the run's state flips on disk.
+    let victim = 3;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.kill(victim);
+    let key = format!("run/{ns}/victim-1/{}", started.run_id);
+    {
+        use norn_storage::{Cf, Engine, RocksEngine, RocksOptions, WriteBatch};
+        let db = c.dir.path().join(format!("node-{victim}/data/db"));
+        let engine = RocksEngine::open(&db, &RocksOptions::default()).unwrap();
+        let full = [&shard.to_be_bytes()[..], key.as_bytes()].concat();
+        let mut v = engine.get(Cf::State, &full).unwrap().expect("node 3 holds the run state");
+        let at = v.len() / 2;
+        v[at] ^= 0x10;
+        let mut b = WriteBatch::new();
+        b.put(Cf::State, full, v);
+        engine.write(b, true).unwrap();
+    }
+    c.restart(victim);
+    c.wait_ready().await;
+    // A signal makes every replica load the run state: node 3 cannot, and halts that shard.
+    let signal = SignalWorkflowExecutionRequest {
+        namespace: "default".into(),
+        workflow_execution: Some(WorkflowExecution { workflow_id: "victim-1".into(), run_id: String::new() }),
+        signal_name: "poke".into(),
+        request_id: "poke-1".into(),
+        ..Default::default()
+    };
+    wf_client(&c.addr(1)).signal_workflow_execution(signal).await.expect("the healthy majority applies the signal");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = c.status(victim).await;
+        let s = st.shards.iter().find(|s| s.shard == shard).unwrap();
+        if s.role == "failed" {
+            assert!(s.fatal.contains(&key), "the halt does not name the key {key}: {}", s.fatal);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node 3 kept applying over a corrupt value: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(&c.file.nodes[2].log).unwrap_or_default();
+    assert!(log.contains("halting this shard on this node"), "no loud error in node 3's log");
+    // The other shards of node 3 go on.
+    let st = c.status(victim).await;
+    assert!(st.shards.iter().filter(|s| s.shard != shard).all(|s| s.role != "failed"));
+}
