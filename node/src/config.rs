@@ -66,9 +66,17 @@ pub struct NodeConfig {
     /// task of the node on one thread; RocksDB syncs still run on blocking threads).
     #[serde(default)]
     pub worker_threads: usize,
+    /// New writes are refused (`ResourceExhausted`) while the data directory's file system has
+    /// less free space than this; they resume once space is freed.
+    #[serde(default = "default_disk_reserve_bytes")]
+    pub disk_reserve_bytes: u64,
     /// Raft timings.
     #[serde(default)]
     pub raft: RaftOptions,
+}
+
+fn default_disk_reserve_bytes() -> u64 {
+    256 << 20
 }
 
 fn default_client_addr() -> String {
@@ -199,6 +207,7 @@ mod tests {
             worker_threads: 0,
             members: vec![Member { id: 1, raft_addr: "127.0.0.1:2".into(), client_addr: "127.0.0.1:1".into() }],
             enable_fault_injection: false,
+            disk_reserve_bytes: 256 << 20,
             raft: RaftOptions::default(),
         }
     }

@@ -61,6 +61,9 @@ impl Internal for InternalService {
         let req = request.into_inner();
         self.check_shard(req.shard)?;
         let me = self.router.config().node_id;
+        if let Some(refused) = self.router.disk().refusal() {
+            return Err(refused);
+        }
         let started = tokio::time::Instant::now();
         match self.router.raft().propose(req.shard, req.payload).await {
             Ok(result) => {

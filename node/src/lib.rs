@@ -13,15 +13,18 @@
 //! - [`frontend`]: Temporal's `WorkflowService`.
 //! - [`history`]: the pure history engine (run state, events, effects).
 //! - [`matching`]: ready tasks and waiting pollers per task queue.
+//! - [`disk`]: the free-space reserve (no new writes on a nearly full disk).
 //! - [`server`]: starts a node and serves its ports ([`serve`]: gRPC on accepted connections).
 //! - [`local_cluster`]: starts and stops local clusters of `norn` processes.
-//! - [`bench`]: `norn bench raft`.
+//! - [`bench`]: `norn bench raft`; [`bench_idle`]: `norn bench idle`.
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod admin;
 pub mod bench;
+pub mod bench_idle;
 pub mod command;
 pub mod config;
+pub mod disk;
 pub mod frontend;
 pub mod history;
 pub mod internal;

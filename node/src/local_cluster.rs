@@ -152,6 +152,7 @@ pub fn lay_out(spec: &ClusterSpec) -> anyhow::Result<ClusterFile> {
             members: members.clone(),
             enable_fault_injection: spec.fault_injection,
             worker_threads: threads_per_node(spec.nodes),
+            disk_reserve_bytes: 256 << 20,
             raft: spec.raft.clone(),
         };
         let config = dir.join("norn.toml");

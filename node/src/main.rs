@@ -72,6 +72,9 @@ struct ServerArgs {
     /// TOML configuration file (see docs/configuration.md). Flags override its keys.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The cluster's id (the same on every member; see docs/configuration.md).
+    #[arg(long)]
+    cluster_id: Option<String>,
     /// This node's id.
     #[arg(long)]
     node_id: Option<u64>,
@@ -146,6 +149,29 @@ enum ClusterCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// What idle workflows cost: start workflows no worker polls, batch by batch, on a local
+    /// cluster of processes, and print each batch's start rate and the nodes' idle CPU and RSS.
+    Idle {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 16)]
+        shards: u32,
+        /// Workflows started in all.
+        #[arg(long, default_value_t = 100_000)]
+        workflows: u64,
+        /// Workflows per batch (one row each).
+        #[arg(long, default_value_t = 10_000)]
+        batch: u64,
+        /// Starts in flight.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Measure idle CPU after every this many batches.
+        #[arg(long, default_value_t = 1)]
+        idle_every: u64,
+        /// Seconds of each idle measurement.
+        #[arg(long, default_value_t = 10)]
+        idle_seconds: u64,
+    },
     /// Raft commit throughput and latency on a local 3-node cluster with fsync on.
     Raft {
         #[arg(long, default_value_t = 3)]
@@ -226,11 +252,15 @@ fn server_config(a: ServerArgs) -> anyhow::Result<NodeConfig> {
             members: Vec::new(),
             enable_fault_injection: false,
             worker_threads: 0,
+            disk_reserve_bytes: 256 << 20,
             raft: RaftOptions::default(),
         },
     };
     if let Some(v) = a.node_id {
         cfg.node_id = v;
+    }
+    if let Some(v) = a.cluster_id {
+        cfg.cluster_id = v;
     }
     if let Some(v) = a.data_dir {
         cfg.data_dir = v;
@@ -364,6 +394,7 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
                 members: vec![Member { id: 1, raft_addr: raft, client_addr: client.clone() }],
                 enable_fault_injection: false,
                 worker_threads: 0,
+                disk_reserve_bytes: 256 << 20,
                 raft: RaftOptions {
                     election_timeout_ms_min: 150,
                     election_timeout_ms_max: 300,
@@ -432,6 +463,18 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
                 other => anyhow::bail!("unknown --output {other}: use table or json"),
             }
             Ok(())
+        }
+        Cmd::Bench(BenchCmd::Idle { nodes, shards, workflows, batch, concurrency, idle_every, idle_seconds }) => {
+            let opts = norn_node::bench_idle::IdleOptions {
+                nodes,
+                shards,
+                workflows,
+                batch,
+                concurrency,
+                idle_every,
+                idle_window: Duration::from_secs(idle_seconds),
+            };
+            norn_node::bench_idle::run(&std::env::current_exe()?, &opts).await
         }
         Cmd::Bench(BenchCmd::Raft { nodes, shards, proposers, seconds, value_bytes, in_flight, threads_per_node }) => {
             let opts = norn_node::bench::BenchOptions {

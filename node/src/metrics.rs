@@ -18,6 +18,8 @@ pub struct Metrics {
     shard_term: IntGaugeVec,
     shard_applied: IntGaugeVec,
     shard_committed: IntGaugeVec,
+    disk_free_bytes: IntGauge,
+    disk_writes_refused: IntGauge,
 }
 
 impl Metrics {
@@ -36,6 +38,11 @@ impl Metrics {
         let shard_term = shard("shard_term", "Current Raft term of the shard")?;
         let shard_applied = shard("shard_applied_index", "Last applied log index of the shard")?;
         let shard_committed = shard("shard_committed_index", "Last committed log index of the shard")?;
+        let disk_free_bytes = IntGauge::new("disk_free_bytes", "Free bytes of the data directory's file system")?;
+        let disk_writes_refused =
+            IntGauge::new("disk_writes_refused", "1 while new writes are refused for lack of disk space")?;
+        registry.register(Box::new(disk_free_bytes.clone()))?;
+        registry.register(Box::new(disk_writes_refused.clone()))?;
         registry.register(Box::new(propose_seconds.clone()))?;
         registry.register(Box::new(wal_syncs.clone()))?;
         registry.register(Box::new(durable_writes.clone()))?;
@@ -52,7 +59,15 @@ impl Metrics {
             shard_term,
             shard_applied,
             shard_committed,
+            disk_free_bytes,
+            disk_writes_refused,
         })
+    }
+
+    /// Records the data directory's free space and whether writes are refused.
+    pub fn set_disk(&self, free_bytes: u64, refused: bool) {
+        self.disk_free_bytes.set(i64::try_from(free_bytes).unwrap_or(i64::MAX));
+        self.disk_writes_refused.set(i64::from(refused));
     }
 
     /// Records one proposal's latency.

@@ -190,6 +190,7 @@ struct Inner {
     metrics: Metrics,
     connector: Arc<dyn norn_raft::Connector>,
     clock: Arc<dyn norn_raft::Clock>,
+    disk: Arc<crate::disk::DiskGuard>,
     internal: Mutex<BTreeMap<NodeId, Client>>,
     channels: Mutex<BTreeMap<String, Channel>>,
     /// The leader last seen answering for each shard this node does not host.
@@ -213,6 +214,7 @@ impl Router {
         metrics: Metrics,
         connector: Arc<dyn norn_raft::Connector>,
         clock: Arc<dyn norn_raft::Clock>,
+        disk: Arc<crate::disk::DiskGuard>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -223,6 +225,7 @@ impl Router {
                 metrics,
                 connector,
                 clock,
+                disk,
                 internal: Mutex::default(),
                 channels: Mutex::default(),
                 hints: Mutex::default(),
@@ -255,6 +258,11 @@ impl Router {
     /// This node's matching index.
     pub fn matching(&self) -> &Matching {
         &self.inner.matching
+    }
+
+    /// The node's free-space guard.
+    pub fn disk(&self) -> &crate::disk::DiskGuard {
+        &self.inner.disk
     }
 
     /// The node's metrics.
@@ -487,6 +495,9 @@ impl Router {
             async move {
                 match hop {
                     Hop::Local => {
+                        if let Some(refused) = self.inner.disk.refusal() {
+                            return Err(Miss::Fail(refused));
+                        }
                         let started = tokio::time::Instant::now();
                         let r = self.inner.raft.propose(shard, payload).await.map_err(|e| miss_of(e, me))?;
                         self.inner.metrics.observe_propose(started.elapsed());

@@ -264,6 +264,8 @@ pub struct Platform {
     pub raft_incoming: Incoming,
     /// Connections to the client port.
     pub client_incoming: Incoming,
+    /// Free bytes of the file system holding the data directory (`None`: unknown, never low).
+    pub free_bytes: crate::disk::FreeBytes,
 }
 
 fn tcp_incoming(l: TcpListener) -> Incoming {
@@ -304,6 +306,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         clock: Arc::new(SystemClock),
         raft_incoming: tcp_incoming(raft_listener),
         client_incoming: tcp_incoming(client_listener),
+        free_bytes: crate::disk::statvfs_free(config.data_dir.clone()),
     };
     start_on(config, platform, metrics_listener).await
 }
@@ -316,7 +319,7 @@ pub async fn start_on(
 ) -> anyhow::Result<RunningNode> {
     config.validate()?;
     let config = Arc::new(config);
-    let Platform { engine, connector, clock, raft_incoming, client_incoming } = platform;
+    let Platform { engine, connector, clock, raft_incoming, client_incoming, free_bytes } = platform;
     let stored = check_identity(&*engine, &config)?;
 
     let transport = Transport::new(stored.identity, connector.clone());
@@ -343,7 +346,19 @@ pub async fn start_on(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let router = Router::new(raft.clone(), config.clone(), stored.cluster_id.clone(), metrics, connector, clock);
+    let disk =
+        crate::disk::DiskGuard::new(config.node_id, config.data_dir.clone(), config.disk_reserve_bytes, free_bytes);
+    {
+        let (disk, metrics) = (disk.clone(), metrics.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let refused = disk.check();
+                metrics.set_disk(disk.free_bytes(), refused);
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }));
+    }
+    let router = Router::new(raft.clone(), config.clone(), stored.cluster_id.clone(), metrics, connector, clock, disk);
     let peer_server = crate::serve::serve(
         tonic::service::Routes::new(RaftService::server(raft.clone()))
             .add_service(crate::internal::InternalService::server(router.clone())),

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub file: ClusterFile,
-    children: Vec<Option<Child>>,
+    pub children: Vec<Option<Child>>,
     pub shards: u32,
 }
 
@@ -62,6 +62,30 @@ impl Cluster {
 
     pub fn addr(&self, id: u64) -> String {
         self.file.nodes[(id - 1) as usize].client_addr.clone()
+    }
+
+    /// Process ids of the running nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().flatten().map(|c| c.id()).collect()
+    }
+
+    /// Open workflows of the `default` namespace, counted through node 1.
+    pub async fn count_open(&self) -> i64 {
+        use norn_proto::protos::temporal::api::workflowservice::v1::CountWorkflowExecutionsRequest;
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr(1)))
+            .unwrap()
+            .timeout(Duration::from_secs(120))
+            .connect_lazy();
+        norn_proto::WorkflowServiceClient::new(ch)
+            .max_decoding_message_size(64 << 20)
+            .count_workflow_executions(CountWorkflowExecutionsRequest {
+                namespace: "default".into(),
+                query: "ExecutionStatus = 'Running'".into(),
+            })
+            .await
+            .expect("count")
+            .into_inner()
+            .count
     }
 
     pub fn running_ids(&self) -> Vec<u64> {

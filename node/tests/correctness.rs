@@ -346,3 +346,94 @@ async fn a_corrupt_run_state_halts_its_shard_on_that_node_naming_the_key() {
     let st = c.status(victim).await;
     assert!(st.shards.iter().filter(|s| s.shard != shard).all(|s| s.role != "failed"));
 }
+
+/// A small tmpfs mounted for a test (root only), unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size_mib: u64) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nearly_full_disk_refuses_writes_keeps_reads_and_resumes_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ClusterSpec {
+        nodes: 3,
+        data_dir: dir.path().to_path_buf(),
+        ports: Ports::Free,
+        shards: 4,
+        raft: fast_raft(),
+        fault_injection: true,
+        cluster_id: String::new(),
+    };
+    let mut file = local_cluster::lay_out(&spec).unwrap();
+    // Node 1's data directory on a 512 MiB file system; the default reserve is 256 MiB.
+    let data = dir.path().join("node-1/data");
+    let Some(fs) = Tmpfs::mount(&data, 512) else {
+        eprintln!("skipped: mounting a tmpfs needs root (the engine-level test in disk.rs still runs)");
+        return;
+    };
+    let (children, _) = local_cluster::up(bin(), &mut file, Duration::from_secs(60)).await.expect("up");
+    let c = Cluster { dir, file, children: children.into_iter().map(Some).collect(), shards: 4 };
+    let status = c.status(1).await;
+    let led = status.shards.iter().find(|s| s.role == "leader").expect("node 1 leads a shard").shard;
+    let key = (0..).map(|i| format!("full-{i}")).find(|k| common::shard_of(k, 4) == led).unwrap();
+    c.put(1, &key, "before").await.expect("writes while there is space");
+
+    // Fill the disk below the reserve: node 1 refuses new writes, from any node, and says why.
+    let junk = fs.0.join("junk");
+    std::fs::write(&junk, vec![0u8; 300 << 20]).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut last_acked = "before".to_string();
+    let refused = loop {
+        // The free space is measured every second: a write may still pass just after the fill.
+        let value = format!("while-filling-{}", tokio::time::Instant::now().elapsed().as_nanos());
+        match c.put(2, &key, &value).await {
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => break s,
+            Ok(_) => last_acked = value,
+            Err(e) => panic!("unexpected error while the disk fills: {e}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "writes still accepted on a full disk");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(refused.message().contains("free space"), "unclear refusal: {}", refused.message());
+    let metrics = reqwest_metrics(&c.file.nodes[0].metrics_addr).await;
+    assert!(metrics.contains("norn_disk_writes_refused{node=\"1\"} 1"), "no metric:\n{metrics}");
+    // Reads go on, and nothing refused was written.
+    assert_eq!(c.get(1, &key, false).await.as_deref(), Some(last_acked.as_str()));
+
+    // Space comes back: writes resume without a restart.
+    std::fs::remove_file(&junk).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while c.put(2, &key, "after").await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "writes did not resume once space was freed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(c.get(3, &key, false).await.as_deref(), Some("after"));
+    drop(c);
+    drop(fs);
+}
+
+/// `GET /metrics` of a node.
+async fn reqwest_metrics(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("metrics port");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}

@@ -106,6 +106,7 @@ pub fn node_config(cfg: &SimConfig, id: u64) -> NodeConfig {
         enable_fault_injection: false,
         // Every simulated host is one thread under turmoil; the setting is not used.
         worker_threads: 1,
+        disk_reserve_bytes: 256 << 20,
         raft: RaftOptions {
             election_timeout_ms_min: 500,
             election_timeout_ms_max: 1000,

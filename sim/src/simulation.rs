@@ -271,6 +271,7 @@ fn run(s: &Simulation) -> SimReport {
                     clock: Arc::new(SimClock),
                     raft_incoming: incoming(RAFT_PORT).await?,
                     client_incoming: incoming(CLIENT_PORT).await?,
+                    free_bytes: Box::new(|| None),
                 };
                 let node = norn_node::server::start_on(config, platform, None).await.map_err(|e| e.to_string())?;
                 let (control, mut requests) = tokio::sync::mpsc::unbounded_channel();

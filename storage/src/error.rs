@@ -10,6 +10,11 @@ pub enum Error {
     /// recovers from what is really on disk.
     #[error("storage is poisoned after a failed sync ({0}); restart the node to recover from disk")]
     Poisoned(String),
+    /// The disk is full. Like [`Error::Poisoned`], nothing more is written until the node
+    /// restarts with space free (the node refuses new writes earlier, below its free-space
+    /// reserve, so this is the backstop).
+    #[error("the disk is full ({0}); free space, then restart the node")]
+    Full(String),
     /// Bytes read back do not decode or fail their checksum.
     #[error("corrupted data in {what}: {detail}; the node's data directory needs repair or re-replication")]
     Corrupt {

@@ -44,13 +44,27 @@ impl RocksEngine {
         db_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Keep the WAL ours to sync: every durable write is an explicit sync.
         db_opts.set_manual_wal_flush(false);
+        // Recovery tolerates only a torn last record of a log (a crash while writing it, never
+        // synced, never acknowledged). Corruption anywhere else refuses to open: RocksDB's
+        // default (point in time) would silently drop every synced record after it, votes and
+        // acknowledged entries included.
+        db_opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut o = Options::default();
             o.set_write_buffer_size(options.write_buffer_bytes);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
-        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| io("open RocksDB at", path, e))?;
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(|e| match e.kind() {
+            rocksdb::ErrorKind::Corruption => Error::Corrupt {
+                what: format!("the RocksDB store at {}", path.display()),
+                detail: format!(
+                    "{e}; refusing to start rather than drop synced records. Restore this node's data directory \
+                     from a backup, or move it away and let the node catch up from its peers"
+                ),
+            },
+            _ => io("open RocksDB at", path, e),
+        })?;
         Ok(Self { db, path: path.to_path_buf(), poisoned: Mutex::new(None) })
     }
 
@@ -68,10 +82,21 @@ impl RocksEngine {
     }
 
     fn poison(&self, why: String) -> Error {
-        tracing::error!(path = %self.path.display(), error = %why, "storage sync failed; refusing all further writes");
+        tracing::error!(path = %self.path.display(), error = %why, "storage write or sync failed; refusing all further writes until the node restarts");
         *self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
         Error::Io(why)
     }
+
+    fn poison_full(&self, why: String) -> Error {
+        tracing::error!(path = %self.path.display(), error = %why, "the disk is full; refusing all further writes until the node restarts with space free");
+        *self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+        Error::Full(why)
+    }
+}
+
+fn is_no_space(e: &rocksdb::Error) -> bool {
+    let m = e.to_string();
+    m.contains("No space left") || m.contains("NoSpace")
 }
 
 fn within_end(key: &[u8], end: Bound<&[u8]>) -> bool {
@@ -167,14 +192,23 @@ impl Engine for RocksEngine {
         wo.set_sync(sync);
         match self.db.write_opt(wb, &wo) {
             Ok(()) => Ok(()),
-            Err(e) if sync => Err(self.poison(format!("synced write to {}: {e}", self.path.display()))),
-            Err(e) => Err(io("write to", &self.path, e)),
+            // Whether any of it reached the WAL is unknown: nothing written after this point may
+            // be acknowledged, synced or not.
+            Err(e) if is_no_space(&e) => Err(self.poison_full(format!("write to {}: {e}", self.path.display()))),
+            Err(e) => Err(self.poison(format!("write to {}: {e}", self.path.display()))),
         }
     }
 
     fn sync(&self) -> Result<()> {
         self.check_poisoned()?;
-        self.db.flush_wal(true).map_err(|e| self.poison(format!("fsync of the WAL in {}: {e}", self.path.display())))
+        self.db.flush_wal(true).map_err(|e| {
+            let why = format!("fsync of the WAL in {}: {e}", self.path.display());
+            if is_no_space(&e) {
+                self.poison_full(why)
+            } else {
+                self.poison(why)
+            }
+        })
     }
 
     fn checkpoint(&self, dir: &Path) -> Result<()> {

@@ -183,3 +183,65 @@ pub fn entries(run: &RunState, shard: u32, shards: u32, now_ms: u64) -> BTreeMap
 fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::engine;
+    use norn_proto::protos::temporal::api::common::v1::WorkflowType;
+    use norn_proto::protos::temporal::api::taskqueue::v1::TaskQueue;
+    use norn_proto::protos::temporal::api::workflowservice::v1::StartWorkflowExecutionRequest;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn run() -> RunState {
+        let req = StartWorkflowExecutionRequest {
+            namespace: "default".into(),
+            workflow_id: "wf/with/slashes".into(),
+            workflow_type: Some(WorkflowType { name: "Idle".into() }),
+            task_queue: Some(TaskQueue { name: "q".into(), ..Default::default() }),
+            request_id: "r".into(),
+            ..Default::default()
+        };
+        engine::start("ns", "run-1", &req, T0).unwrap().0
+    }
+
+    #[test]
+    fn an_idle_run_waiting_for_a_worker_is_ready_and_never_due() {
+        let r = run();
+        assert_eq!(next_due(&r, T0), None, "nothing to do until a worker comes");
+        let e = entries(&r, 3, 16, T0);
+        assert_eq!(e.len(), 1);
+        let (k, v) = e.iter().next().unwrap();
+        let q = QueueKey { namespace_id: "ns".into(), name: "q".into(), kind: TaskKind::Workflow };
+        assert!(k.starts_with(&ready_queue_prefix(&q, 16)), "{}", String::from_utf8_lossy(k));
+        assert!(k.starts_with(&ready_home_prefix(q.home_shard(16))));
+        let (vq, vt): (QueueKey, TaskRef) = postcard::from_bytes(v).unwrap();
+        assert_eq!((vq, vt.shard, vt.scheduled_id), (q, 3, 2));
+    }
+
+    #[test]
+    fn deadlines_pick_the_earliest_and_a_retry_waits_for_its_backoff() {
+        let mut r = run();
+        r.run_deadline_ms = Some(T0 + 50_000);
+        r.timers.insert(
+            "t".into(),
+            crate::history::state::TimerInfo { timer_id: "t".into(), started_id: 5, fire_at_ms: T0 + 9_000 },
+        );
+        assert_eq!(next_due(&r, T0), Some(T0 + 9_000));
+        let k = RunKey { namespace_id: "ns".into(), workflow_id: "wf/with/slashes".into(), run_id: "run-1".into() };
+        assert_eq!(due_ms_of(&due_key(T0 + 9_000, &k)), Some(T0 + 9_000));
+        assert!(due_key(T0 + 9_000, &k) < due_end(T0 + 9_000));
+        assert!(due_key(T0 + 9_001, &k) >= due_end(T0 + 9_000));
+        // Closed: only the closed-run index, ordered by close time.
+        r.status = crate::history::state::RunStatus::Completed;
+        r.close_ms = Some(T0 + 1);
+        let e = entries(&r, 0, 16, T0 + 1);
+        assert_eq!(e.len(), 1);
+        let key = e.keys().next().unwrap();
+        assert!(key.starts_with(&closed_prefix("ns")));
+        assert_eq!(closed_ms_of("ns", key), Some(T0 + 1));
+        assert!(key.as_slice() < closed_end("ns", T0 + 1).as_slice());
+        assert!(key.as_slice() >= closed_end("ns", T0).as_slice());
+    }
+}
