@@ -123,9 +123,17 @@ pub fn shard_status(s: GroupStatus) -> ShardStatus {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        if !self.router.config().enable_test_map {
+            return Err(Status::permission_denied(
+                "the test map is read-only on this node; start it with --enable-test-map (norn dev and norn cluster up do)",
+            ));
+        }
         let req = request.into_inner();
         if req.key.is_empty() {
             return Err(Status::invalid_argument("key must not be empty"));
+        }
+        if req.key.len() > 1024 || req.value.len() > 64 << 10 {
+            return Err(Status::invalid_argument("test map keys are at most 1 KiB and values at most 64 KiB"));
         }
         let shard = placement::shard_of(&[&req.key], self.router.config().shards);
         let cmd = ShardCommand::Kv(KvCommand::Put { key: req.key, value: req.value });

@@ -62,6 +62,11 @@ pub struct NodeConfig {
     /// Accept fault-injection calls (tests and chaos runs only).
     #[serde(default)]
     pub enable_fault_injection: bool,
+    /// Accept writes of the replicated test map (`norn kv put`) on the client port. Off in
+    /// `norn server` by default: the client port then writes no state but through the Temporal
+    /// API. `norn dev` and `norn cluster up` turn it on.
+    #[serde(default)]
+    pub enable_test_map: bool,
     /// Tokio worker threads: 0 for one per core, 1 for the current-thread scheduler (every
     /// task of the node on one thread; RocksDB syncs still run on blocking threads).
     #[serde(default)]
@@ -207,6 +212,7 @@ mod tests {
             worker_threads: 0,
             members: vec![Member { id: 1, raft_addr: "127.0.0.1:2".into(), client_addr: "127.0.0.1:1".into() }],
             enable_fault_injection: false,
+            enable_test_map: false,
             disk_reserve_bytes: 256 << 20,
             raft: RaftOptions::default(),
         }

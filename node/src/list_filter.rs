@@ -86,13 +86,20 @@ pub enum Op {
     Ge,
 }
 
-/// A parsed filter.
+/// Longest query accepted, in bytes (Temporal refuses long visibility queries too).
+pub const QUERY_BYTES_MAX: usize = 32 << 10;
+/// Deepest nesting of parentheses accepted.
+pub const QUERY_DEPTH_MAX: usize = 32;
+
+/// A parsed filter. `AND` and `OR` chains are flat lists, so a long chain is wide rather than
+/// deep: evaluating and dropping a filter recurses only as deep as its parentheses nest
+/// (at most [`QUERY_DEPTH_MAX`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Expr {
-    /// Both hold.
-    And(Box<Expr>, Box<Expr>),
-    /// Either holds.
-    Or(Box<Expr>, Box<Expr>),
+    /// All hold.
+    And(Vec<Expr>),
+    /// At least one holds.
+    Or(Vec<Expr>),
     /// `field op value`.
     Cmp(Field, Op, Value),
     /// `field BETWEEN lo AND hi` (inclusive).
@@ -145,8 +152,8 @@ impl ListQuery {
 
 fn eval(e: &Expr, row: &dyn Row) -> bool {
     match e {
-        Expr::And(a, b) => eval(a, row) && eval(b, row),
-        Expr::Or(a, b) => eval(a, row) || eval(b, row),
+        Expr::And(all) => all.iter().all(|e| eval(e, row)),
+        Expr::Or(any) => any.iter().any(|e| eval(e, row)),
         Expr::Cmp(f, op, v) => {
             let Some(x) = row.get(*f) else { return false };
             let o = cmp_field(*f, &x, v);
@@ -271,6 +278,7 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, String> {
 struct Parser {
     toks: Vec<Tok>,
     pos: usize,
+    depth: usize,
 }
 
 impl Parser {
@@ -317,19 +325,19 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Expr, String> {
-        let mut e = self.and()?;
+        let mut any = vec![self.and()?];
         while self.eat_kw("OR") {
-            e = Expr::Or(Box::new(e), Box::new(self.and()?));
+            any.push(self.and()?);
         }
-        Ok(e)
+        Ok(if any.len() == 1 { any.remove(0) } else { Expr::Or(any) })
     }
 
     fn and(&mut self) -> Result<Expr, String> {
-        let mut e = self.primary()?;
+        let mut all = vec![self.primary()?];
         while self.eat_kw("AND") {
-            e = Expr::And(Box::new(e), Box::new(self.primary()?));
+            all.push(self.primary()?);
         }
-        Ok(e)
+        Ok(if all.len() == 1 { all.remove(0) } else { Expr::And(all) })
     }
 
     fn field(&mut self) -> Result<Field, String> {
@@ -358,7 +366,12 @@ impl Parser {
 
     fn primary(&mut self) -> Result<Expr, String> {
         if self.eat_sym("(") {
+            self.depth += 1;
+            if self.depth > QUERY_DEPTH_MAX {
+                return Err(format!("parentheses nest deeper than {QUERY_DEPTH_MAX} levels"));
+            }
             let e = self.or()?;
+            self.depth -= 1;
             if !self.eat_sym(")") {
                 return Err(format!("expected ')' at {}", self.here()));
             }
@@ -415,7 +428,10 @@ impl Parser {
 
 /// Parses a list query; the error says what is wrong and where.
 pub fn parse(query: &str) -> Result<ListQuery, String> {
-    let mut p = Parser { toks: tokenize(query)?, pos: 0 };
+    if query.len() > QUERY_BYTES_MAX {
+        return Err(format!("query is {} bytes long, more than the {QUERY_BYTES_MAX} allowed", query.len()));
+    }
+    let mut p = Parser { toks: tokenize(query)?, pos: 0, depth: 0 };
     let filter = if p.at_clause_end() { None } else { Some(p.or()?) };
     let mut order = Vec::new();
     let mut group_by = Vec::new();
@@ -577,6 +593,26 @@ mod tests {
             let e = parse(q).unwrap_err();
             assert!(e.contains(want), "{q}: {e}");
         }
+    }
+
+    #[test]
+    fn long_chains_and_deep_nesting_are_bounded_without_recursion_limits() {
+        // A chain as long as the size limit allows parses, evaluates and drops without deep
+        // recursion (it would overflow the stack as a nested tree).
+        let term = "WorkflowId = 'a' AND ";
+        let long: String = term.repeat((QUERY_BYTES_MAX - 20) / term.len()) + "RunId = 'r1'";
+        let q = parse(&long).expect("a long chain within the limit parses");
+        assert!(matches!(&q.filter, Some(Expr::And(v)) if v.len() > 1000));
+        assert!(!q.matches(&rows()[0]));
+        drop(q);
+        let over = "WorkflowId = 'a' OR ".repeat(QUERY_BYTES_MAX / 10);
+        assert!(parse(&over).unwrap_err().contains("bytes long"));
+        let deep = format!("{}WorkflowId = 'a'{}", "(".repeat(QUERY_DEPTH_MAX + 1), ")".repeat(QUERY_DEPTH_MAX + 1));
+        assert!(parse(&deep).unwrap_err().contains("nest deeper"));
+        let ok = format!("{}WorkflowId = 'w1'{}", "(".repeat(QUERY_DEPTH_MAX), ")".repeat(QUERY_DEPTH_MAX));
+        assert_eq!(parse(&ok).unwrap().filter, parse("WorkflowId = 'w1'").unwrap().filter);
+        // A megabyte of parentheses is refused by size before any parsing.
+        assert!(parse(&"(".repeat(1 << 20)).is_err());
     }
 
     #[test]

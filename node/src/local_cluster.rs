@@ -151,6 +151,7 @@ pub fn lay_out(spec: &ClusterSpec) -> anyhow::Result<ClusterFile> {
             replicas: 3,
             members: members.clone(),
             enable_fault_injection: spec.fault_injection,
+            enable_test_map: true,
             worker_threads: threads_per_node(spec.nodes),
             disk_reserve_bytes: 256 << 20,
             raft: spec.raft.clone(),

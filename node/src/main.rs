@@ -111,6 +111,9 @@ struct ServerArgs {
     /// Accept fault-injection calls (tests only).
     #[arg(long)]
     enable_fault_injection: bool,
+    /// Accept writes of the replicated test map (`norn kv put`) on the client port.
+    #[arg(long)]
+    enable_test_map: bool,
     /// Tokio worker threads (0: one per core; 1: the current-thread scheduler).
     #[arg(long)]
     worker_threads: Option<usize>,
@@ -251,6 +254,7 @@ fn server_config(a: ServerArgs) -> anyhow::Result<NodeConfig> {
             replicas: 3,
             members: Vec::new(),
             enable_fault_injection: false,
+            enable_test_map: false,
             worker_threads: 0,
             disk_reserve_bytes: 256 << 20,
             raft: RaftOptions::default(),
@@ -297,6 +301,7 @@ fn server_config(a: ServerArgs) -> anyhow::Result<NodeConfig> {
         cfg.raft.snapshot_logs_since_last = v;
     }
     cfg.enable_fault_injection |= a.enable_fault_injection;
+    cfg.enable_test_map |= a.enable_test_map;
     if let Some(v) = a.worker_threads {
         cfg.worker_threads = v;
     }
@@ -393,6 +398,7 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
                 replicas: 1,
                 members: vec![Member { id: 1, raft_addr: raft, client_addr: client.clone() }],
                 enable_fault_injection: false,
+                enable_test_map: true,
                 worker_threads: 0,
                 disk_reserve_bytes: 256 << 20,
                 raft: RaftOptions {

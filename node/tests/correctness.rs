@@ -46,9 +46,9 @@ async fn a_stale_node_of_an_earlier_cluster_is_refused_and_cluster_up_names_it()
 
     // B's nodes 1 and 2 run beside A's stale node 3 and form B's quorum. The stale node, holding
     // A's data at higher terms, must never lead a shard of B or replicate into it.
-    let mut b_nodes = Vec::new();
+    let mut b_nodes = Procs(Vec::new());
     for n in &b.nodes[..2] {
-        b_nodes.push(local_cluster::spawn(bin(), n).unwrap());
+        b_nodes.0.push(local_cluster::spawn(bin(), n).unwrap());
     }
     let client = |addr: &str| {
         let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -106,9 +106,18 @@ async fn a_stale_node_of_an_earlier_cluster_is_refused_and_cluster_up_names_it()
     // The stale node logged the refusals.
     let log = std::fs::read_to_string(&a.file.nodes[2].log).unwrap_or_default();
     assert!(log.contains("refused a peer"), "A's node 3 did not log a refusal:\n{}", a.logs());
-    for mut c in b_nodes {
-        let _ = c.kill();
-        let _ = c.wait();
+    drop(b_nodes);
+}
+
+/// Processes killed when dropped (also when a test fails).
+struct Procs(Vec<std::process::Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

@@ -104,6 +104,7 @@ pub fn node_config(cfg: &SimConfig, id: u64) -> NodeConfig {
         replicas: 3,
         members,
         enable_fault_injection: false,
+        enable_test_map: false,
         // Every simulated host is one thread under turmoil; the setting is not used.
         worker_threads: 1,
         disk_reserve_bytes: 256 << 20,

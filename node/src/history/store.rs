@@ -244,10 +244,20 @@ fn save(txn: &mut Txn<'_>, ctx: &mut ApplyCtx, run: &RunState, out: &Outcome, no
         workflow_id: run.workflow_id.clone(),
         run_id: run.run_id.clone(),
     };
-    // Event ids of a run are contiguous: the new events follow the ones written before.
+    // Event ids of a run are contiguous: the new events follow the ones written before. A break
+    // is a bug in the engine; the apply fails (halting the shard on this replica, loudly) rather
+    // than write a history with a gap.
     let first_new = run.next_event_id - out.events.len() as i64;
     for (i, e) in out.events.iter().enumerate() {
-        assert_eq!(e.event_id, first_new + i as i64, "history of run {} is not contiguous", run.run_id);
+        if e.event_id != first_new + i as i64 {
+            return Err(format!(
+                "invariant broken: event {} of run {} written at position {} (expected id {})",
+                e.event_id,
+                run.run_id,
+                i,
+                first_new + i as i64
+            ));
+        }
         txn.put(event_key(&run.run_id, e.event_id), e.encode_to_vec());
     }
     txn.put(run_key(&k), postcard::to_stdvec(run).map_err(|e| e.to_string())?);
