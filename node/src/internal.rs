@@ -102,7 +102,10 @@ impl Internal for InternalService {
             limit: req.limit,
             local: req.local,
         };
-        let (pairs, more) = self.router.read_here(req.shard, &page)?;
+        let (pairs, more) = self
+            .router
+            .read_here(req.shard, &page)
+            .map_err(|s| self.refusal(req.shard, self.router.damaged(req.shard, s)))?;
         Ok(Response::new(ReadResponse {
             pairs: pairs.into_iter().map(|(key, value)| KeyValue { key, value }).collect(),
             more,

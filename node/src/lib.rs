@@ -22,13 +22,16 @@
 pub mod admin;
 pub mod bench;
 pub mod bench_idle;
+pub mod bench_snapshot;
 pub mod command;
 pub mod config;
 pub mod disk;
 pub mod frontend;
+pub mod fuzz;
 pub mod history;
 pub mod internal;
 pub mod kv;
+pub mod limits;
 pub mod list_filter;
 pub mod local_cluster;
 pub mod matching;

@@ -65,6 +65,28 @@ enum DebugCmd {
         #[arg(long)]
         local: bool,
     },
+    /// Fuzz a decoder, the list filter or the history engine in process: replay the corpus, then
+    /// run mutated inputs; inputs that panic are saved and reported (docs/reliability.md).
+    Fuzz {
+        /// A target, or `all`: list_filter, task_token, state_value, raft_codec, requests,
+        /// history_engine.
+        #[arg(long, default_value = "all")]
+        target: String,
+        /// Mutated inputs per target.
+        #[arg(long, default_value_t = 100_000)]
+        execs: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Corpus root: one directory per target.
+        #[arg(long, default_value = "fuzz/corpus")]
+        corpus: PathBuf,
+        /// Where panicking inputs are written (one directory per target).
+        #[arg(long, default_value = "fuzz/crashes")]
+        crashes: PathBuf,
+        /// Write each target's built-in seeds into its corpus directory and stop.
+        #[arg(long)]
+        write_seeds: bool,
+    },
 }
 
 #[derive(Args)]
@@ -174,6 +196,20 @@ enum BenchCmd {
         /// Seconds of each idle measurement.
         #[arg(long, default_value_t = 10)]
         idle_seconds: u64,
+    },
+    /// What a follower's catch-up by streamed snapshot costs: fill one shard with `--mib` MiB
+    /// while a node is down, snapshot and purge the logs, restart the node, and print the
+    /// catch-up time and each node's peak memory.
+    Snapshot {
+        /// MiB of state written into the shard.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+        /// Bytes per value.
+        #[arg(long, default_value_t = 256 * 1024)]
+        value_bytes: usize,
+        /// Puts in flight.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
     },
     /// Raft commit throughput and latency on a local 3-node cluster with fsync on.
     Raft {
@@ -482,6 +518,10 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
             };
             norn_node::bench_idle::run(&std::env::current_exe()?, &opts).await
         }
+        Cmd::Bench(BenchCmd::Snapshot { mib, value_bytes, concurrency }) => {
+            let opts = norn_node::bench_snapshot::SnapshotOptions { size_bytes: mib << 20, value_bytes, concurrency };
+            norn_node::bench_snapshot::run(&std::env::current_exe()?, &opts).await
+        }
         Cmd::Bench(BenchCmd::Raft { nodes, shards, proposers, seconds, value_bytes, in_flight, threads_per_node }) => {
             let opts = norn_node::bench::BenchOptions {
                 nodes,
@@ -494,6 +534,45 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
             };
             let (fsync, rows) = norn_node::bench::run(&opts).await?;
             print!("{}", norn_node::bench::table(fsync, &rows));
+            Ok(())
+        }
+        Cmd::Debug(DebugCmd::Fuzz { target, execs, seed, corpus, crashes, write_seeds }) => {
+            let targets: Vec<&str> =
+                if target == "all" { norn_node::fuzz::TARGETS.to_vec() } else { vec![target.as_str()] };
+            if write_seeds {
+                for t in targets {
+                    let n = norn_node::fuzz::write_seeds(t, &corpus.join(t))?;
+                    println!("{t}: {n} seeds in {}", corpus.join(t).display());
+                }
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:>8} {:>12} {:>10} {:>12} {:>8}",
+                "target", "corpus", "execs", "seconds", "execs/s", "crashes"
+            );
+            let mut found = Vec::new();
+            for t in targets {
+                let started = tokio::time::Instant::now();
+                let r = norn_node::fuzz::run(t, &corpus.join(t), &crashes.join(t), execs, seed)
+                    .map_err(anyhow::Error::msg)?;
+                let secs = started.elapsed().as_secs_f64();
+                println!(
+                    "{t:<16} {:>8} {:>12} {secs:>10.1} {:>12.0} {:>8}",
+                    r.corpus,
+                    r.execs,
+                    r.execs as f64 / secs.max(1e-9),
+                    r.crashes.len()
+                );
+                found.extend(r.crashes);
+            }
+            let steps = norn_node::fuzz::STEPS_APPLIED.load(std::sync::atomic::Ordering::Relaxed);
+            if steps > 0 {
+                println!("history_engine: {steps} engine steps applied");
+            }
+            for (path, why) in &found {
+                println!("crash: {}: {why}", path.display());
+            }
+            anyhow::ensure!(found.is_empty(), "{} inputs panicked", found.len());
             Ok(())
         }
         Cmd::Debug(DebugCmd::History { address, namespace, workflow_id, run_id, local }) => {

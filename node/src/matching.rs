@@ -146,9 +146,25 @@ impl Matching {
             Err(_) => {
                 // A task sent just as the wait ended is still ours.
                 rx.close();
-                rx.try_recv().ok()
+                let task = rx.try_recv().ok();
+                // The timed-out poll's sender, and any other whose poll went away, leave now
+                // rather than when the next task arrives.
+                if let Some(q) = self.lock().get_mut(key) {
+                    q.pollers.retain(|p| !p.is_closed());
+                }
+                task
             }
         }
+    }
+
+    /// Polls waiting on `key` now.
+    pub fn waiting_pollers(&self, key: &QueueKey) -> usize {
+        self.lock().get(key).map(|q| q.pollers.iter().filter(|p| !p.is_closed()).count()).unwrap_or(0)
+    }
+
+    /// Poll senders held for `key`, live or not (what a leak would grow).
+    pub fn held_pollers(&self, key: &QueueKey) -> usize {
+        self.lock().get(key).map(|q| q.pollers.len()).unwrap_or(0)
     }
 
     /// Removes every queue whose home is shard `home` (this node stopped leading it) and returns
@@ -206,5 +222,25 @@ mod tests {
         assert_eq!(m.poll(&key(), "a", Duration::from_secs(1)).await, Some(task(3)));
         assert_eq!(m.poll(&key(), "a", Duration::from_secs(1)).await, None, "empty after timeout");
         assert_eq!(m.pollers(&key()), vec!["a".to_string()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_out_poll_leaves_nothing_behind() {
+        let m = Matching::default();
+        for _ in 0..100 {
+            assert_eq!(m.poll(&key(), "a", Duration::from_millis(10)).await, None);
+        }
+        assert_eq!(m.held_pollers(&key()), 0, "timed-out polls left their senders behind");
+        // A poll dropped mid-wait (its caller went away) is swept by the next timeout.
+        let dropped = tokio::spawn({
+            let m = m.clone();
+            async move { m.poll(&key(), "b", Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        dropped.abort();
+        let _ = dropped.await;
+        assert_eq!(m.poll(&key(), "c", Duration::from_millis(10)).await, None);
+        assert_eq!(m.held_pollers(&key()), 0);
+        assert_eq!(m.waiting_pollers(&key()), 0);
     }
 }

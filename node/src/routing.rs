@@ -541,7 +541,7 @@ impl Router {
                                 m => m,
                             })?;
                         }
-                        self.read_here(shard, &page).map_err(Miss::Fail)
+                        self.read_here(shard, &page).map_err(|s| self.damaged(shard, s))
                     }
                     Hop::Remote(n, mut c) => {
                         let r = c
@@ -578,6 +578,18 @@ impl Router {
         } as usize;
         view.scan_page(&page.key, page.after.as_deref(), limit, READ_PAGE_BYTES_MAX)
             .map_err(|e| storage_status(shard, e))
+    }
+
+    /// What a failed local read means: damaged data takes this replica out of the shard (the
+    /// call then goes to another replica); anything else is the answer.
+    pub fn damaged(&self, shard: GroupId, s: Status) -> Miss {
+        if s.code() != tonic::Code::DataLoss {
+            return Miss::Fail(s);
+        }
+        let raft = self.inner.raft.clone();
+        let why = s.message().to_string();
+        tokio::spawn(async move { raft.halt(shard, why).await });
+        Miss::NotLeader(None)
     }
 
     /// Reads one key of `shard`, linearizably.

@@ -24,6 +24,11 @@ use tower::ServiceExt;
 
 use crate::server::Incoming;
 
+/// First pause after a failed accept; it doubles up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(5);
+/// Longest pause after failed accepts.
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves `routes` on every connection from `incoming` until `shutdown` resolves, then asks each
 /// connection to finish its calls and waits for them.
 pub async fn serve(routes: Routes, incoming: Incoming, shutdown: impl Future<Output = ()>) {
@@ -33,6 +38,7 @@ pub async fn serve(routes: Routes, incoming: Incoming, shutdown: impl Future<Out
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut incoming = incoming;
     let mut shutdown = pin!(shutdown);
+    let mut accept_backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let conn = tokio::select! {
             biased;
@@ -42,10 +48,20 @@ pub async fn serve(routes: Routes, incoming: Incoming, shutdown: impl Future<Out
         let conn = match conn {
             None => break,
             Some(Err(e)) => {
-                tracing::debug!(error = %e, "could not accept a connection");
+                // Out of file descriptors, say: back off instead of spinning on the error.
+                tracing::warn!(error = %e, backoff = ?accept_backoff, "could not accept a connection; backing off");
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(accept_backoff) => {}
+                }
+                accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
-            Some(Ok(c)) => c,
+            Some(Ok(c)) => {
+                accept_backoff = ACCEPT_BACKOFF_MIN;
+                c
+            }
         };
         let routes = routes.clone();
         let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -105,6 +121,30 @@ fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_accepts_back_off_instead_of_spinning() {
+        use futures::StreamExt;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let pulls = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = pulls.clone();
+        let incoming: Incoming = futures::stream::repeat_with(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+            Err(std::io::Error::other("too many open files"))
+        })
+        .boxed();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(Routes::default(), incoming, async move {
+            let _ = stop_rx.await;
+        }));
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        let _ = stop_tx.send(());
+        server.await.unwrap();
+        let n = pulls.load(Ordering::Relaxed);
+        // 5 ms doubling to 1 s: about a dozen tries in 5 s, where a spin would make millions.
+        assert!(n < 20, "{n} accepts tried in 5 s");
+        assert!(n >= 5, "it kept trying ({n})");
+    }
 
     fn timeout_of(v: &str) -> Option<Duration> {
         let mut h = http::HeaderMap::new();

@@ -26,8 +26,9 @@ const SHARDS_KEY: &[u8] = b"cluster/shards";
 /// The on-disk format of the data directory (see [`DATA_FORMAT`]).
 const FORMAT_KEY: &[u8] = b"cluster/format";
 /// Version of what a node writes to its data directory. 2: state values sealed with checksums,
-/// per-run due/ready/closed indexes, cluster identity and incarnation.
-pub const DATA_FORMAT: u64 = 2;
+/// per-run due/ready/closed indexes, cluster identity and incarnation. 3: state keys carry a
+/// snapshot generation; snapshots are files beside the store.
+pub const DATA_FORMAT: u64 = 3;
 const CLUSTER_ID_KEY: &[u8] = b"cluster/id";
 const NODE_ID_KEY: &[u8] = b"node/id";
 const INCARNATION_KEY: &[u8] = b"node/incarnation";
@@ -35,7 +36,7 @@ const INCARNATION_KEY: &[u8] = b"node/incarnation";
 const PEER_INCARNATION_PREFIX: &[u8] = b"peer/incarnation/";
 
 /// Largest request the client port accepts (Temporal's default gRPC limit).
-const CLIENT_MESSAGE_BYTES_MAX: usize = 128 << 20;
+const CLIENT_MESSAGE_BYTES_MAX: usize = 4 << 20;
 
 /// Creates the `default` namespace if it does not exist yet, retrying until the system shard
 /// has a leader. Every node runs it; the registry makes it idempotent.

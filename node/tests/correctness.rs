@@ -319,7 +319,8 @@ async fn a_corrupt_run_state_halts_its_shard_on_that_node_naming_the_key() {
         use norn_storage::{Cf, Engine, RocksEngine, RocksOptions, WriteBatch};
         let db = c.dir.path().join(format!("node-{victim}/data/db"));
         let engine = RocksEngine::open(&db, &RocksOptions::default()).unwrap();
-        let full = [&shard.to_be_bytes()[..], key.as_bytes()].concat();
+        // State keys: shard (u32 BE), generation (u32 BE, 0 until a snapshot is installed), key.
+        let full = [&shard.to_be_bytes()[..], &0u32.to_be_bytes(), key.as_bytes()].concat();
         let mut v = engine.get(Cf::State, &full).unwrap().expect("node 3 holds the run state");
         let at = v.len() / 2;
         v[at] ^= 0x10;
@@ -445,4 +446,68 @@ async fn reqwest_metrics(addr: &str) -> String {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out).await;
     out
+}
+
+/// Peak resident memory of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_catches_up_through_a_streamed_snapshot_file() {
+    // One shard, snapshots every 200 entries and short logs, so a node that was away catches up
+    // from a snapshot of the whole shard.
+    let raft = norn_raft::RaftOptions {
+        snapshot_logs_since_last: 200,
+        logs_kept_after_snapshot: 10,
+        ..norn_raft::RaftOptions::default()
+    };
+    let mut c = Cluster::start(3, 1, raft).await;
+    c.kill(3);
+    c.wait_leaders().await;
+    // 32 MiB of state: 512 values of 64 KiB (`norn bench snapshot` measures GiB-sized shards and
+    // the memory they take).
+    let value = "x".repeat(64 << 10);
+    let keys = 512;
+    for i in 0..keys {
+        c.put(1, &format!("big-{i}"), &value).await.unwrap_or_else(|e| panic!("put big-{i}: {e}"));
+    }
+    c.restart(3);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = match c.client(3).await.node_status(NodeStatusRequest {}).await {
+            Ok(st) => st.into_inner().shards.iter().any(|s| s.snapshots_installed > 0),
+            Err(_) => false,
+        };
+        if done && c.get(3, &format!("big-{}", keys - 1), true).await.is_some() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            for n in &c.file.nodes {
+                let _ = std::fs::copy(&n.log, format!("/tmp/snaplog-{}.log", n.id));
+            }
+            panic!("node 3 never caught up\n{}", c.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in (0..keys).step_by(97) {
+        assert_eq!(c.get(3, &format!("big-{i}"), true).await.map(|v| v.len()), Some(value.len()), "big-{i} on node 3");
+    }
+    // The snapshot arrived as a file beside the store, and only the installed one is kept.
+    let snaps = c.dir.path().join("node-3/data/snapshots/00000");
+    let files: Vec<String> = std::fs::read_dir(&snaps)
+        .unwrap_or_else(|e| panic!("{}: {e}", snaps.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 1, "snapshot files on node 3: {files:?}");
+    assert!(files[0].starts_with("recv-") && files[0].ends_with(".snap"), "{files:?}");
+    let peaks: Vec<u64> = c.pids().iter().map(|p| peak_rss_mib(*p)).collect();
+    eprintln!("peak RSS per node (MiB): {peaks:?}; state: {} MiB", keys * 64 / 1024);
 }

@@ -75,6 +75,49 @@ pub fn open_value<'a>(key: &[u8], stored: &'a [u8]) -> Result<&'a [u8], CodecErr
     Ok(value)
 }
 
+/// Decodes `bytes` as every message a peer or the disk hands this crate (Raft requests and
+/// answers, log entries, snapshot files), for the fuzzing harness (`norn debug fuzz raft_codec`):
+/// whatever the bytes, this returns.
+pub fn fuzz_decode_all(bytes: &[u8]) {
+    use crate::types::TypeConfig;
+    type Tc = TypeConfig;
+    let _ = decode::<openraft::raft::AppendEntriesRequest<Tc>>("fuzz", bytes);
+    let _ = decode::<openraft::raft::AppendEntriesResponse<crate::NodeId>>("fuzz", bytes);
+    let _ = decode::<openraft::raft::VoteRequest<crate::NodeId>>("fuzz", bytes);
+    let _ = decode::<openraft::raft::InstallSnapshotRequest<Tc>>("fuzz", bytes);
+    let _ = decode::<openraft::Entry<Tc>>("fuzz", bytes);
+    let _ = decode::<crate::Command>("fuzz", bytes);
+    if let Ok((mut reader, _header)) = crate::snapshot::SnapReader::open(bytes) {
+        for _ in 0..10_000 {
+            match reader.next_record() {
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+    }
+}
+
+/// Valid encodings of the messages [`fuzz_decode_all`] reads: seeds for the fuzzing harness.
+pub fn fuzz_seeds() -> Vec<Vec<u8>> {
+    use crate::types::TypeConfig;
+    let entry = openraft::Entry::<TypeConfig> {
+        log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 7),
+        payload: openraft::EntryPayload::Normal(crate::Command { timestamp_ms: 5, payloads: vec![b"abc".to_vec()] }),
+    };
+    let append = openraft::raft::AppendEntriesRequest::<TypeConfig> {
+        vote: openraft::Vote::new_committed(3, 1),
+        prev_log_id: Some(openraft::LogId::new(openraft::CommittedLeaderId::new(3, 1), 6)),
+        leader_commit: None,
+        entries: vec![entry.clone()],
+    };
+    let mut snap = Vec::new();
+    if let Ok(mut w) = crate::snapshot::SnapWriter::new(&mut snap, b"header") {
+        let _ = w.record(b"k", b"v");
+        let _ = w.finish();
+    }
+    [encode("fuzz", &append).ok(), encode("fuzz", &entry).ok(), Some(snap)].into_iter().flatten().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

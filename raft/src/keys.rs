@@ -9,7 +9,11 @@
 //! | `raft_meta`   | group ++ `p`                 | checked last purged `LogId`   |
 //! | `raft_meta`   | group ++ `a`                 | checked `AppliedState`        |
 //! | `raft_meta`   | group ++ `s`                 | checked `StoredSnapshot`      |
-//! | `state`       | group ++ user key            | user value                    |
+//! | `state`       | group ++ generation ++ key   | sealed user value             |
+//!
+//! A group's state lives under a generation (u32 BE) named by its applied state: a snapshot
+//! install writes a new generation and switches to it in one write, so a crash mid-install leaves
+//! the old state whole (and the half-written generation is dropped at the next start).
 
 use crate::types::GroupId;
 
@@ -18,10 +22,6 @@ pub(crate) const COMMITTED: u8 = b'c';
 pub(crate) const PURGED: u8 = b'p';
 pub(crate) const APPLIED: u8 = b'a';
 pub(crate) const SNAPSHOT: u8 = b's';
-
-pub(crate) fn group_prefix(group: GroupId) -> [u8; 4] {
-    group.to_be_bytes()
-}
 
 pub(crate) fn log_key(group: GroupId, index: u64) -> [u8; 12] {
     let mut k = [0u8; 12];
@@ -43,11 +43,28 @@ pub(crate) fn meta_key(group: GroupId, tag: u8) -> [u8; 5] {
     k
 }
 
-pub(crate) fn state_key(group: GroupId, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + key.len());
+pub(crate) fn state_key(group: GroupId, gen: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + key.len());
     k.extend_from_slice(&group.to_be_bytes());
+    k.extend_from_slice(&gen.to_be_bytes());
     k.extend_from_slice(key);
     k
+}
+
+/// Length of the group and generation prefix of a `state` key.
+pub(crate) const STATE_PREFIX_BYTES: usize = 8;
+
+/// The first key of generation `gen` of `group`, and the first key after it.
+pub(crate) fn gen_range(group: GroupId, gen: u32) -> (Vec<u8>, Vec<u8>) {
+    let start = state_key(group, gen, &[]);
+    let end = match gen.checked_add(1) {
+        Some(next) => state_key(group, next, &[]),
+        None => match group.checked_add(1) {
+            Some(g) => g.to_be_bytes().to_vec(),
+            None => vec![0xff; 9],
+        },
+    };
+    (start, end)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! - `log_store`, `state_machine`: openraft's storage traits over `norn-storage`.
 //! - [`group_commit`]: one WAL sync for many appends.
 //! - [`transport`], `network`, [`service`]: node-to-node RPC over tonic.
+//! - [`snapshot`]: snapshot files, streamed in bounded pieces.
 //! - `proposer`: batches the proposals that meet in a group's queue into one log entry.
 //! - [`node`]: [`RaftNode`], the groups of one node, with propose / read-index / status.
 //! - [`runtime`]: openraft's runtime with a seedable random source.
@@ -26,6 +27,7 @@ pub mod node;
 mod proposer;
 pub mod runtime;
 pub mod service;
+pub mod snapshot;
 pub mod state_machine;
 pub mod transport;
 pub mod types;

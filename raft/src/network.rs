@@ -30,6 +30,26 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     }
 }
 
+/// Bytes of entry payloads one AppendEntries carries at most (unless its first entry alone is
+/// larger).
+const APPEND_BYTES_MAX: usize = 512 << 10;
+
+/// How many of `entries`, from the first, fit in `budget` bytes of payload (at least one).
+fn append_prefix(entries: &[openraft::Entry<TypeConfig>], budget: usize) -> usize {
+    let mut bytes = 0usize;
+    for (i, e) in entries.iter().enumerate() {
+        let n = match &e.payload {
+            openraft::EntryPayload::Normal(c) => c.payloads.iter().map(|p| p.len() + 8).sum::<usize>(),
+            _ => 64,
+        };
+        if i > 0 && bytes.saturating_add(n) > budget {
+            return i;
+        }
+        bytes = bytes.saturating_add(n);
+    }
+    entries.len()
+}
+
 /// One group's client to one target node.
 pub struct GroupNetwork {
     group: GroupId,
@@ -71,10 +91,22 @@ impl GroupNetwork {
 impl RaftNetwork<TypeConfig> for GroupNetwork {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
-        self.send(kind::APPEND, &rpc, &option).await
+        // Openraft gives an append one heartbeat interval and sends up to 512 entries: with large
+        // entries that never fits, and the follower never catches up. Send a prefix of about
+        // APPEND_BYTES_MAX (always at least one entry) and report how far it got.
+        let keep = append_prefix(&rpc.entries, APPEND_BYTES_MAX);
+        if keep == rpc.entries.len() {
+            return self.send(kind::APPEND, &rpc, &option).await;
+        }
+        rpc.entries.truncate(keep);
+        let last = rpc.entries.last().map(|e| e.log_id);
+        match self.send(kind::APPEND, &rpc, &option).await? {
+            AppendEntriesResponse::Success => Ok(AppendEntriesResponse::PartialSuccess(last)),
+            other => Ok(other),
+        }
     }
 
     async fn install_snapshot(

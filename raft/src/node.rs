@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use norn_storage::{Cf, Engine};
+use norn_storage::Engine;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,6 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::group_commit::GroupCommit;
-use crate::keys;
 use crate::log_store::LogStore;
 use crate::network::GroupNetworkFactory;
 use crate::proposer::{Limits, Proposer};
@@ -221,6 +220,10 @@ struct Group {
     proposer: Proposer,
     progress: Arc<ApplyProgress>,
     applied_rx: watch::Receiver<u64>,
+    /// The generation of the group's keys readers use (changes when a snapshot is installed).
+    gen: Arc<std::sync::atomic::AtomicU32>,
+    /// Why the group was halted on this node (its data found damaged), if it was.
+    halted: std::sync::Mutex<Option<String>>,
 }
 
 /// All groups of one node.
@@ -258,11 +261,13 @@ impl RaftNode {
             let progress = Arc::new(ApplyProgress::default());
             let log = LogStore::new(spec.id, engine.clone(), commit.clone(), progress.clone());
             let (applied_tx, applied_rx) = watch::channel(0);
+            let gen = Arc::new(std::sync::atomic::AtomicU32::new(0));
             let sm = SmStore::open(
                 spec.id,
                 engine.clone(),
                 commit.clone(),
                 make_sm(spec.id),
+                gen.clone(),
                 progress.clone(),
                 applied_tx,
                 options.apply_observer.0.clone(),
@@ -292,7 +297,8 @@ impl RaftNode {
                 commit_timeout: Duration::from_millis(options.propose_timeout_ms),
             };
             let proposer = Proposer::start(spec.id, raft.clone(), clock.clone(), limits);
-            groups.insert(spec.id, Arc::new(Group { raft, proposer, progress, applied_rx }));
+            let halted = std::sync::Mutex::new(None);
+            groups.insert(spec.id, Arc::new(Group { raft, proposer, progress, applied_rx, gen, halted }));
         }
         Ok(Self { inner: Arc::new(Inner { id, engine, commit, transport, options, groups: RwLock::new(groups) }) })
     }
@@ -381,20 +387,13 @@ impl RaftNode {
     /// Reads a key of `group`'s state as applied on this node (possibly stale unless preceded
     /// by [`RaftNode::read_index`]).
     pub fn read_local(&self, group: GroupId, key: &[u8]) -> Result<Option<Vec<u8>>, crate::Error> {
-        let stored = self
-            .inner
-            .engine
-            .get(Cf::State, &keys::state_key(group, key))
-            .map_err(|e| crate::Error::Storage(e.to_string()))?;
-        stored
-            .map(|v| crate::state_machine::open_stored(group, key, &v))
-            .transpose()
-            .map_err(|e| crate::Error::Storage(e.to_string()))
+        crate::StateView::get(&self.view(group), key).map_err(|e| crate::Error::Storage(e.to_string()))
     }
 
     /// Read access to `group`'s state as applied on this node.
     pub fn view(&self, group: GroupId) -> crate::state_machine::GroupView {
-        crate::state_machine::GroupView { group, engine: self.inner.engine.clone() }
+        let gen = self.groups().get(&group).map(|g| g.gen.clone()).unwrap_or_default();
+        crate::state_machine::GroupView { group, gen, engine: self.inner.engine.clone() }
     }
 
     /// Waits until `group` has applied at least `index` on this node.
@@ -422,6 +421,8 @@ impl RaftNode {
             (_, _) => Role::Learner,
         };
         let applied = g.progress.applied_index.load(Ordering::Acquire);
+        let halted = g.halted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let role = if halted.is_some() { Role::Failed } else { role };
         GroupStatus {
             group: id,
             role,
@@ -435,8 +436,24 @@ impl RaftNode {
             purged_index: m.purged.map(|l| l.index).unwrap_or(0),
             members: m.membership_config.voter_ids().collect(),
             snapshots_installed: g.progress.snapshots_installed.load(Ordering::Relaxed),
-            fatal: m.running_state.err().map(|e| e.to_string()),
+            fatal: halted.or_else(|| m.running_state.err().map(|e| e.to_string())),
         }
+    }
+
+    /// Takes `group` out of service on this node because its data here is damaged (`why` names
+    /// what): the group stops, its role shows `failed` with `why`, and the other replicas carry
+    /// on. It stays stopped until the node restarts (after its data is repaired or replaced).
+    pub async fn halt(&self, group: GroupId, why: String) {
+        let Ok(g) = self.group(group) else { return };
+        {
+            let mut h = g.halted.lock().unwrap_or_else(|p| p.into_inner());
+            if h.is_some() {
+                return;
+            }
+            tracing::error!(shard = group, node = self.id(), error = %why, "halting this shard on this node: its data here is damaged; the other replicas go on; repair or replace this node's data directory");
+            *h = Some(why);
+        }
+        let _ = g.raft.shutdown().await;
     }
 
     /// Asks `group` to build a snapshot now (and purge its log behind it).

@@ -22,12 +22,21 @@ const STREAM_IN_FLIGHT_MAX: usize = 4096;
 #[derive(Clone)]
 pub struct RaftService {
     node: RaftNode,
+    /// Per (group, sender): the snapshot being received and how many bytes of it arrived, so a
+    /// chunk that would leave a gap (or seek far past the end) is refused before it is written.
+    receiving: Arc<std::sync::Mutex<Receiving>>,
 }
+
+/// (group, sender) -> (snapshot id, bytes received).
+type Receiving = std::collections::BTreeMap<(u32, u64), (String, u64)>;
+
+/// Largest snapshot chunk accepted (openraft sends `raft.snapshot_chunk_bytes`, 1 MiB by default).
+const SNAPSHOT_CHUNK_BYTES_MAX: usize = 64 << 20;
 
 impl RaftService {
     /// The tonic service for `node`, ready to add to a server.
     pub fn server(node: RaftNode) -> RaftTransportServer<Self> {
-        RaftTransportServer::new(Self { node })
+        RaftTransportServer::new(Self { node, receiving: Arc::default() })
             .max_decoding_message_size(256 << 20)
             .max_encoding_message_size(256 << 20)
     }
@@ -109,6 +118,31 @@ impl RaftTransport for RaftService {
 }
 
 impl RaftService {
+    /// Refuses a snapshot chunk that does not continue what was received (a gap, or a seek far
+    /// past the end) or is too large, before it reaches the snapshot file.
+    fn check_chunk(
+        &self,
+        group: u32,
+        from: u64,
+        req: &openraft::raft::InstallSnapshotRequest<crate::types::TypeConfig>,
+    ) -> Result<(), Status> {
+        if req.data.len() > SNAPSHOT_CHUNK_BYTES_MAX {
+            return Err(Status::invalid_argument(format!("snapshot chunk of {} bytes is too large", req.data.len())));
+        }
+        let mut receiving = self.receiving.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = receiving.entry((group, from)).or_insert_with(|| (String::new(), 0));
+        if req.offset == 0 {
+            *entry = (req.meta.snapshot_id.clone(), 0);
+        } else if entry.0 != req.meta.snapshot_id || req.offset > entry.1 {
+            return Err(Status::invalid_argument(format!(
+                "snapshot {} chunk at offset {} does not continue the {} bytes received",
+                req.meta.snapshot_id, req.offset, entry.1
+            )));
+        }
+        entry.1 = entry.1.max(req.offset.saturating_add(req.data.len() as u64));
+        Ok(())
+    }
+
     async fn handle(&self, frame: Frame) -> Result<Frame, Status> {
         let identity = self.node.transport().identity();
         let me = identity.node;
@@ -142,7 +176,8 @@ impl RaftService {
                 reply(&frame, identity, &raft.vote(req).await)
             }
             kind::SNAPSHOT => {
-                let req = decode_req(&frame.payload)?;
+                let req: openraft::raft::InstallSnapshotRequest<crate::types::TypeConfig> = decode_req(&frame.payload)?;
+                self.check_chunk(frame.group, frame.from, &req)?;
                 reply(&frame, identity, &raft.install_snapshot(req).await)
             }
             other => Err(Status::invalid_argument(format!("unknown frame kind {other}"))),

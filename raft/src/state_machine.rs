@@ -3,12 +3,15 @@
 //!
 //! Applied data and the applied log id land in one unsynced batch: the log is durable, so after a
 //! crash that loses the batch the entries are applied again from the log. A snapshot is written
-//! and synced before openraft may purge the log behind it.
+//! and synced before openraft may purge the log behind it. Snapshots are streamed to and from
+//! files (see [`crate::snapshot`]) in bounded pieces, and installed into a fresh generation of the
+//! group's keys that one synced write switches to.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use norn_storage::{Cf, Engine, WriteBatch};
@@ -20,6 +23,7 @@ use tokio::sync::watch;
 use crate::codec;
 use crate::group_commit::GroupCommit;
 use crate::keys;
+use crate::snapshot::{SnapData, SnapError, SnapReader, SnapWriter};
 use crate::types::{Entry, GroupId, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 /// One committed command as the state machine sees it.
@@ -73,7 +77,14 @@ pub trait StateView {
 /// A group's state as applied on this node (current after [`crate::RaftNode::read_index`]).
 pub struct GroupView {
     pub(crate) group: GroupId,
+    pub(crate) gen: Arc<AtomicU32>,
     pub(crate) engine: Arc<dyn Engine>,
+}
+
+impl GroupView {
+    fn key(&self, key: &[u8]) -> Vec<u8> {
+        keys::state_key(self.group, self.gen.load(Ordering::Acquire), key)
+    }
 }
 
 /// Checks a stored state value against its key (see [`codec::seal_value`]).
@@ -89,7 +100,7 @@ fn open_pairs(group: GroupId, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> norn_storage::R
     pairs
         .into_iter()
         .map(|(k, v)| {
-            let key = k.get(4..).unwrap_or_default().to_vec();
+            let key = k.get(keys::STATE_PREFIX_BYTES..).unwrap_or_default().to_vec();
             let value = open_stored(group, &key, &v)?;
             Ok((key, value))
         })
@@ -98,14 +109,14 @@ fn open_pairs(group: GroupId, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> norn_storage::R
 
 impl StateView for GroupView {
     fn get(&self, key: &[u8]) -> norn_storage::Result<Option<Vec<u8>>> {
-        match self.engine.get(Cf::State, &keys::state_key(self.group, key))? {
+        match self.engine.get(Cf::State, &self.key(key))? {
             None => Ok(None),
             Some(v) => open_stored(self.group, key, &v).map(Some),
         }
     }
 
     fn scan_prefix(&self, prefix: &[u8], limit: usize) -> norn_storage::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        open_pairs(self.group, self.engine.scan_prefix(Cf::State, &keys::state_key(self.group, prefix), limit)?)
+        open_pairs(self.group, self.engine.scan_prefix(Cf::State, &self.key(prefix), limit)?)
     }
 }
 
@@ -125,10 +136,10 @@ impl GroupView {
     ) -> norn_storage::Result<ScanPage> {
         /// Pairs read from the engine at a time.
         const CHUNK: usize = 64;
-        let full = keys::state_key(self.group, prefix);
+        let full = self.key(prefix);
         let end = norn_storage::prefix_end(&full);
         let mut start = match after {
-            Some(a) if a > prefix => keys::state_key(self.group, a),
+            Some(a) if a > prefix => self.key(a),
             _ => full.clone(),
         };
         let mut exclusive = after.is_some_and(|a| a > prefix);
@@ -148,7 +159,7 @@ impl GroupView {
                 }
                 bytes = bytes.saturating_add(k.len() + v.len());
                 start.clone_from(&k);
-                let key = k.get(4..).unwrap_or_default().to_vec();
+                let key = k.get(keys::STATE_PREFIX_BYTES..).unwrap_or_default().to_vec();
                 let value = open_stored(self.group, &key, &v)?;
                 out.push((key, value));
             }
@@ -175,6 +186,7 @@ impl StateView for Txn<'_> {
 /// (`rollback_command`), so a refused command leaves nothing behind.
 pub struct Txn<'a> {
     group: GroupId,
+    gen: u32,
     engine: &'a dyn Engine,
     /// Writes of the commands of this batch that applied.
     batch: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -183,8 +195,8 @@ pub struct Txn<'a> {
 }
 
 impl<'a> Txn<'a> {
-    fn new(group: GroupId, engine: &'a dyn Engine) -> Self {
-        Self { group, engine, batch: BTreeMap::new(), command: BTreeMap::new() }
+    fn new(group: GroupId, gen: u32, engine: &'a dyn Engine) -> Self {
+        Self { group, gen, engine, batch: BTreeMap::new(), command: BTreeMap::new() }
     }
 
     /// Reads a key.
@@ -192,7 +204,7 @@ impl<'a> Txn<'a> {
         if let Some(v) = self.command.get(key).or_else(|| self.batch.get(key)) {
             return Ok(v.clone());
         }
-        match self.engine.get(Cf::State, &keys::state_key(self.group, key))? {
+        match self.engine.get(Cf::State, &keys::state_key(self.group, self.gen, key))? {
             None => Ok(None),
             Some(v) => open_stored(self.group, key, &v).map(Some),
         }
@@ -210,7 +222,7 @@ impl<'a> Txn<'a> {
 
     /// Pairs whose key starts with `prefix`, in key order, at most `limit`.
     pub fn scan_prefix(&self, prefix: &[u8], limit: usize) -> norn_storage::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let full = keys::state_key(self.group, prefix);
+        let full = keys::state_key(self.group, self.gen, prefix);
         let pending = self.batch.len().saturating_add(self.command.len());
         let stored = self.engine.scan_prefix(Cf::State, &full, limit.saturating_add(pending))?;
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
@@ -242,7 +254,7 @@ impl<'a> Txn<'a> {
     fn into_batch(self, batch: &mut WriteBatch) {
         debug_assert!(self.command.is_empty(), "a command's writes were neither kept nor dropped");
         for (k, v) in self.batch {
-            let key = keys::state_key(self.group, &k);
+            let key = keys::state_key(self.group, self.gen, &k);
             match v {
                 Some(v) => batch.put(Cf::State, key, codec::seal_value(&k, &v)),
                 None => batch.delete(Cf::State, key),
@@ -257,25 +269,35 @@ struct AppliedState {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     last_timestamp_ms: u64,
-}
-
-/// A snapshot as stored and shipped: the group's data plus the applied state.
-#[derive(Serialize, Deserialize)]
-struct SnapshotBody {
-    applied: AppliedState,
-    kvs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    data: Vec<u8>,
+    /// The generation of the group's keys in `state`.
+    gen: u32,
 }
 
 /// A committed command that this replica cannot apply.
 #[derive(Debug, thiserror::Error)]
 #[error("apply failed: {0}")]
 struct ApplyFailed(String);
+
+/// What a snapshot file's header holds.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    group: GroupId,
+    last_timestamp_ms: u64,
+}
+
+/// Where a snapshot's bytes are: a file in the group's snapshot directory, or (on the in-memory
+/// engine) the bytes themselves.
+#[derive(Clone, Serialize, Deserialize)]
+enum SnapshotBytes {
+    File(String),
+    Mem(Vec<u8>),
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    bytes: SnapshotBytes,
+}
 
 fn sm_read(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::read_state_machine(&e).into()
@@ -324,30 +346,54 @@ pub struct SmStore {
     commit: GroupCommit,
     sm: Box<dyn StateMachine>,
     applied: AppliedState,
+    /// The generation readers use (shared with [`GroupView`]s).
+    gen: Arc<AtomicU32>,
+    /// Where snapshot files go; `None` keeps snapshots in memory (the in-memory engine).
+    snap_dir: Option<PathBuf>,
     progress: Arc<ApplyProgress>,
     applied_tx: watch::Sender<u64>,
     snapshot_seq: u64,
     observer: Option<Arc<dyn crate::node::ApplyObserver>>,
 }
 
+/// Writes of a snapshot install go to the store in batches of about this many bytes.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
+/// Pairs read from the store at a time while building a snapshot.
+const BUILD_PAGE: usize = 256;
+
 impl SmStore {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn open(
         group: GroupId,
         engine: Arc<dyn Engine>,
         commit: GroupCommit,
         sm: Box<dyn StateMachine>,
+        gen: Arc<AtomicU32>,
         progress: Arc<ApplyProgress>,
         applied_tx: watch::Sender<u64>,
         observer: Option<Arc<dyn crate::node::ApplyObserver>>,
     ) -> Result<Self, StorageError> {
-        let applied = match engine.get(Cf::RaftMeta, &keys::meta_key(group, keys::APPLIED)).map_err(sm_read)? {
-            Some(bytes) => codec::decode("applied state", &bytes).map_err(sm_read)?,
-            None => AppliedState::default(),
-        };
+        let applied: AppliedState =
+            match engine.get(Cf::RaftMeta, &keys::meta_key(group, keys::APPLIED)).map_err(sm_read)? {
+                Some(bytes) => codec::decode("applied state", &bytes).map_err(sm_read)?,
+                None => AppliedState::default(),
+            };
+        gen.store(applied.gen, Ordering::Release);
+        // Generations other than the applied one are what a crash mid-install left: drop them.
+        let (live_start, live_end) = keys::gen_range(group, applied.gen);
+        let group_end = keys::gen_range(group, u32::MAX).1;
+        let mut b = WriteBatch::new();
+        b.delete_range(Cf::State, group.to_be_bytes().to_vec(), live_start);
+        b.delete_range(Cf::State, live_end, group_end);
+        engine.write(b, false).map_err(sm_write)?;
+        let snap_dir = engine.files_dir().map(|root| crate::snapshot::group_dir(&root.join("snapshots"), group));
         let idx = applied.last_applied.map(|l| l.index).unwrap_or(0);
         progress.applied_index.store(idx, Ordering::Release);
         applied_tx.send_replace(idx);
-        Ok(Self { group, engine, commit, sm, applied, progress, applied_tx, snapshot_seq: 0, observer })
+        let store =
+            Self { group, engine, commit, sm, applied, gen, snap_dir, progress, applied_tx, snapshot_seq: 0, observer };
+        store.remove_stale_files();
+        Ok(store)
     }
 
     fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
@@ -357,11 +403,118 @@ impl SmStore {
         }
     }
 
+    /// Deletes snapshot files the stored snapshot does not name (older ones, partial receives).
+    fn remove_stale_files(&self) {
+        let Some(dir) = &self.snap_dir else { return };
+        let keep = match self.stored_snapshot() {
+            Ok(Some(StoredSnapshot { bytes: SnapshotBytes::File(name), .. })) => Some(name),
+            _ => None,
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if Some(&name) != keep.as_ref() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
     fn set_applied_index(&self) {
         let idx = self.applied.last_applied.map(|l| l.index).unwrap_or(0);
         self.progress.applied_index.store(idx, Ordering::Release);
         self.applied_tx.send_replace(idx);
     }
+
+    /// Opens stored snapshot bytes for openraft to stream.
+    async fn open_bytes(&self, bytes: &SnapshotBytes) -> Result<SnapData, StorageError> {
+        match (bytes, &self.snap_dir) {
+            (SnapshotBytes::Mem(data), _) => Ok(SnapData::Mem(Cursor::new(data.clone()))),
+            (SnapshotBytes::File(name), Some(dir)) => {
+                let path = dir.join(name);
+                let file = tokio::fs::File::open(&path).await.map_err(snap_read)?;
+                Ok(SnapData::File { file, path })
+            }
+            (SnapshotBytes::File(name), None) => {
+                Err(snap_read(SnapError::Corrupt(format!("snapshot file {name} on an engine without files"))))
+            }
+        }
+    }
+}
+
+/// Writes generation `gen` of `group` as a snapshot to `out`, page by page.
+fn write_snapshot<W: std::io::Write>(
+    engine: &dyn Engine,
+    group: GroupId,
+    gen: u32,
+    header: &[u8],
+    out: W,
+) -> Result<(W, u64), SnapError> {
+    let mut w = SnapWriter::new(out, header)?;
+    let (start, end) = keys::gen_range(group, gen);
+    let mut from = start;
+    let mut first = true;
+    let mut count = 0u64;
+    loop {
+        let lower = if first { Bound::Included(from.as_slice()) } else { Bound::Excluded(from.as_slice()) };
+        let page = engine
+            .scan(Cf::State, lower, Bound::Excluded(end.as_slice()), BUILD_PAGE)
+            .map_err(|e| SnapError::Io(std::io::Error::other(e.to_string())))?;
+        first = false;
+        let full = page.len() == BUILD_PAGE;
+        for (k, v) in page {
+            // A damaged value is never passed on: the build fails (and this replica halts).
+            open_stored(group, &k[keys::STATE_PREFIX_BYTES..], &v).map_err(|e| SnapError::Corrupt(e.to_string()))?;
+            w.record(&k[keys::STATE_PREFIX_BYTES..], &v)?;
+            count += 1;
+            from = k;
+        }
+        if !full {
+            return Ok((w.finish()?, count));
+        }
+    }
+}
+
+/// Checks a snapshot end to end, then writes its records under generation `gen` of `group`, in
+/// bounded batches (unsynced: nothing points at this generation until the caller switches).
+fn install_records<R: std::io::Read>(
+    engine: &dyn Engine,
+    group: GroupId,
+    gen: u32,
+    open: impl Fn() -> Result<R, SnapError>,
+) -> Result<SnapshotHeader, SnapError> {
+    let (reader, header) = SnapReader::open(open()?)?;
+    let header: SnapshotHeader =
+        codec::decode("snapshot header", &header).map_err(|e| SnapError::Corrupt(e.to_string()))?;
+    if header.group != group {
+        return Err(SnapError::Corrupt(format!("a snapshot of shard {} sent to shard {group}", header.group)));
+    }
+    reader.verify()?;
+    let io = |e: norn_storage::Error| SnapError::Io(std::io::Error::other(e.to_string()));
+    let (start, end) = keys::gen_range(group, gen);
+    let mut batch = WriteBatch::new();
+    batch.delete_range(Cf::State, start, end);
+    let mut bytes = 0usize;
+    let (mut reader, _) = SnapReader::open(open()?)?;
+    while let Some((k, v)) = reader.next_record()? {
+        // Values travel sealed as stored; a damaged one refuses the whole snapshot.
+        open_stored(group, &k, &v).map_err(|e| SnapError::Corrupt(e.to_string()))?;
+        bytes += k.len() + v.len();
+        batch.put(Cf::State, keys::state_key(group, gen, &k), v);
+        if bytes >= INSTALL_BATCH_BYTES {
+            engine.write(std::mem::take(&mut batch), false).map_err(io)?;
+            bytes = 0;
+        }
+    }
+    engine.write(batch, false).map_err(io)?;
+    Ok(header)
+}
+
+/// A new file in `dir` named `name`, created for reading and writing.
+async fn create_file(dir: &Path, name: &str) -> std::io::Result<(tokio::fs::File, PathBuf)> {
+    tokio::fs::create_dir_all(dir).await?;
+    let path = dir.join(name);
+    let file = tokio::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).await?;
+    Ok((file, path))
 }
 
 impl RaftStateMachine<TypeConfig> for SmStore {
@@ -376,7 +529,7 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut txn = Txn::new(self.group, &*self.engine);
+        let mut txn = Txn::new(self.group, self.applied.gen, &*self.engine);
         let mut responses = Vec::new();
         let mut applied = self.applied.clone();
         for entry in entries {
@@ -461,60 +614,119 @@ impl RaftStateMachine<TypeConfig> for SmStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        // Runs on the state machine's task, between applies: the copy taken here is consistent.
+        // Runs on the state machine's task, between applies: the state written here is the state
+        // at `applied`, streamed page by page (for a file, on a blocking thread).
         self.snapshot_seq += 1;
-        let kvs = self
-            .engine
-            .scan_prefix(Cf::State, &keys::group_prefix(self.group), usize::MAX)
-            .map(|kvs| kvs.into_iter().map(|(k, v)| (k[4..].to_vec(), v)).collect());
+        let last = self.applied.last_applied;
+        let snapshot_id = format!(
+            "{}-{}-{}-{}",
+            self.group,
+            last.map(|l| l.leader_id.term).unwrap_or(0),
+            last.map(|l| l.index).unwrap_or(0),
+            self.snapshot_seq
+        );
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: self.applied.membership.clone(),
+            snapshot_id: snapshot_id.clone(),
+        };
+        let header = SnapshotHeader { group: self.group, last_timestamp_ms: self.applied.last_timestamp_ms };
+        let built = match codec::encode("snapshot header", &header) {
+            Err(e) => Err(snap_write(e)),
+            Ok(header) => {
+                let (engine, group, gen) = (self.engine.clone(), self.group, self.applied.gen);
+                match &self.snap_dir {
+                    None => write_snapshot(&*engine, group, gen, &header, Vec::new())
+                        .map(|(data, count)| (SnapshotBytes::Mem(data), count))
+                        .map_err(snap_write),
+                    Some(dir) => {
+                        let (dir, name) = (dir.clone(), format!("built-{snapshot_id}.snap"));
+                        tokio::task::spawn_blocking(move || -> Result<(SnapshotBytes, u64), SnapError> {
+                            std::fs::create_dir_all(&dir)?;
+                            let tmp = dir.join(format!("{name}.tmp"));
+                            let file = std::fs::File::create(&tmp)?;
+                            let (w, count) =
+                                write_snapshot(&*engine, group, gen, &header, std::io::BufWriter::new(file))?;
+                            let file = w.into_inner().map_err(|e| SnapError::Io(e.into_error()))?;
+                            file.sync_all()?;
+                            std::fs::rename(&tmp, dir.join(&name))?;
+                            crate::snapshot::sync_dir(&dir)?;
+                            Ok((SnapshotBytes::File(name), count))
+                        })
+                        .await
+                        .map_err(|e| snap_write(std::io::Error::other(e.to_string())))
+                        .and_then(|r| r.map_err(snap_write))
+                    }
+                }
+            }
+        };
         SnapshotBuilder {
             group: self.group,
             engine: self.engine.clone(),
             commit: self.commit.clone(),
-            applied: self.applied.clone(),
-            kvs,
-            seq: self.snapshot_seq,
+            meta,
+            built: Some(built),
+            snap_dir: self.snap_dir.clone(),
             progress: self.progress.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let body: SnapshotBody = codec::decode("received snapshot", &data).map_err(snap_read)?;
-        let mut batch = WriteBatch::new();
-        let prefix = keys::group_prefix(self.group);
-        match norn_storage::prefix_end(&prefix) {
-            Some(end) => batch.delete_range(Cf::State, prefix.to_vec(), end),
-            None => {
-                for (k, _) in self.engine.scan_prefix(Cf::State, &prefix, usize::MAX).map_err(snap_write)? {
-                    batch.delete(Cf::State, k);
-                }
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapData>, StorageError> {
+        match &self.snap_dir {
+            None => Ok(Box::new(SnapData::Mem(Cursor::new(Vec::new())))),
+            Some(dir) => {
+                self.snapshot_seq += 1;
+                let name = format!("incoming-{}.part", self.snapshot_seq);
+                let (file, path) = create_file(dir, &name).await.map_err(snap_write)?;
+                Ok(Box::new(SnapData::File { file, path }))
             }
         }
-        for (k, v) in &body.kvs {
-            // Values travel sealed as stored; a damaged one refuses the whole snapshot.
-            open_stored(self.group, k, v).map_err(snap_read)?;
-            batch.put(Cf::State, keys::state_key(self.group, k), v.clone());
-        }
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapData>) -> Result<(), StorageError> {
+        let (group, engine) = (self.group, self.engine.clone());
+        let old_gen = self.applied.gen;
+        let gen = old_gen.wrapping_add(1);
+        // Check the whole snapshot, then write it under a new generation; the old state stays
+        // whole until the switch below.
+        let (header, bytes) = match *snapshot {
+            SnapData::Mem(c) => {
+                let data = c.into_inner();
+                let header = install_records(&*engine, group, gen, || Ok(data.as_slice())).map_err(snap_read)?;
+                (header, SnapshotBytes::Mem(data))
+            }
+            SnapData::File { file, path } => {
+                file.sync_all().await.map_err(snap_write)?;
+                drop(file);
+                let dir =
+                    self.snap_dir.clone().ok_or_else(|| snap_write(std::io::Error::other("no snapshot directory")))?;
+                let name = format!("recv-{}.snap", meta.snapshot_id);
+                let target = dir.join(&name);
+                let header = tokio::task::spawn_blocking(move || -> Result<SnapshotHeader, SnapError> {
+                    std::fs::rename(&path, &target)?;
+                    crate::snapshot::sync_dir(&dir)?;
+                    install_records(&*engine, group, gen, || Ok(std::io::BufReader::new(std::fs::File::open(&target)?)))
+                })
+                .await
+                .map_err(|e| snap_write(std::io::Error::other(e.to_string())))?
+                .map_err(snap_read)?;
+                (header, SnapshotBytes::File(name))
+            }
+        };
+        // The switch: applied state (naming the new generation) and the stored snapshot, synced.
         let applied = AppliedState {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
-            last_timestamp_ms: body.applied.last_timestamp_ms,
+            last_timestamp_ms: header.last_timestamp_ms,
+            gen,
         };
+        let mut batch = WriteBatch::new();
         batch.put(
             Cf::RaftMeta,
             keys::meta_key(self.group, keys::APPLIED),
             codec::encode("applied state", &applied).map_err(snap_write)?,
         );
-        let stored = StoredSnapshot { meta: meta.clone(), data };
+        let stored = StoredSnapshot { meta: meta.clone(), bytes };
         batch.put(
             Cf::RaftMeta,
             keys::meta_key(self.group, keys::SNAPSHOT),
@@ -522,7 +734,16 @@ impl RaftStateMachine<TypeConfig> for SmStore {
         );
         self.engine.write(batch, false).map_err(snap_write)?;
         self.commit.flush().await.map_err(snap_write)?;
+        self.gen.store(gen, Ordering::Release);
         self.applied = applied;
+        // The old generation is unreachable now.
+        let (start, end) = keys::gen_range(self.group, old_gen);
+        let mut b = WriteBatch::new();
+        b.delete_range(Cf::State, start, end);
+        if let Err(e) = self.engine.write(b, false) {
+            tracing::warn!(shard = self.group, error = %e, "could not drop the replaced state; the next start does");
+        }
+        self.remove_stale_files();
         self.sm.reset();
         self.set_applied_index();
         self.progress.snapshots_installed.fetch_add(1, Ordering::Relaxed);
@@ -531,7 +752,10 @@ impl RaftStateMachine<TypeConfig> for SmStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.stored_snapshot()?.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        match self.stored_snapshot()? {
+            None => Ok(None),
+            Some(s) => Ok(Some(Snapshot { meta: s.meta, snapshot: Box::new(self.open_bytes(&s.bytes).await?) })),
+        }
     }
 }
 
@@ -561,35 +785,22 @@ fn entry_digest(entry: &Entry) -> u64 {
     h
 }
 
-/// Builds a snapshot from the copy taken by `get_snapshot_builder`.
+/// Records the snapshot `get_snapshot_builder` wrote.
 pub struct SnapshotBuilder {
     group: GroupId,
     engine: Arc<dyn Engine>,
     commit: GroupCommit,
-    applied: AppliedState,
-    kvs: norn_storage::Result<Vec<(Vec<u8>, Vec<u8>)>>,
-    seq: u64,
+    meta: SnapshotMeta,
+    built: Option<Result<(SnapshotBytes, u64), StorageError>>,
+    snap_dir: Option<PathBuf>,
     progress: Arc<ApplyProgress>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let kvs = std::mem::replace(&mut self.kvs, Ok(Vec::new())).map_err(snap_read)?;
-        let body = SnapshotBody { applied: self.applied.clone(), kvs };
-        let data = codec::encode("snapshot", &body).map_err(snap_write)?;
-        let last = self.applied.last_applied;
-        let meta = SnapshotMeta {
-            last_log_id: last,
-            last_membership: self.applied.membership.clone(),
-            snapshot_id: format!(
-                "{}-{}-{}-{}",
-                self.group,
-                last.map(|l| l.leader_id.term).unwrap_or(0),
-                last.map(|l| l.index).unwrap_or(0),
-                self.seq
-            ),
-        };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let (bytes, count) =
+            self.built.take().unwrap_or_else(|| Err(snap_write(std::io::Error::other("snapshot built twice"))))?;
+        let stored = StoredSnapshot { meta: self.meta.clone(), bytes: bytes.clone() };
         let mut batch = WriteBatch::new();
         batch.put(
             Cf::RaftMeta,
@@ -597,11 +808,49 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             codec::encode("stored snapshot", &stored).map_err(snap_write)?,
         );
         self.engine.write(batch, false).map_err(snap_write)?;
-        // The applied state up to `last` and the snapshot are durable before the log behind
+        // The applied state up to the snapshot and the snapshot are durable before the log behind
         // them may be purged.
         self.commit.flush().await.map_err(snap_write)?;
         self.progress.snapshots_built.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(shard = self.group, snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        let data = match (&bytes, &self.snap_dir) {
+            (SnapshotBytes::Mem(d), _) => SnapData::Mem(Cursor::new(d.clone())),
+            (SnapshotBytes::File(name), Some(dir)) => {
+                // Older snapshot files of the group are not needed any more.
+                if let Ok(entries) = std::fs::read_dir(dir) {
+                    for e in entries.flatten() {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        if n != *name && n.starts_with("built-") {
+                            let _ = std::fs::remove_file(e.path());
+                        }
+                    }
+                }
+                let path = dir.join(name);
+                SnapData::File { file: tokio::fs::File::open(&path).await.map_err(snap_read)?, path }
+            }
+            (SnapshotBytes::File(_), None) => return Err(snap_read(std::io::Error::other("no snapshot directory"))),
+        };
+        tracing::info!(shard = self.group, snapshot = %self.meta.snapshot_id, records = count, "built snapshot");
+        Ok(Snapshot { meta: self.meta.clone(), snapshot: Box::new(data) })
     }
+}
+
+/// Every group's state as stored by a node (current generation; values still sealed, to be
+/// checked with [`codec::open_value`] by the caller), for tools and the simulator's checks.
+pub fn stored_state(engine: &dyn Engine) -> norn_storage::Result<BTreeMap<GroupId, Vec<crate::snapshot::Pair>>> {
+    let mut out = BTreeMap::new();
+    for (k, v) in engine.scan_prefix(Cf::RaftMeta, &[], usize::MAX)? {
+        if k.len() != 5 || k[4] != keys::APPLIED {
+            continue;
+        }
+        let group = u32::from_be_bytes([k[0], k[1], k[2], k[3]]);
+        let applied: AppliedState = codec::decode("applied state", &v).map_err(|e| norn_storage::Error::Corrupt {
+            what: format!("shard {group} applied state"),
+            detail: e.to_string(),
+        })?;
+        let (start, end) = keys::gen_range(group, applied.gen);
+        let pairs = engine.scan(Cf::State, Bound::Included(&start), Bound::Excluded(&end), usize::MAX)?;
+        let pairs = pairs.into_iter().map(|(k, v)| (k[keys::STATE_PREFIX_BYTES..].to_vec(), v)).collect();
+        out.insert(group, pairs);
+    }
+    Ok(out)
 }

@@ -1,7 +1,6 @@
 //! The openraft type configuration and Norn's own types that other crates see.
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
@@ -53,7 +52,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot::SnapData,
         AsyncRuntime = NornRuntime,
         Responder = openraft::impls::OneshotResponder<TypeConfig>,
 );

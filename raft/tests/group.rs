@@ -249,7 +249,8 @@ async fn a_corrupt_state_value_halts_the_group_on_that_replica_naming_the_key() 
     g.node(victim).wait_applied(0, g.node(leader).status()[0].applied_index).await.unwrap();
     // Flip one bit of the stored `len` value on a follower, under its running node.
     let engine = MemEngine::open(&g.disks[(victim - 1) as usize]);
-    let key = [&0u32.to_be_bytes()[..], b"len"].concat();
+    // State keys: group (u32 BE), generation (u32 BE, 0 until a snapshot is installed), key.
+    let key = [&0u32.to_be_bytes()[..], &0u32.to_be_bytes(), b"len"].concat();
     let mut value = engine.get(Cf::State, &key).unwrap().expect("len stored");
     let at = value.len() - 1;
     value[at] ^= 0x01;

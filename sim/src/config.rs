@@ -28,11 +28,25 @@ pub enum Fault {
     PowerLoss,
     /// Kill an SDK worker host (its running activities and workflow tasks die) and restart it.
     WorkerCrash,
+    /// Kill a node while part of its unsynced writes had reached the disk anyway (a prefix of
+    /// them survives; a torn last record is dropped as recovery drops it) and restart it.
+    TornCrash,
+    /// A node's next fsync fails: its store is poisoned and its shards stop until it restarts.
+    FailingFsync,
+    /// Bit rot: one bit of one synced state value on one node flips (once per run). The replica
+    /// that finds it takes itself out of that shard; the others carry on.
+    BitFlip,
+    /// A node's disk falls below its free-space reserve: it refuses new writes, then space
+    /// returns.
+    DiskFull,
+    /// A node of another cluster (fresh data, another cluster id) runs on a member's address for
+    /// a while: every node must refuse it.
+    StaleNode,
 }
 
 impl Fault {
     /// Every fault class.
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 15] = [
         Fault::Partition,
         Fault::IsolateLeader,
         Fault::Split,
@@ -43,6 +57,11 @@ impl Fault {
         Fault::LongOutage,
         Fault::PowerLoss,
         Fault::WorkerCrash,
+        Fault::TornCrash,
+        Fault::FailingFsync,
+        Fault::BitFlip,
+        Fault::DiskFull,
+        Fault::StaleNode,
     ];
 
     /// The command-line name.
@@ -58,6 +77,11 @@ impl Fault {
             Fault::LongOutage => "long-outage",
             Fault::PowerLoss => "power-loss",
             Fault::WorkerCrash => "worker-crash",
+            Fault::TornCrash => "torn-crash",
+            Fault::FailingFsync => "failing-fsync",
+            Fault::BitFlip => "bit-flip",
+            Fault::DiskFull => "disk-full",
+            Fault::StaleNode => "stale-node",
         }
     }
 
@@ -88,6 +112,8 @@ pub struct SimConfig {
     pub time_limit: Duration,
     /// A bug planted in every node, to show the checks catch it (tests only).
     pub planted_bug: Option<norn_raft::PlantedBug>,
+    /// Workflows started on a task queue no worker polls, left open for the whole run.
+    pub idle_workflows: usize,
 }
 
 impl SimConfig {
@@ -104,6 +130,7 @@ impl SimConfig {
             fault_window: Duration::from_secs(60),
             time_limit: Duration::from_secs(900),
             planted_bug: None,
+            idle_workflows: 100,
         }
     }
 

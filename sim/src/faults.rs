@@ -26,6 +26,12 @@ enum Heal {
     Restart { node: usize, then_crash: Option<Duration> },
     /// Restart every node after a power loss.
     PowerBack,
+    /// Kill a node whose store is poisoned (a failed fsync) and restart it.
+    CrashRestart(usize),
+    /// Give a node's disk its space back.
+    SpaceBack(usize),
+    /// Stop the other cluster's node and start the member again.
+    StaleGone(usize),
 }
 
 struct Active {
@@ -51,11 +57,15 @@ pub struct Faults {
     pub(crate) outage_nodes: Vec<usize>,
     /// Injections and heals with their simulated times.
     pub log: Vec<(Duration, String)>,
+    /// Per-node controls (free space, stale node).
+    ctls: Vec<crate::simulation::NodeCtl>,
+    /// (node, shard) replicas whose data a flipped bit damaged.
+    pub damaged: std::collections::BTreeSet<(usize, u32)>,
 }
 
 impl Faults {
     /// A schedule for `cfg`, drawn from `rng`.
-    pub fn new(cfg: &SimConfig, rng: StdRng) -> Faults {
+    pub fn new(cfg: &SimConfig, rng: StdRng, ctls: Vec<crate::simulation::NodeCtl>) -> Faults {
         Faults {
             cfg: cfg.clone(),
             rng,
@@ -68,6 +78,8 @@ impl Faults {
             healed: false,
             outage_nodes: Vec::new(),
             log: Vec::new(),
+            ctls,
+            damaged: Default::default(),
         }
     }
 
@@ -275,6 +287,55 @@ impl Faults {
                 self.active = Some(Active { until: now + length, heal: Heal::PowerBack });
                 return;
             }
+            Fault::TornCrash => {
+                let pending = disks[node - 1].unsynced_batches();
+                let keep = if pending == 0 { 0 } else { self.rng.gen_range(0..=pending) };
+                sim.crash(node_host(node));
+                disks[node - 1].crash_keeping(keep);
+                obs.lock().nodes.remove(&node);
+                self.note(
+                    now,
+                    format!("crash {} keeping {keep} of {pending} unsynced write batches (torn)", node_host(node)),
+                );
+                Heal::Restart { node, then_crash: None }
+            }
+            Fault::FailingFsync => {
+                disks[node - 1].fail_next_sync();
+                self.note(now, format!("{}: its next fsync fails", node_host(node)));
+                Heal::CrashRestart(node)
+            }
+            Fault::BitFlip => {
+                // Once per run, and never a second replica of a shard.
+                if !self.damaged.is_empty() {
+                    return;
+                }
+                let pick = self.rng.gen_range(0..usize::MAX);
+                let bit = self.rng.gen_range(0..usize::MAX);
+                let Some(key) = disks[node - 1].flip_bit(norn_storage::Cf::State, pick, bit) else { return };
+                let shard = u32::from_be_bytes([key[0], key[1], key[2], key[3]]);
+                self.damaged.insert((node, shard));
+                self.note(
+                    now,
+                    format!(
+                        "flip a bit of a synced value on {} (shard {shard}, key {})",
+                        node_host(node),
+                        String::from_utf8_lossy(&key[8.min(key.len())..])
+                    ),
+                );
+                return;
+            }
+            Fault::DiskFull => {
+                self.ctls[node - 1].free_bytes.store(0, std::sync::atomic::Ordering::Relaxed);
+                self.note(now, format!("{}: disk below its free-space reserve", node_host(node)));
+                Heal::SpaceBack(node)
+            }
+            Fault::StaleNode => {
+                self.crash_node(sim, disks, obs, node, now, "replaced by another cluster's node");
+                self.ctls[node - 1].stale.store(true, std::sync::atomic::Ordering::Relaxed);
+                sim.bounce(node_host(node));
+                self.note(now, format!("another cluster's node runs on {}'s address", node_host(node)));
+                Heal::StaleGone(node)
+            }
             Fault::Lossy | Fault::WorkerCrash => return,
         };
         self.active = Some(Active { until: now + length, heal });
@@ -311,6 +372,21 @@ impl Faults {
                     sim.bounce(node_host(n));
                 }
                 self.note(now, "power back: every node restarts".into());
+            }
+            Heal::CrashRestart(node) => {
+                self.crash_node(sim, disks, obs, node, now, "restart after a failed fsync");
+                sim.bounce(node_host(node));
+                self.note(now, format!("restart {}", node_host(node)));
+            }
+            Heal::SpaceBack(node) => {
+                self.ctls[node - 1].free_bytes.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+                self.note(now, format!("{}: disk space back", node_host(node)));
+            }
+            Heal::StaleGone(node) => {
+                sim.crash(node_host(node));
+                self.ctls[node - 1].stale.store(false, std::sync::atomic::Ordering::Relaxed);
+                sim.bounce(node_host(node));
+                self.note(now, format!("the other cluster's node is gone; {} restarts", node_host(node)));
             }
         }
         let _ = (disks, obs);

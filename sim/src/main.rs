@@ -27,12 +27,16 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// Fault classes, comma separated (default: all): partition, isolate-leader, split, one-way,
-    /// lossy, crash, snapshot-crash, long-outage, power-loss, worker-crash.
+    /// lossy, crash, snapshot-crash, long-outage, power-loss, worker-crash, torn-crash,
+    /// failing-fsync, bit-flip, disk-full, stale-node.
     #[arg(long, value_delimiter = ',')]
     faults: Option<Vec<String>>,
     /// Workflows per seed.
     #[arg(long, default_value_t = 10)]
     workflows: usize,
+    /// Idle workflows per seed (started on a task queue no worker polls, open all run).
+    #[arg(long, default_value_t = 100)]
+    idle_workflows: usize,
     /// Seconds of simulated time with faults before the cluster heals.
     #[arg(long, default_value_t = 60)]
     fault_seconds: u64,
@@ -78,6 +82,7 @@ fn config(args: &Args, seed: u64) -> SimConfig {
         planted_bug,
         nodes: args.nodes,
         workflows: args.workflows,
+        idle_workflows: args.idle_workflows,
         faults,
         fault_window: Duration::from_secs(args.fault_seconds),
         ..SimConfig::new(seed)

@@ -238,6 +238,23 @@ fn align_task_ids() {
     });
 }
 
+/// What the fault schedule controls on one node host besides its network and disk.
+#[derive(Clone)]
+pub struct NodeCtl {
+    /// Free bytes the node's disk reports (plenty unless a disk-full fault is on).
+    pub free_bytes: Arc<AtomicU64>,
+    /// The host runs another cluster's node (on `stale_disk`) instead of the member.
+    pub stale: Arc<std::sync::atomic::AtomicBool>,
+    /// The other cluster's node's disk.
+    pub stale_disk: MemDisk,
+}
+
+impl Default for NodeCtl {
+    fn default() -> Self {
+        Self { free_bytes: Arc::new(AtomicU64::new(u64::MAX)), stale: Arc::default(), stale_disk: MemDisk::new() }
+    }
+}
+
 fn run(s: &Simulation) -> SimReport {
     let cfg = &s.config;
     // The wall clock measures the run from outside the simulation (for the report only).
@@ -257,22 +274,37 @@ fn run(s: &Simulation) -> SimReport {
         .build();
     let obs = Observations::default();
     let disks: Vec<MemDisk> = (0..cfg.nodes).map(|_| MemDisk::new()).collect();
+    let ctls: Vec<NodeCtl> = (0..cfg.nodes).map(|_| NodeCtl::default()).collect();
     for i in 1..=cfg.nodes {
-        let disk = disks[i - 1].clone();
+        let (disk, ctl) = (disks[i - 1].clone(), ctls[i - 1].clone());
         let mut config = node_config(cfg, i as u64);
         config.raft.apply_observer = ObserverSlot(Some(obs.apply_observer(i)));
+        // The same member as another cluster's node would start it: its own data, its own id.
+        let mut stale_config = config.clone();
+        stale_config.cluster_id = "another-cluster".into();
+        stale_config.raft.apply_observer = ObserverSlot(None);
         let obs = obs.clone();
         sim.host(node_host(i), move || {
-            let (disk, config, obs) = (disk.clone(), config.clone(), obs.clone());
+            let (disk, ctl, obs) = (disk.clone(), ctl.clone(), obs.clone());
+            let stale = ctl.stale.load(Ordering::Relaxed);
+            let config = if stale { stale_config.clone() } else { config.clone() };
             async move {
+                let disk = if stale { ctl.stale_disk.clone() } else { disk };
+                let free = ctl.free_bytes.clone();
                 let platform = Platform {
                     engine: Arc::new(MemEngine::open(&disk)),
                     connector: Arc::new(SimConnector),
                     clock: Arc::new(SimClock),
                     raft_incoming: incoming(RAFT_PORT).await?,
                     client_incoming: incoming(CLIENT_PORT).await?,
-                    free_bytes: Box::new(|| None),
+                    free_bytes: Box::new(move || Some(free.load(Ordering::Relaxed))),
                 };
+                if stale {
+                    // Another cluster's node: it must get nowhere; it is not observed.
+                    let _node = norn_node::server::start_on(config, platform, None).await.map_err(|e| e.to_string())?;
+                    futures::future::pending::<()>().await;
+                    return Ok(());
+                }
                 let node = norn_node::server::start_on(config, platform, None).await.map_err(|e| e.to_string())?;
                 let (control, mut requests) = tokio::sync::mpsc::unbounded_channel();
                 obs.lock().nodes.insert(i, NodeHandle { raft: node.raft.clone(), control });
@@ -334,7 +366,7 @@ fn run(s: &Simulation) -> SimReport {
     }
 
     let mut report = SimReport { seed: cfg.seed, ..Default::default() };
-    let mut faults = Faults::new(cfg, StdRng::seed_from_u64(rng.gen()));
+    let mut faults = Faults::new(cfg, StdRng::seed_from_u64(rng.gen()), ctls);
     let mut next_sample = Duration::ZERO;
     loop {
         faults.step(&mut sim, &disks, &obs);
@@ -373,7 +405,16 @@ fn check(
     report: &mut SimReport,
 ) {
     let cfg = &s.config;
-    let per_node: Vec<_> = disks.iter().map(checks::disk::read).collect();
+    // A replica whose data a flipped bit damaged is out of its shard: it is not compared.
+    let per_node: Vec<_> = disks
+        .iter()
+        .map(checks::disk::read)
+        .enumerate()
+        .map(|(i, mut m)| {
+            m.retain(|shard, _| !faults.damaged.contains(&(i + 1, *shard)));
+            m
+        })
+        .collect();
     let runs = checks::histories::final_runs(&per_node);
     match finished.lock().unwrap_or_else(|p| p.into_inner()).take() {
         None => {

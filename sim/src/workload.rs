@@ -13,9 +13,12 @@ use crate::config::SimConfig;
 use crate::scenario::Scenario;
 use crate::simulation::{Simulation, TASK_QUEUE};
 
+/// A task queue no worker polls.
+const IDLE_TASK_QUEUE: &str = "sim-nobody-polls";
+
 /// The built-in simulation for `cfg` (what `norn-sim` runs).
 pub fn builtin(cfg: SimConfig) -> Simulation {
-    let (workflows, window) = (cfg.workflows, cfg.fault_window);
+    let (workflows, window, idle) = (cfg.workflows, cfg.fault_window, cfg.idle_workflows);
     Simulation::new(cfg)
         .workflow("sim_order", sim_order)
         .workflow("sim_parent", sim_parent)
@@ -24,7 +27,7 @@ pub fn builtin(cfg: SimConfig) -> Simulation {
         .workflow("sim_approval", sim_approval)
         .workflow("sim_sleeper", sim_sleeper)
         .activity("charge", charge)
-        .scenario(move |s| drive(s, workflows, window))
+        .scenario(move |s| drive(s, workflows, window, idle))
 }
 
 fn charge_options() -> ActivityOptions {
@@ -152,7 +155,21 @@ async fn one(s: Scenario, i: u64) -> Result<(), String> {
 
 /// Starts the workflows spread over the fault window (so faults hit them at every stage) and
 /// waits for every one.
-async fn drive(s: Scenario, workflows: usize, window: Duration) -> Result<(), String> {
+async fn drive(s: Scenario, workflows: usize, window: Duration, idle: usize) -> Result<(), String> {
+    // Workflows no worker ever serves stay open the whole run: they must cost the leaders nothing
+    // that slows the others, and every acknowledged start must survive every fault.
+    let idle_starts: Vec<_> = (0..idle)
+        .map(|i| {
+            let s = s.clone();
+            tokio::task::spawn_local(async move {
+                let id = format!("idle-{i}");
+                let _ = s.start("sim_sleeper", &id, &(i as u64), StartOptions::new(id.clone(), IDLE_TASK_QUEUE)).await;
+            })
+        })
+        .collect();
+    for t in idle_starts {
+        let _ = t.await;
+    }
     let gap = window / (workflows.max(1) as u32);
     let mut running = Vec::new();
     for i in 0..workflows as u64 {

@@ -98,6 +98,12 @@ pub trait Engine: Send + Sync + 'static {
     /// directly from async code, and must, to stay deterministic in the simulator.
     fn is_inline(&self) -> bool;
 
+    /// A directory beside the store for large files that do not belong in it (snapshot files),
+    /// or `None` when the engine keeps everything in memory (the simulator's engine).
+    fn files_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
     /// Returns every pair with the given prefix, in key order.
     fn scan_prefix(&self, cf: Cf, prefix: &[u8], limit: usize) -> Result<Vec<Kv>> {
         match prefix_end(prefix) {

@@ -50,6 +50,45 @@ impl MemDisk {
         s.fail_next_sync = false;
     }
 
+    /// A crash in which the first `keep` unsynced batches had reached the disk anyway (a write
+    /// cache that flushed part of its contents, in order): they survive, the rest is lost. A batch
+    /// is kept whole or not at all, as a log's torn last record is dropped on recovery.
+    pub fn crash_keeping(&self, keep: usize) {
+        let mut s = lock(&self.state);
+        let unsynced = std::mem::take(&mut s.unsynced);
+        for batch in unsynced.iter().take(keep) {
+            apply(&mut s.durable, batch);
+        }
+        drop(s);
+        self.crash();
+    }
+
+    /// Writes since the last sync, in batches.
+    pub fn unsynced_batches(&self) -> usize {
+        lock(&self.state).unsynced.len()
+    }
+
+    /// Bit rot: flips bit `bit` of the value of the `pick`-th key (modulo their number) of `cf`
+    /// among the synced data, in what reads see too. Returns the key, or `None` if `cf` is empty.
+    pub fn flip_bit(&self, cf: Cf, pick: usize, bit: usize) -> Option<Vec<u8>> {
+        let mut s = lock(&self.state);
+        let n = s.durable[cf.index()].len();
+        if n == 0 {
+            return None;
+        }
+        let key = s.durable[cf.index()].keys().nth(pick % n)?.clone();
+        let state = &mut *s;
+        for table in [&mut state.durable[cf.index()], &mut state.live[cf.index()]] {
+            if let Some(v) = table.get_mut(&key) {
+                if !v.is_empty() {
+                    let at = (bit / 8) % v.len();
+                    v[at] ^= 1 << (bit % 8);
+                }
+            }
+        }
+        Some(key)
+    }
+
     /// Makes the next sync fail, as a disk that returns EIO on fsync would.
     pub fn fail_next_sync(&self) {
         lock(&self.state).fail_next_sync = true;

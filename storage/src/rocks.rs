@@ -219,4 +219,9 @@ impl Engine for RocksEngine {
     fn is_inline(&self) -> bool {
         false
     }
+
+    fn files_dir(&self) -> Option<PathBuf> {
+        // Beside the database directory: `DATA_DIR/db` and `DATA_DIR/snapshots`.
+        Some(self.path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.path.clone()))
+    }
 }

@@ -25,7 +25,7 @@ use norn_raft::{NodeId, Role};
 use tokio::sync::Semaphore;
 
 use super::Frontend;
-use crate::history::store::{self, RunKey, WorkflowCommand};
+use crate::history::store::{self, RunKey, StoreError, WorkflowCommand};
 use crate::matching::{QueueKey, TaskRef};
 
 /// Work for a run that stayed due is retried after this long.
@@ -125,7 +125,7 @@ impl Duties {
         for shard in shards {
             if self.due.get(&shard).is_some_and(|s| now >= s.next_wake_ms) {
                 if let Err(e) = self.due_round(shard, now) {
-                    tracing::warn!(shard, error = %e, "reading the due index failed; retrying");
+                    self.fe.store_failed(shard, &e, "reading the due index");
                     if let Some(s) = self.due.get_mut(&shard) {
                         s.next_wake_ms = now.saturating_add(RETRY_MS);
                     }
@@ -188,7 +188,7 @@ impl Duties {
     }
 
     /// Handles what is due on `shard` up to `now`, one bounded round.
-    fn due_round(&mut self, shard: u32, now: u64) -> Result<(), String> {
+    fn due_round(&mut self, shard: u32, now: u64) -> Result<(), StoreError> {
         let view = self.fe.router.raft().view(shard);
         let mut handled = 0;
         let mut todo = Vec::new();
@@ -235,7 +235,7 @@ impl Duties {
             Ok(Some(r)) if r.is_open() => r,
             Ok(_) => return,
             Err(e) => {
-                tracing::error!(shard, run = %key.run_id, error = %e, "cannot read a due run");
+                self.fe.store_failed(shard, &e, "reading a due run");
                 return;
             }
         };
@@ -319,7 +319,7 @@ impl Duties {
                 let (page, more) = match store::ready_page(&view, home, after.as_deref(), READY_PAGE) {
                     Ok(p) => p,
                     Err(e) => {
-                        tracing::error!(shard, error = %e, "cannot read the ready index");
+                        fe.store_failed(shard, &e, "reading the ready index");
                         return;
                     }
                 };
@@ -371,7 +371,7 @@ impl Duties {
                         lock(&self.offered).insert((shard, h), epoch);
                         self.spawn_reoffer(shard, Some(h));
                     }
-                    Err(e) => tracing::warn!(shard, error = %e, "cannot read the ready index"),
+                    Err(e) => self.fe.store_failed(shard, &e, "reading the ready index"),
                 }
             }
         }
@@ -386,7 +386,7 @@ impl Duties {
                         tokio::spawn(async move { fe.tell_parent(shard, child).await });
                     }
                 }
-                Err(e) => tracing::warn!(shard, error = %e, "cannot read the closed-children index"),
+                Err(e) => self.fe.store_failed(shard, &e, "reading the closed-children index"),
             }
         }
     }
@@ -408,7 +408,14 @@ impl Duties {
         for &shard in self.led.keys() {
             let view = self.fe.router.raft().view(shard);
             for (ns, retention_ms) in &namespaces {
-                for (_, run) in store::closed_runs(&view, ns, now.saturating_sub(*retention_ms), RETENTION_BATCH)? {
+                let closed = match store::closed_runs(&view, ns, now.saturating_sub(*retention_ms), RETENTION_BATCH) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.fe.store_failed(shard, &e, "reading the closed-run index");
+                        continue;
+                    }
+                };
+                for (_, run) in closed {
                     tracing::debug!(shard, workflow_id = %run.workflow_id, run_id = %run.run_id, "retention: deleting closed run");
                     let (fe, permits) = (self.fe.clone(), self.permits.clone());
                     tokio::spawn(async move {
@@ -421,5 +428,18 @@ impl Duties {
             }
         }
         Ok(())
+    }
+}
+
+impl Frontend {
+    /// A leader duty could not read its shard's state: damaged data here takes this replica out
+    /// of the shard (another replica leads on); other errors are retried.
+    fn store_failed(&self, shard: u32, e: &StoreError, doing: &str) {
+        if e.is_corrupt() {
+            let (raft, why) = (self.router.raft().clone(), format!("{doing}: {e}"));
+            tokio::spawn(async move { raft.halt(shard, why).await });
+        } else {
+            tracing::warn!(shard, error = %e, "{doing} failed; retrying");
+        }
     }
 }

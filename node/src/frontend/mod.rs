@@ -2,6 +2,7 @@
 //! `Unimplemented` (the generated default), so the SDKs see exactly what Norn honours; see
 //! `docs/compatibility.md`.
 
+mod checks;
 mod children;
 mod duties;
 mod info;
@@ -24,12 +25,15 @@ use tonic::{Request, Response, Status};
 
 use crate::routing::Router;
 
+/// A namespace's id and limits, and when they were read.
+type CachedNamespace = (String, crate::limits::Limits, tokio::time::Instant);
+
 /// The Temporal frontend of one node.
 #[derive(Clone)]
 pub struct Frontend {
     router: Router,
-    /// Namespace name to id. Ids never change and namespaces are never deleted.
-    ns_cache: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Namespace name to id and limits, with when they were read.
+    ns_cache: Arc<Mutex<BTreeMap<String, CachedNamespace>>>,
     clients: Arc<Mutex<BTreeMap<String, WorkflowServiceClient<Channel>>>>,
     due: crate::history::watch::DueWatch,
     queries: queries::QueryWaiters,
@@ -50,6 +54,55 @@ impl Frontend {
         let c = WorkflowServiceClient::new(self.router.channel(addr)?).max_decoding_message_size(128 << 20);
         clients.insert(addr.to_string(), c.clone());
         Ok(c)
+    }
+}
+
+/// Decodes a task token as a node does (for the fuzzing harness).
+pub fn check_task_token(bytes: &[u8]) -> Result<(), Status> {
+    workflows::check_token(bytes)
+}
+
+/// A valid workflow task token (a seed for the fuzzing harness).
+pub fn sample_task_token() -> Vec<u8> {
+    workflows::sample_token()
+}
+
+/// Decodes `body` as one of the WorkflowService request types (chosen by `which`) and checks it
+/// against `limits` as the frontend does before proposing (for the fuzzing harness).
+pub fn check_request_bytes(which: u8, body: &[u8], limits: &crate::limits::Limits) {
+    use checks::Check;
+    use prost::Message;
+    fn one<R: Message + Default + Check>(body: &[u8], limits: &crate::limits::Limits) {
+        if let Ok(r) = R::decode(body) {
+            let _ = r.namespace();
+            let _ = r.check(limits);
+        }
+    }
+    match which % 20 {
+        0 => one::<StartWorkflowExecutionRequest>(body, limits),
+        1 => one::<SignalWithStartWorkflowExecutionRequest>(body, limits),
+        2 => one::<SignalWorkflowExecutionRequest>(body, limits),
+        3 => one::<RequestCancelWorkflowExecutionRequest>(body, limits),
+        4 => one::<TerminateWorkflowExecutionRequest>(body, limits),
+        5 => one::<DeleteWorkflowExecutionRequest>(body, limits),
+        6 => one::<DescribeWorkflowExecutionRequest>(body, limits),
+        7 => one::<GetWorkflowExecutionHistoryRequest>(body, limits),
+        8 => one::<QueryWorkflowRequest>(body, limits),
+        9 => one::<UpdateWorkflowExecutionRequest>(body, limits),
+        10 => one::<PollWorkflowExecutionUpdateRequest>(body, limits),
+        11 => one::<PollWorkflowTaskQueueRequest>(body, limits),
+        12 => one::<PollActivityTaskQueueRequest>(body, limits),
+        13 => one::<RespondWorkflowTaskCompletedRequest>(body, limits),
+        14 => one::<RespondWorkflowTaskFailedRequest>(body, limits),
+        15 => one::<RespondActivityTaskFailedRequest>(body, limits),
+        16 => one::<RespondActivityTaskCanceledRequest>(body, limits),
+        17 => one::<RecordActivityTaskHeartbeatRequest>(body, limits),
+        18 => one::<RespondQueryTaskCompletedRequest>(body, limits),
+        _ => {
+            if let Ok(r) = RespondActivityTaskCompletedRequest::decode(body) {
+                let _ = checks::oversized_result(limits, &r);
+            }
+        }
     }
 }
 
@@ -109,14 +162,23 @@ impl WorkflowService for Frontend {
         &self,
         request: Request<UpdateNamespaceRequest>,
     ) -> Result<Response<UpdateNamespaceResponse>, Status> {
-        namespaces::update(&self.router, request.into_inner()).await.map(Response::new)
+        let req = request.into_inner();
+        let name = req.namespace.clone();
+        let out = namespaces::update(&self.router, req).await;
+        // This node sees its own change at once; the others within their cache's refresh.
+        self.ns_cache.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+        out.map(Response::new)
     }
 
     async fn start_workflow_execution(
         &self,
         request: Request<StartWorkflowExecutionRequest>,
     ) -> Result<Response<StartWorkflowExecutionResponse>, Status> {
-        self.start_workflow(request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            self.start_workflow(req).await.map(Response::new)
+        }
     }
 
     async fn poll_workflow_task_queue(
@@ -137,7 +199,11 @@ impl WorkflowService for Frontend {
         &self,
         request: Request<RespondWorkflowTaskFailedRequest>,
     ) -> Result<Response<RespondWorkflowTaskFailedResponse>, Status> {
-        Frontend::respond_workflow_task_failed(self, request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            Frontend::respond_workflow_task_failed(self, req).await.map(Response::new)
+        }
     }
 
     async fn poll_activity_task_queue(
@@ -158,77 +224,121 @@ impl WorkflowService for Frontend {
         &self,
         request: Request<RespondActivityTaskFailedRequest>,
     ) -> Result<Response<RespondActivityTaskFailedResponse>, Status> {
-        self.respond_activity_failed(request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            self.respond_activity_failed(req).await.map(Response::new)
+        }
     }
 
     async fn get_workflow_execution_history(
         &self,
         request: Request<GetWorkflowExecutionHistoryRequest>,
     ) -> Result<Response<GetWorkflowExecutionHistoryResponse>, Status> {
-        self.get_history(request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            self.get_history(req).await.map(Response::new)
+        }
     }
 
     async fn describe_workflow_execution(
         &self,
         request: Request<DescribeWorkflowExecutionRequest>,
     ) -> Result<Response<DescribeWorkflowExecutionResponse>, Status> {
-        self.describe(request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            self.describe(req).await.map(Response::new)
+        }
     }
 
     async fn update_workflow_execution(
         &self,
         request: Request<UpdateWorkflowExecutionRequest>,
     ) -> Result<Response<UpdateWorkflowExecutionResponse>, Status> {
-        self.update_workflow(request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            self.update_workflow(req).await.map(Response::new)
+        }
     }
 
     async fn poll_workflow_execution_update(
         &self,
         request: Request<PollWorkflowExecutionUpdateRequest>,
     ) -> Result<Response<PollWorkflowExecutionUpdateResponse>, Status> {
-        self.poll_update(request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            self.poll_update(req).await.map(Response::new)
+        }
     }
 
     async fn signal_workflow_execution(
         &self,
         request: Request<SignalWorkflowExecutionRequest>,
     ) -> Result<Response<SignalWorkflowExecutionResponse>, Status> {
-        self.signal(request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            self.signal(req).await.map(Response::new)
+        }
     }
 
     async fn signal_with_start_workflow_execution(
         &self,
         request: Request<SignalWithStartWorkflowExecutionRequest>,
     ) -> Result<Response<SignalWithStartWorkflowExecutionResponse>, Status> {
-        self.signal_with_start(request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            self.signal_with_start(req).await.map(Response::new)
+        }
     }
 
     async fn request_cancel_workflow_execution(
         &self,
         request: Request<RequestCancelWorkflowExecutionRequest>,
     ) -> Result<Response<RequestCancelWorkflowExecutionResponse>, Status> {
-        self.request_cancel(request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            self.request_cancel(req).await.map(Response::new)
+        }
     }
 
     async fn record_activity_task_heartbeat(
         &self,
         request: Request<RecordActivityTaskHeartbeatRequest>,
     ) -> Result<Response<RecordActivityTaskHeartbeatResponse>, Status> {
-        self.record_heartbeat(request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            self.record_heartbeat(req).await.map(Response::new)
+        }
     }
 
     async fn respond_activity_task_canceled(
         &self,
         request: Request<RespondActivityTaskCanceledRequest>,
     ) -> Result<Response<RespondActivityTaskCanceledResponse>, Status> {
-        self.respond_activity_canceled(request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            self.respond_activity_canceled(req).await.map(Response::new)
+        }
     }
 
     async fn delete_workflow_execution(
         &self,
         request: Request<DeleteWorkflowExecutionRequest>,
     ) -> Result<Response<DeleteWorkflowExecutionResponse>, Status> {
-        self.delete_execution(request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            self.delete_execution(req).await.map(Response::new)
+        }
     }
 
     async fn describe_task_queue(
@@ -256,14 +366,22 @@ impl WorkflowService for Frontend {
         &self,
         request: Request<QueryWorkflowRequest>,
     ) -> Result<Response<QueryWorkflowResponse>, Status> {
-        self.query(request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            self.query(req).await.map(Response::new)
+        }
     }
 
     async fn respond_query_task_completed(
         &self,
         request: Request<RespondQueryTaskCompletedRequest>,
     ) -> Result<Response<RespondQueryTaskCompletedResponse>, Status> {
-        self.respond_query_completed(request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            self.respond_query_completed(req).await.map(Response::new)
+        }
     }
 
     async fn list_workflow_executions(
@@ -284,6 +402,10 @@ impl WorkflowService for Frontend {
         &self,
         request: Request<TerminateWorkflowExecutionRequest>,
     ) -> Result<Response<TerminateWorkflowExecutionResponse>, Status> {
-        self.terminate(request.into_inner()).await.map(Response::new)
+        {
+            let req = request.into_inner();
+            self.checked(&req).await?;
+            self.terminate(req).await.map(Response::new)
+        }
     }
 }

@@ -15,12 +15,31 @@ use crate::routing::Router;
 /// Page size when the request gives none.
 const PAGE_SIZE_DEFAULT: usize = 100;
 
+/// Shortest retention accepted.
+const RETENTION_MS_MIN: u64 = 1_000;
+/// Longest retention accepted (100 years).
+const RETENTION_MS_MAX: u64 = 100 * 365 * 86_400_000;
+
+/// A retention period as given (none: keep the default or the current one). Zero, negative,
+/// malformed and absurd periods are refused: a retention that wrapped around would delete every
+/// closed run at once.
 fn duration_ms(d: &Option<prost_wkt_types::Duration>) -> Result<Option<u64>, Status> {
-    match d {
-        None => Ok(None),
-        Some(d) if d.seconds < 0 || d.nanos < 0 => Err(Status::invalid_argument("retention must not be negative")),
-        Some(d) => Ok(Some(d.seconds as u64 * 1000 + d.nanos as u64 / 1_000_000)),
+    let Some(d) = d else { return Ok(None) };
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(Status::invalid_argument("retention must be a positive, well-formed duration"));
     }
+    let ms = u64::try_from(d.seconds)
+        .ok()
+        .and_then(|s| s.checked_mul(1000))
+        .and_then(|ms| ms.checked_add(u64::try_from(d.nanos).unwrap_or(0) / 1_000_000))
+        .filter(|ms| (RETENTION_MS_MIN..=RETENTION_MS_MAX).contains(ms));
+    ms.map(Some).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "retention must be between {} s and {} days",
+            RETENTION_MS_MIN / 1000,
+            RETENTION_MS_MAX / 86_400_000
+        ))
+    })
 }
 
 fn to_duration(ms: u64) -> prost_wkt_types::Duration {
@@ -35,7 +54,8 @@ pub fn describe_response(rec: &NamespaceRecord) -> DescribeNamespaceResponse {
             state: NamespaceState::Registered as i32,
             description: rec.description.clone(),
             owner_email: rec.owner_email.clone(),
-            data: rec.data.clone().into_iter().collect(),
+            // The namespace's own entries, and every limit in effect (`norn.limits.*`).
+            data: rec.data.clone().into_iter().chain(crate::limits::Limits::of(&rec.data).entries()).collect(),
             id: rec.id.clone(),
             ..Default::default()
         }),
@@ -94,6 +114,7 @@ pub(super) async fn register(admin: &Router, r: RegisterNamespaceRequest) -> Res
         return Err(Status::invalid_argument("global (multi-cluster) namespaces are not supported by Norn"));
     }
     let retention_ms = duration_ms(&r.workflow_execution_retention_period)?.unwrap_or(0);
+    crate::limits::Limits::validate(&r.data.iter().map(|(k, v)| (k.clone(), v.clone())).collect())?;
     let cmd = NamespaceCommand::Register {
         id: new_id(),
         name: r.namespace,
@@ -151,6 +172,7 @@ pub(super) async fn update(admin: &Router, r: UpdateNamespaceRequest) -> Result<
         Some(c) => duration_ms(&c.workflow_execution_retention_ttl)?,
         None => None,
     };
+    crate::limits::Limits::validate(&data)?;
     let cmd = NamespaceCommand::Update { name: r.namespace, description, owner_email, retention_ms, data };
     let rec = result(admin.propose_command(SYSTEM_SHARD, &ShardCommand::Namespace(cmd)).await?)?;
     let d = describe_response(&rec);

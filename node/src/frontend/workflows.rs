@@ -29,6 +29,7 @@ use crate::command::{ShardCommand, ShardResult};
 use crate::history::engine::{Effect, EngineError};
 use crate::history::state::{RunState, RunStatus};
 use crate::history::store::{RunKey, WorkflowCommand, WorkflowResult};
+use crate::limits::Limits;
 use crate::matching::{QueueKey, TaskKind, TaskRef};
 use crate::routing::Target;
 
@@ -43,6 +44,11 @@ const HISTORY_REREAD_HOSTED: Duration = Duration::from_secs(2);
 const HISTORY_REREAD_REMOTE: Duration = Duration::from_millis(100);
 /// How long a history long poll waits for a new event.
 const HISTORY_WAIT: Duration = Duration::from_secs(60);
+/// Bytes of events one page of history carries at most (a page always has at least one event):
+/// a history of any size reaches a client as pages under the 4 MiB gRPC limit SDKs use.
+const HISTORY_PAGE_BYTES_MAX: usize = 2 << 20;
+/// How long a node trusts its cached copy of a namespace (its id never changes; its limits may).
+const NAMESPACE_REFRESH: Duration = Duration::from_secs(10);
 /// Metadata carrying how many times a call was forwarded between nodes.
 pub const HOPS_HEADER: &str = "norn-hops";
 
@@ -77,6 +83,70 @@ fn decode_token(bytes: &[u8], kind: TaskKind) -> Result<TaskToken, Status> {
         return Err(Status::invalid_argument("task token is for another kind of task"));
     }
     Ok(t)
+}
+
+/// A valid workflow task token (a fuzzing seed).
+pub(super) fn sample_token() -> Vec<u8> {
+    let t = TaskToken {
+        shard: 3,
+        run: RunKey {
+            namespace_id: "ns".into(),
+            workflow_id: "wf".into(),
+            run_id: "00000000-0000-4000-8000-000000000000".into(),
+        },
+        kind: TaskKind::Workflow,
+        scheduled_id: 2,
+        started_or_attempt: 3,
+        query: Some(("q".into(), 1)),
+    };
+    encode_token(&t).unwrap_or_default()
+}
+
+/// Decodes a task token of either kind (the fuzzing harness's entry point).
+pub(super) fn check_token(bytes: &[u8]) -> Result<(), Status> {
+    let a = decode_token(bytes, TaskKind::Workflow).map(drop);
+    let b = decode_token(bytes, TaskKind::Activity).map(drop);
+    let _ = query_of_token(bytes);
+    a.or(b)
+}
+
+/// Keeps the first page of `events` (at most `max_events`, at most [`HISTORY_PAGE_BYTES_MAX`]
+/// bytes, at least one event); true when events were cut.
+fn cut_page(events: &mut Vec<HistoryEvent>, max_events: usize) -> bool {
+    let mut bytes = 0;
+    let mut n = 0;
+    for e in events.iter() {
+        let len = e.encoded_len();
+        if n > 0 && (n >= max_events || bytes + len > HISTORY_PAGE_BYTES_MAX) {
+            break;
+        }
+        bytes += len;
+        n += 1;
+    }
+    let more = n < events.len();
+    events.truncate(n);
+    more
+}
+
+/// A history page token: events after `after`, up to `upto` (0: no bound).
+fn page_token(after: i64, upto: i64) -> Vec<u8> {
+    let mut t = after.to_be_bytes().to_vec();
+    if upto > 0 {
+        t.extend_from_slice(&upto.to_be_bytes());
+    }
+    t
+}
+
+/// Reads a [`page_token`]: (after, upto), `upto` 0 for no bound.
+fn read_page_token(t: &[u8]) -> Result<(i64, i64), Status> {
+    let bad = || Status::invalid_argument("malformed next_page_token");
+    let word = |b: &[u8]| <[u8; 8]>::try_from(b).map(i64::from_be_bytes).map_err(|_| bad());
+    match t.len() {
+        0 => Ok((0, 0)),
+        8 => Ok((word(t)?, 0)),
+        16 => Ok((word(&t[..8])?, word(&t[8..])?)),
+        _ => Err(bad()),
+    }
 }
 
 pub(super) fn timestamp(ms: u64) -> prost_wkt_types::Timestamp {
@@ -119,15 +189,32 @@ impl Frontend {
     }
 
     pub(super) async fn namespace_id(&self, name: &str) -> Result<String, Status> {
+        Ok(self.namespace(name).await?.0)
+    }
+
+    /// A namespace's id and limits, cached for [`NAMESPACE_REFRESH`] (as Temporal's namespace
+    /// cache is): a changed limit reaches every node within that time.
+    pub(super) async fn namespace(&self, name: &str) -> Result<(String, Limits), Status> {
         if name.is_empty() {
-            return Err(Status::invalid_argument("namespace is not set on request"));
+            return Err(Status::invalid_argument("Namespace is not set on request."));
         }
-        if let Some(id) = self.ns_cache.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
-            return Ok(id.clone());
+        if let Some((id, limits, at)) = self.ns_cache.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            if at.elapsed() < NAMESPACE_REFRESH {
+                return Ok((id.clone(), *limits));
+            }
         }
         let rec = super::lookup(&self.router, name).await?;
-        self.ns_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), rec.id.clone());
-        Ok(rec.id)
+        let limits = Limits::of(&rec.data);
+        let now = tokio::time::Instant::now();
+        self.ns_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), (rec.id.clone(), limits, now));
+        Ok((rec.id, limits))
+    }
+
+    /// Checks a request against its namespace's limits; returns the limits.
+    pub(super) async fn checked<R: super::checks::Check>(&self, r: &R) -> Result<Limits, Status> {
+        let (_, limits) = self.namespace(r.namespace()).await?;
+        r.check(&limits)?;
+        Ok(limits)
     }
 
     pub(super) async fn propose(&self, shard: u32, cmd: WorkflowCommand) -> Result<WorkflowResult, Status> {
@@ -418,6 +505,7 @@ impl Frontend {
     ) -> Result<PollWorkflowTaskQueueResponse, Status> {
         let hops = hops(&req);
         let req = req.into_inner();
+        self.checked(&req).await?;
         let ns = self.namespace_id(&req.namespace).await?;
         let tq = req.task_queue.as_ref().map(|t| t.name.clone()).unwrap_or_default();
         if tq.is_empty() {
@@ -473,7 +561,15 @@ impl Frontend {
                 started_or_attempt: started_id,
                 query: None,
             };
+            // The first page here; the SDK fetches the rest with GetWorkflowExecutionHistory.
+            let mut events: Vec<HistoryEvent> = events.into_iter().filter(|e| e.event_id <= started_id).collect();
+            let next_page_token = if cut_page(&mut events, usize::MAX) {
+                page_token(events.last().map(|e| e.event_id).unwrap_or(0), started_id)
+            } else {
+                Vec::new()
+            };
             return Ok(PollWorkflowTaskQueueResponse {
+                next_page_token,
                 task_token: encode_token(&token)?,
                 workflow_execution: Some(WorkflowExecution {
                     workflow_id: run.workflow_id.clone(),
@@ -483,7 +579,7 @@ impl Frontend {
                 previous_started_event_id: run.last_completed_started_id,
                 started_event_id: started_id,
                 attempt: wft.attempt,
-                history: Some(History { events: events.into_iter().filter(|e| e.event_id <= started_id).collect() }),
+                history: Some(History { events }),
                 workflow_execution_task_queue: Some(TaskQueue {
                     name: run.task_queue.clone(),
                     kind: TaskQueueKind::Normal as i32,
@@ -504,8 +600,13 @@ impl Frontend {
         q: &crate::matching::QueryTask,
     ) -> Result<PollWorkflowTaskQueueResponse, Status> {
         let run = self.read_run(task.shard, &task.run).await?;
-        let events = self.read_events(task.shard, &task.run.run_id).await?;
+        let mut events = self.read_events(task.shard, &task.run.run_id).await?;
         let last = events.last().map(|e| e.event_id).unwrap_or(0);
+        let next_page_token = if cut_page(&mut events, usize::MAX) {
+            page_token(events.last().map(|e| e.event_id).unwrap_or(0), last)
+        } else {
+            Vec::new()
+        };
         let token = TaskToken {
             shard: task.shard,
             run: task.run.clone(),
@@ -525,6 +626,7 @@ impl Frontend {
             started_event_id: last,
             attempt: 1,
             history: Some(History { events }),
+            next_page_token,
             query: Some(super::queries::decode_query(&q.query)?),
             workflow_execution_task_queue: Some(TaskQueue {
                 name: run.task_queue.clone(),
@@ -539,12 +641,14 @@ impl Frontend {
         &self,
         req: RespondWorkflowTaskCompletedRequest,
     ) -> Result<RespondWorkflowTaskCompletedResponse, Status> {
+        let limits = self.checked(&req).await?;
         let t = decode_token(&req.task_token, TaskKind::Workflow)?;
         let cmd = WorkflowCommand::WorkflowTaskCompleted {
             run: t.run,
             scheduled_id: t.scheduled_id,
             started_id: t.started_or_attempt,
             request: req.encode_to_vec(),
+            limits: limits.engine(),
         };
         self.apply(t.shard, cmd).await?;
         Ok(RespondWorkflowTaskCompletedResponse::default())
@@ -571,6 +675,7 @@ impl Frontend {
     ) -> Result<PollActivityTaskQueueResponse, Status> {
         let hops = hops(&req);
         let req = req.into_inner();
+        self.checked(&req).await?;
         let ns = self.namespace_id(&req.namespace).await?;
         let tq = req.task_queue.as_ref().map(|t| t.name.clone()).unwrap_or_default();
         if tq.is_empty() {
@@ -651,6 +756,30 @@ impl Frontend {
         &self,
         req: RespondActivityTaskCompletedRequest,
     ) -> Result<RespondActivityTaskCompletedResponse, Status> {
+        let (_, limits) = self.namespace(&req.namespace).await?;
+        limits.check_id("Identity", &req.identity)?;
+        if super::checks::oversized_result(&limits, &req) {
+            // As in Temporal: the activity fails, for good, and the worker is told nothing is wrong.
+            let failure = norn_proto::protos::temporal::api::failure::v1::Failure {
+                message: super::checks::RESULT_TOO_LARGE.into(),
+                source: "history-service".into(),
+                failure_info: Some(
+                    norn_proto::protos::temporal::api::failure::v1::failure::FailureInfo::ServerFailureInfo(
+                        norn_proto::protos::temporal::api::failure::v1::ServerFailureInfo { non_retryable: true },
+                    ),
+                ),
+                ..Default::default()
+            };
+            let failed = RespondActivityTaskFailedRequest {
+                task_token: req.task_token,
+                failure: Some(failure),
+                identity: req.identity,
+                namespace: req.namespace,
+                ..Default::default()
+            };
+            self.respond_activity_failed(failed).await?;
+            return Ok(RespondActivityTaskCompletedResponse::default());
+        }
         let t = decode_token(&req.task_token, TaskKind::Activity)?;
         let cmd = WorkflowCommand::ActivityTaskCompleted {
             run: t.run,
@@ -732,12 +861,7 @@ impl Frontend {
         let ns = self.namespace_id(&req.namespace).await?;
         let (shard, run) = self.resolve(&ns, req.execution.as_ref()).await?;
         let close_only = req.history_event_filter_type == HistoryEventFilterType::CloseEvent as i32;
-        let after: i64 = match req.next_page_token.as_slice() {
-            [] => 0,
-            t => <[u8; 8]>::try_from(t)
-                .map(i64::from_be_bytes)
-                .map_err(|_| Status::invalid_argument("malformed next_page_token"))?,
-        };
+        let (after, upto) = read_page_token(&req.next_page_token)?;
         let deadline = tokio::time::Instant::now() + HISTORY_WAIT;
         let sub = self.watch.subscribe(&run.run_id);
         let reread = self.reread_every(shard);
@@ -764,21 +888,20 @@ impl Frontend {
                     Vec::new()
                 }
             } else {
-                events.into_iter().filter(|e| e.event_id > after).collect()
+                events.into_iter().filter(|e| e.event_id > after && (upto == 0 || e.event_id <= upto)).collect()
             };
             let mut selected = selected;
             let page = match req.maximum_page_size {
                 n if n <= 0 => HISTORY_PAGE_DEFAULT,
                 n => n as usize,
             };
-            let more = selected.len() > page;
-            selected.truncate(page);
-            let ready = !req.wait_new_event || !selected.is_empty() || (closed && !close_only);
+            let more = cut_page(&mut selected, page);
+            let ready = !req.wait_new_event || !selected.is_empty() || (closed && !close_only) || upto > 0;
             if ready || tokio::time::Instant::now() >= deadline {
                 let last = selected.last().map(|e| e.event_id).unwrap_or(after);
                 // A token when this page is not the end, or when a long poll may see more later.
-                let next_page_token = if more || (req.wait_new_event && !closed && !close_only) {
-                    last.to_be_bytes().to_vec()
+                let next_page_token = if more || (upto == 0 && req.wait_new_event && !closed && !close_only) {
+                    page_token(last, upto)
                 } else {
                     Vec::new()
                 };

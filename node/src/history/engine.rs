@@ -28,6 +28,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::state::*;
+use crate::limits::EngineLimits;
 
 /// Workflow task timeout when the start request gives none (Temporal's default).
 pub const WORKFLOW_TASK_TIMEOUT_MS_DEFAULT: u64 = 10_000;
@@ -198,14 +199,16 @@ impl<'a> Writer<'a> {
         }
         let id = self.run.next_event_id;
         self.run.next_event_id += 1;
-        self.out.events.push(HistoryEvent {
+        let event = HistoryEvent {
             event_id: id,
             event_time: Some(timestamp(self.now_ms)),
             event_type: event_type as i32,
             task_id: id,
             attributes: Some(attributes),
             ..Default::default()
-        });
+        };
+        self.run.history_bytes = self.run.history_bytes.saturating_add(event.encoded_len() as u64);
+        self.out.events.push(event);
         id
     }
 
@@ -663,6 +666,7 @@ pub fn start_with_signal(
         task_queue: tq.clone(),
         status: RunStatus::Running,
         next_event_id: 1,
+        history_bytes: 0,
         last_completed_started_id: 0,
         workflow_task: None,
         activities: Default::default(),
@@ -931,7 +935,17 @@ fn started_task(run: &RunState, scheduled_id: i64, started_id: i64) -> Result<Wo
 
 /// Checks every command before any is applied, so a bad task changes nothing.
 #[allow(deprecated)] // SDKs still fill StartChildWorkflowExecution's namespace
-fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> Result<(), EngineError> {
+fn check_commands(
+    req: &RespondWorkflowTaskCompletedRequest,
+    run: &RunState,
+    limits: &EngineLimits,
+) -> Result<(), EngineError> {
+    let long = |what: &str, v: &str| -> Result<(), EngineError> {
+        if v.len() as u64 > limits.id_length_max {
+            return Err(EngineError::InvalidArgument(format!("{what} exceeds length limit.")));
+        }
+        Ok(())
+    };
     let mut closes = 0;
     for (i, c) in req.commands.iter().enumerate() {
         let Some(attrs) = &c.attributes else {
@@ -945,6 +959,9 @@ fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> 
                 if a.activity_type.as_ref().map(|t| t.name.is_empty()).unwrap_or(true) {
                     return Err(EngineError::InvalidArgument("ActivityType is not set on command.".into()));
                 }
+                long("ActivityId", &a.activity_id)?;
+                long("ActivityType", a.activity_type.as_ref().map(|t| t.name.as_str()).unwrap_or(""))?;
+                long("TaskQueue", a.task_queue.as_ref().map(|t| t.name.as_str()).unwrap_or(""))?;
                 if run.activities.values().any(|x| x.activity_id == a.activity_id) {
                     return Err(EngineError::InvalidArgument(format!(
                         "activity id {} is already in use",
@@ -961,6 +978,7 @@ fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> 
                 if t.timer_id.is_empty() {
                     return Err(EngineError::InvalidArgument("TimerId is not set on command.".into()));
                 }
+                long("TimerId", &t.timer_id)?;
                 if run.timers.contains_key(&t.timer_id) {
                     return Err(EngineError::InvalidArgument(format!("timer id {} is already in use", t.timer_id)));
                 }
@@ -975,6 +993,9 @@ fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> 
                 if a.workflow_type.as_ref().is_none_or(|t| t.name.is_empty()) {
                     return Err(EngineError::InvalidArgument("WorkflowType is not set on command.".into()));
                 }
+                long("WorkflowId", &a.workflow_id)?;
+                long("WorkflowType", a.workflow_type.as_ref().map(|t| t.name.as_str()).unwrap_or(""))?;
+                long("TaskQueue", a.task_queue.as_ref().map(|t| t.name.as_str()).unwrap_or(""))?;
                 if !a.namespace.is_empty() && a.namespace != req.namespace {
                     return Err(EngineError::Unimplemented(
                         "child workflows in another namespace are not supported by Norn yet".into(),
@@ -998,6 +1019,7 @@ fn check_commands(req: &RespondWorkflowTaskCompletedRequest, run: &RunState) -> 
                 if a.signal_name.is_empty() {
                     return Err(EngineError::InvalidArgument("SignalName is not set on command.".into()));
                 }
+                long("SignalName", &a.signal_name)?;
                 if !a.namespace.is_empty() && a.namespace != req.namespace {
                     return Err(EngineError::Unimplemented(
                         "signals to another namespace are not supported yet".into(),
@@ -1061,11 +1083,25 @@ pub fn workflow_task_completed(
     scheduled_id: i64,
     started_id: i64,
     req: &RespondWorkflowTaskCompletedRequest,
+    limits: &EngineLimits,
     now_ms: u64,
 ) -> Result<Outcome, EngineError> {
     let task = started_task(run, scheduled_id, started_id)?;
-    check_commands(req, run)?;
+    if req.commands.len() as u64 > limits.commands_per_task_max {
+        return Err(EngineError::InvalidArgument(format!(
+            "the workflow task completion carries {} commands, more than the limit of {}",
+            req.commands.len(),
+            limits.commands_per_task_max
+        )));
+    }
+    check_commands(req, run, limits)?;
     update::check_messages(req, run)?;
+    if let Some((cause, message)) = oversized_command(req, limits) {
+        return Ok(fail_for_limit(run, &task, req, cause, message, true, now_ms));
+    }
+    if let Some((cause, message)) = pending_over_limit(req, run, limits) {
+        return Ok(fail_for_limit(run, &task, req, cause, message, false, now_ms));
+    }
     let closes = req.commands.iter().any(|c| {
         matches!(
             c.attributes,
@@ -1481,7 +1517,211 @@ pub fn workflow_task_completed(
     if w.run.is_open() && (had_buffered || new_events || req.force_create_new_workflow_task) {
         w.schedule_workflow_task(1);
     }
+    // A history past its limits ends the run, as in Temporal.
+    if w.run.is_open()
+        && (w.run.next_event_id.saturating_sub(1) as u64 > limits.history_count_max
+            || w.run.history_bytes > limits.history_size_max_bytes)
+    {
+        w.event(
+            EventType::WorkflowExecutionTerminated,
+            Ev::WorkflowExecutionTerminatedEventAttributes(WorkflowExecutionTerminatedEventAttributes {
+                reason: crate::limits::HISTORY_TOO_LARGE.into(),
+                details: None,
+                identity: "history-service".into(),
+            }),
+        );
+        w.run.activities.clear();
+        w.run.timers.clear();
+        w.run.buffer.clear();
+        w.run.buffered_events = false;
+        w.close(RunStatus::Terminated);
+    }
     Ok(w.out)
+}
+
+/// The first payload of `req`'s commands over the blob limit: the cause Temporal gives and its
+/// message.
+fn oversized_command(
+    req: &RespondWorkflowTaskCompletedRequest,
+    limits: &EngineLimits,
+) -> Option<(WorkflowTaskFailedCause, String)> {
+    fn size<M: Message>(m: &Option<M>) -> u64 {
+        m.as_ref().map(|m| m.encoded_len() as u64).unwrap_or(0)
+    }
+    for c in &req.commands {
+        let (bytes, cause, what) = match &c.attributes {
+            Some(Cmd::ScheduleActivityTaskCommandAttributes(a)) => (
+                size(&a.input),
+                WorkflowTaskFailedCause::BadScheduleActivityAttributes,
+                "ScheduleActivityTaskCommandAttributes.Input",
+            ),
+            Some(Cmd::CompleteWorkflowExecutionCommandAttributes(a)) => (
+                size(&a.result),
+                WorkflowTaskFailedCause::BadCompleteWorkflowExecutionAttributes,
+                "CompleteWorkflowExecutionCommandAttributes.Result",
+            ),
+            Some(Cmd::FailWorkflowExecutionCommandAttributes(a)) => (
+                size(&a.failure),
+                WorkflowTaskFailedCause::BadFailWorkflowExecutionAttributes,
+                "FailWorkflowExecutionCommandAttributes.Failure",
+            ),
+            Some(Cmd::CancelWorkflowExecutionCommandAttributes(a)) => (
+                size(&a.details),
+                WorkflowTaskFailedCause::BadCancelWorkflowExecutionAttributes,
+                "CancelWorkflowExecutionCommandAttributes.Details",
+            ),
+            Some(Cmd::ContinueAsNewWorkflowExecutionCommandAttributes(a)) => (
+                size(&a.input).max(size(&a.memo)).max(size(&a.header)),
+                WorkflowTaskFailedCause::BadContinueAsNewAttributes,
+                "ContinueAsNewWorkflowExecutionCommandAttributes.Input",
+            ),
+            Some(Cmd::StartChildWorkflowExecutionCommandAttributes(a)) => (
+                size(&a.input).max(size(&a.memo)).max(size(&a.header)),
+                WorkflowTaskFailedCause::BadStartChildExecutionAttributes,
+                "StartChildWorkflowExecutionCommandAttributes.Input",
+            ),
+            Some(Cmd::SignalExternalWorkflowExecutionCommandAttributes(a)) => (
+                size(&a.input),
+                WorkflowTaskFailedCause::BadSignalInputSize,
+                "SignalExternalWorkflowExecutionCommandAttributes.Input",
+            ),
+            Some(Cmd::RecordMarkerCommandAttributes(a)) => (
+                a.details.values().map(|p| p.encoded_len() as u64).sum::<u64>() + size(&a.failure),
+                WorkflowTaskFailedCause::BadRecordMarkerAttributes,
+                "RecordMarkerCommandAttributes.Details",
+            ),
+            Some(Cmd::UpsertWorkflowSearchAttributesCommandAttributes(a)) => (
+                size(&a.search_attributes),
+                WorkflowTaskFailedCause::BadSearchAttributes,
+                "UpsertWorkflowSearchAttributesCommandAttributes.SearchAttributes",
+            ),
+            Some(Cmd::ModifyWorkflowPropertiesCommandAttributes(a)) => (
+                size(&a.upserted_memo),
+                WorkflowTaskFailedCause::BadModifyWorkflowPropertiesAttributes,
+                "ModifyWorkflowPropertiesCommandAttributes.UpsertedMemo",
+            ),
+            _ => continue,
+        };
+        if bytes > limits.blob_size_max_bytes {
+            return Some((cause, format!("{what} exceeds size limit.")));
+        }
+    }
+    let messages: u64 = req.messages.iter().map(|m| m.encoded_len() as u64).max().unwrap_or(0);
+    if messages > limits.blob_size_max_bytes {
+        return Some((
+            WorkflowTaskFailedCause::BadUpdateWorkflowExecutionMessage,
+            "Message exceeds size limit.".into(),
+        ));
+    }
+    None
+}
+
+/// The first per-run pending limit `req`'s commands would pass, with Temporal's cause and text.
+fn pending_over_limit(
+    req: &RespondWorkflowTaskCompletedRequest,
+    run: &RunState,
+    limits: &EngineLimits,
+) -> Option<(WorkflowTaskFailedCause, String)> {
+    let count = |f: fn(&Option<Cmd>) -> bool| req.commands.iter().filter(|c| f(&c.attributes)).count() as u64;
+    let activities = count(|a| matches!(a, Some(Cmd::ScheduleActivityTaskCommandAttributes(_))));
+    let children = count(|a| matches!(a, Some(Cmd::StartChildWorkflowExecutionCommandAttributes(_))));
+    let signals = count(|a| matches!(a, Some(Cmd::SignalExternalWorkflowExecutionCommandAttributes(_))));
+    let cancels = count(|a| matches!(a, Some(Cmd::RequestCancelExternalWorkflowExecutionCommandAttributes(_))));
+    let pending_children = run.children.values().filter(|c| !c.closed).count() as u64;
+    let pending_signals = run.externals.values().filter(|x| !x.signal.is_empty()).count() as u64;
+    let pending_cancels = run.externals.len() as u64 - pending_signals;
+    let checks = [
+        (
+            run.activities.len() as u64,
+            activities,
+            limits.pending_activities_max,
+            "activities",
+            WorkflowTaskFailedCause::PendingActivitiesLimitExceeded,
+        ),
+        (
+            pending_children,
+            children,
+            limits.pending_children_max,
+            "child workflows",
+            WorkflowTaskFailedCause::PendingChildWorkflowsLimitExceeded,
+        ),
+        (
+            pending_signals,
+            signals,
+            limits.pending_signals_max,
+            "signals to external workflows",
+            WorkflowTaskFailedCause::PendingSignalsLimitExceeded,
+        ),
+        (
+            pending_cancels,
+            cancels,
+            limits.pending_cancels_max,
+            "requests to cancel external workflows",
+            WorkflowTaskFailedCause::PendingRequestCancelLimitExceeded,
+        ),
+    ];
+    for (pending, new, max, what, cause) in checks {
+        if new > 0 && pending.saturating_add(new) > max {
+            return Some((
+                cause,
+                format!("the number of pending {what}, {pending}, has reached the per-workflow limit of {max}"),
+            ));
+        }
+    }
+    None
+}
+
+/// Ends a workflow task whose commands break a limit: `WorkflowTaskFailed` with `cause`, then
+/// either the run fails (`fail_run`, as Temporal does for an oversized payload) or a new attempt is
+/// scheduled (a pending limit, which the workflow can wait out). The worker gets InvalidArgument.
+fn fail_for_limit(
+    run: &mut RunState,
+    task: &WorkflowTaskInfo,
+    req: &RespondWorkflowTaskCompletedRequest,
+    cause: WorkflowTaskFailedCause,
+    message: String,
+    fail_run: bool,
+    now_ms: u64,
+) -> Outcome {
+    let failure = Failure { message: message.clone(), source: "history-service".into(), ..Default::default() };
+    let mut w = Writer::new(run, now_ms);
+    if fail_run || !task.transient {
+        w.materialize_transient();
+        w.event(
+            EventType::WorkflowTaskFailed,
+            Ev::WorkflowTaskFailedEventAttributes(WorkflowTaskFailedEventAttributes {
+                scheduled_event_id: task.scheduled_id,
+                started_event_id: task.started_id.unwrap_or(0),
+                cause: cause as i32,
+                failure: Some(failure.clone()),
+                identity: req.identity.clone(),
+                ..Default::default()
+            }),
+        );
+    }
+    w.run.workflow_task = None;
+    w.run.buffered_events = false;
+    w.flush_buffer();
+    if fail_run {
+        let failed_id = w.run.next_event_id - 1;
+        w.event(
+            EventType::WorkflowExecutionFailed,
+            Ev::WorkflowExecutionFailedEventAttributes(WorkflowExecutionFailedEventAttributes {
+                failure: Some(failure),
+                retry_state: RetryState::NonRetryableFailure as i32,
+                workflow_task_completed_event_id: failed_id,
+                new_execution_run_id: String::new(),
+            }),
+        );
+        w.run.activities.clear();
+        w.run.timers.clear();
+        w.close(RunStatus::Failed);
+    } else {
+        w.schedule_workflow_task(task.attempt.saturating_add(1));
+    }
+    let mut out = w.out;
+    out.reply_error = Some(EngineError::InvalidArgument(message));
+    out
 }
 
 /// The worker failed the started workflow task; a new attempt is scheduled.

@@ -294,6 +294,8 @@ pub struct RunState {
     pub status: RunStatus,
     /// Id the next event gets.
     pub next_event_id: i64,
+    /// Encoded size of the run's history so far, in bytes (checked against the history limit).
+    pub history_bytes: u64,
     /// `WorkflowTaskStarted` id of the last completed workflow task (0 if none).
     pub last_completed_started_id: i64,
     /// Workflow task in flight.

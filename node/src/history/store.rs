@@ -22,6 +22,33 @@ use super::engine::{self, Effect, EngineError, Outcome};
 use super::state::{ChildOutcome, ParentRef, RunState};
 use crate::matching::{QueueKey, TaskRef};
 
+/// Why the store could not read what it needed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The engine failed, or a value failed its checksum.
+    #[error(transparent)]
+    Storage(#[from] norn_storage::Error),
+    /// A value passed its checksum but does not decode as what its key says it is.
+    #[error("corrupt {what}: {detail}")]
+    Decode {
+        /// What was read.
+        what: String,
+        /// Why it did not decode.
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// True when this replica's data is damaged (as opposed to the engine failing).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StoreError::Decode { .. } | StoreError::Storage(norn_storage::Error::Corrupt { .. }))
+    }
+}
+
+fn decode_err(what: impl Into<String>, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Decode { what: what.into(), detail: e.to_string() }
+}
+
 /// Identifies a run.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RunKey {
@@ -51,8 +78,15 @@ pub enum WorkflowCommand {
     Start { namespace_id: String, run_id: String, request: Vec<u8> },
     /// A poller took a workflow task.
     WorkflowTaskStarted { run: RunKey, scheduled_id: i64, request_id: String, identity: String },
-    /// A worker completed a workflow task (encoded `RespondWorkflowTaskCompletedRequest`).
-    WorkflowTaskCompleted { run: RunKey, scheduled_id: i64, started_id: i64, request: Vec<u8> },
+    /// A worker completed a workflow task (encoded `RespondWorkflowTaskCompletedRequest`), to be
+    /// applied under the namespace's limits as the proposer saw them.
+    WorkflowTaskCompleted {
+        run: RunKey,
+        scheduled_id: i64,
+        started_id: i64,
+        request: Vec<u8>,
+        limits: crate::limits::EngineLimits,
+    },
     /// A worker failed a workflow task (encoded `RespondWorkflowTaskFailedRequest`).
     WorkflowTaskFailed { run: RunKey, scheduled_id: i64, started_id: i64, request: Vec<u8> },
     /// A poller took an activity task.
@@ -186,18 +220,18 @@ fn event_key(run_id: &str, event_id: i64) -> Vec<u8> {
 }
 
 /// Reads a workflow id's current run.
-pub fn current(view: &dyn StateView, ns: &str, wf: &str) -> Result<Option<CurrentRun>, String> {
-    match view.get(&cur_key(ns, wf)).map_err(|e| e.to_string())? {
+pub fn current(view: &dyn StateView, ns: &str, wf: &str) -> Result<Option<CurrentRun>, StoreError> {
+    match view.get(&cur_key(ns, wf))? {
         None => Ok(None),
-        Some(b) => postcard::from_bytes(&b).map(Some).map_err(|e| format!("corrupt current-run record: {e}")),
+        Some(b) => postcard::from_bytes(&b).map(Some).map_err(|e| decode_err("current-run record", e)),
     }
 }
 
 /// Reads a run's state.
-pub fn load(view: &dyn StateView, k: &RunKey) -> Result<Option<RunState>, String> {
-    match view.get(&run_key(k)).map_err(|e| e.to_string())? {
+pub fn load(view: &dyn StateView, k: &RunKey) -> Result<Option<RunState>, StoreError> {
+    match view.get(&run_key(k))? {
         None => Ok(None),
-        Some(b) => postcard::from_bytes(&b).map(Some).map_err(|e| format!("corrupt run state {}: {e}", k.run_id)),
+        Some(b) => postcard::from_bytes(&b).map(Some).map_err(|e| decode_err("run state", e)),
     }
 }
 
@@ -275,11 +309,10 @@ fn tell_key(k: &RunKey) -> Vec<u8> {
 }
 
 /// Closed child runs of a shard whose parents still have to record their close (at most `limit`).
-pub fn untold_children(view: &dyn StateView, limit: usize) -> Result<Vec<RunKey>, String> {
-    view.scan_prefix(b"tell/", limit)
-        .map_err(|e| e.to_string())?
+pub fn untold_children(view: &dyn StateView, limit: usize) -> Result<Vec<RunKey>, StoreError> {
+    view.scan_prefix(b"tell/", limit)?
         .into_iter()
-        .map(|(_, v)| postcard::from_bytes(&v).map_err(|e| format!("corrupt child index: {e}")))
+        .map(|(_, v)| postcard::from_bytes(&v).map_err(|e| decode_err("child index", e)))
         .collect()
 }
 
@@ -290,15 +323,16 @@ pub fn closed_runs(
     namespace_id: &str,
     until_ms: u64,
     limit: usize,
-) -> Result<Vec<(u64, RunKey)>, String> {
+) -> Result<Vec<(u64, RunKey)>, StoreError> {
     let mut out = Vec::new();
     let end = super::index::closed_end(namespace_id, until_ms);
-    for (key, v) in view.scan_prefix(&super::index::closed_prefix(namespace_id), limit).map_err(|e| e.to_string())? {
+    for (key, v) in view.scan_prefix(&super::index::closed_prefix(namespace_id), limit)? {
         if key >= end {
             break;
         }
-        let close_ms = super::index::closed_ms_of(namespace_id, &key).ok_or("corrupt closed-run index key")?;
-        out.push((close_ms, postcard::from_bytes(&v).map_err(|e| format!("corrupt closed-run index: {e}"))?));
+        let close_ms = super::index::closed_ms_of(namespace_id, &key)
+            .ok_or_else(|| decode_err("closed-run index key", "bad key"))?;
+        out.push((close_ms, postcard::from_bytes(&v).map_err(|e| decode_err("closed-run index", e))?));
     }
     Ok(out)
 }
@@ -310,25 +344,25 @@ pub fn due_runs(
     until_ms: u64,
     after: Option<&[u8]>,
     limit: usize,
-) -> Result<Vec<(Vec<u8>, u64, RunKey)>, String> {
+) -> Result<Vec<(Vec<u8>, u64, RunKey)>, StoreError> {
     let end = super::index::due_end(until_ms);
-    let (pairs, _) = view.scan_page(super::index::DUE, after, limit, usize::MAX).map_err(|e| e.to_string())?;
+    let (pairs, _) = view.scan_page(super::index::DUE, after, limit, usize::MAX)?;
     let mut out = Vec::new();
     for (key, v) in pairs {
         if key >= end {
             break;
         }
-        let due = super::index::due_ms_of(&key).ok_or("corrupt due index key")?;
-        let run: RunKey = postcard::from_bytes(&v).map_err(|e| format!("corrupt due index: {e}"))?;
+        let due = super::index::due_ms_of(&key).ok_or_else(|| decode_err("due index key", "bad key"))?;
+        let run: RunKey = postcard::from_bytes(&v).map_err(|e| decode_err("due index", e))?;
         out.push((key, due, run));
     }
     Ok(out)
 }
 
 /// The earliest due time after `now_ms` in a shard's due index, if any.
-pub fn first_due_after(view: &norn_raft::GroupView, now_ms: u64) -> Result<Option<u64>, String> {
+pub fn first_due_after(view: &norn_raft::GroupView, now_ms: u64) -> Result<Option<u64>, StoreError> {
     let from = super::index::due_end(now_ms);
-    let (pairs, _) = view.scan_page(super::index::DUE, Some(&from), 1, usize::MAX).map_err(|e| e.to_string())?;
+    let (pairs, _) = view.scan_page(super::index::DUE, Some(&from), 1, usize::MAX)?;
     Ok(pairs.first().and_then(|(k, _)| super::index::due_ms_of(k)))
 }
 
@@ -342,15 +376,15 @@ pub fn ready_page(
     home: Option<u32>,
     after: Option<&[u8]>,
     limit: usize,
-) -> Result<(Vec<ReadyEntry>, bool), String> {
+) -> Result<(Vec<ReadyEntry>, bool), StoreError> {
     let prefix = match home {
         Some(h) => super::index::ready_home_prefix(h),
         None => super::index::READY.to_vec(),
     };
-    let (pairs, more) = view.scan_page(&prefix, after, limit, usize::MAX).map_err(|e| e.to_string())?;
+    let (pairs, more) = view.scan_page(&prefix, after, limit, usize::MAX)?;
     let mut out = Vec::with_capacity(pairs.len());
     for (key, v) in pairs {
-        let (q, t): (QueueKey, TaskRef) = postcard::from_bytes(&v).map_err(|e| format!("corrupt ready index: {e}"))?;
+        let (q, t): (QueueKey, TaskRef) = postcard::from_bytes(&v).map_err(|e| decode_err("ready index", e))?;
         out.push((key, q, t));
     }
     Ok((out, more))
@@ -380,8 +414,7 @@ fn delete_run(txn: &mut Txn<'_>, k: &RunKey) -> Result<WorkflowResult, Failure> 
         }
     }
     txn.delete(ik);
-    if current(&*txn, &k.namespace_id, &k.workflow_id).map_err(Failure::Storage)?.is_some_and(|c| c.run_id == k.run_id)
-    {
+    if current(&*txn, &k.namespace_id, &k.workflow_id).map_err(storage)?.is_some_and(|c| c.run_id == k.run_id) {
         txn.delete(cur_key(&k.namespace_id, &k.workflow_id));
     }
     Ok(WorkflowResult::Deleted)
@@ -419,6 +452,10 @@ enum Failure {
     Storage(String),
 }
 
+fn storage(e: StoreError) -> Failure {
+    Failure::Storage(e.to_string())
+}
+
 impl From<EngineError> for Failure {
     fn from(e: EngineError) -> Self {
         Failure::Engine(e)
@@ -428,7 +465,7 @@ impl From<EngineError> for Failure {
 /// Fills in the current run id when `run.run_id` is empty.
 fn with_current(txn: &Txn<'_>, mut run: RunKey) -> Result<RunKey, Failure> {
     if run.run_id.is_empty() {
-        let cur = current(txn, &run.namespace_id, &run.workflow_id).map_err(Failure::Storage)?;
+        let cur = current(txn, &run.namespace_id, &run.workflow_id).map_err(storage)?;
         let cur = cur.ok_or_else(|| {
             Failure::Engine(EngineError::NotFound(format!("workflow execution {} not found", run.workflow_id)))
         })?;
@@ -438,7 +475,7 @@ fn with_current(txn: &Txn<'_>, mut run: RunKey) -> Result<RunKey, Failure> {
 }
 
 fn loaded(txn: &Txn<'_>, k: &RunKey) -> Result<RunState, Failure> {
-    load(txn, k).map_err(Failure::Storage)?.ok_or_else(|| {
+    load(txn, k).map_err(storage)?.ok_or_else(|| {
         Failure::Engine(EngineError::NotFound(format!("workflow execution {}/{} not found", k.workflow_id, k.run_id)))
     })
 }
@@ -452,7 +489,7 @@ fn check_start(
     req: &StartWorkflowExecutionRequest,
     now_ms: u64,
 ) -> Result<Option<WorkflowResult>, Failure> {
-    let Some(cur) = current(&*txn, namespace_id, &req.workflow_id).map_err(Failure::Storage)? else {
+    let Some(cur) = current(&*txn, namespace_id, &req.workflow_id).map_err(storage)? else {
         return Ok(None);
     };
     if !req.request_id.is_empty() && cur.request_id == req.request_id {
@@ -553,7 +590,7 @@ fn apply_inner(
         WorkflowCommand::SignalWithStart { namespace_id, run_id, request, signal } => {
             let req: StartWorkflowExecutionRequest = decode(&request, "start request")?;
             let attrs: WorkflowExecutionSignaledEventAttributes = decode(&signal, "signal")?;
-            let cur = current(&*txn, &namespace_id, &req.workflow_id).map_err(Failure::Storage)?;
+            let cur = current(&*txn, &namespace_id, &req.workflow_id).map_err(storage)?;
             if let Some(closed) = cur.as_ref().filter(|c| !c.open) {
                 let k = RunKey {
                     namespace_id: namespace_id.clone(),
@@ -579,10 +616,10 @@ fn apply_inner(
             let out = engine::workflow_task_started(&mut state, scheduled_id, &request_id, &identity, now_ms)?;
             (state, out)
         }
-        WorkflowCommand::WorkflowTaskCompleted { run, scheduled_id, started_id, request } => {
+        WorkflowCommand::WorkflowTaskCompleted { run, scheduled_id, started_id, request, limits } => {
             let req: RespondWorkflowTaskCompletedRequest = decode(&request, "workflow task completion")?;
             let mut state = loaded(txn, &run)?;
-            let mut out = engine::workflow_task_completed(&mut state, scheduled_id, started_id, &req, now_ms)?;
+            let mut out = engine::workflow_task_completed(&mut state, scheduled_id, started_id, &req, &limits, now_ms)?;
             if let Some(next) = out.continued_as_new.take() {
                 let (new_state, new_out) = engine::start_continued(&state, &next, now_ms)?;
                 save(txn, ctx, &state, &out, now_ms).map_err(Failure::Storage)?;

@@ -12,6 +12,17 @@ use super::engine::*;
 use super::state::*;
 use super::state::{ChildOutcome, ParentRef};
 
+/// The engine's completion under Temporal's default limits.
+fn workflow_task_completed(
+    run: &mut RunState,
+    scheduled_id: i64,
+    started_id: i64,
+    req: &RespondWorkflowTaskCompletedRequest,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    super::engine::workflow_task_completed(run, scheduled_id, started_id, req, &Default::default(), now_ms)
+}
+
 const T0: u64 = 1_700_000_000_000;
 
 fn start_req() -> StartWorkflowExecutionRequest {
@@ -989,4 +1000,71 @@ mod updates {
         closed.status = RunStatus::Completed;
         assert!(matches!(admit_update(closed, request("u2"), T0 + 7), Err(EngineError::NotFound(_))));
     }
+}
+
+fn limited(pending_activities_max: u64) -> crate::limits::EngineLimits {
+    crate::limits::EngineLimits { pending_activities_max, ..Default::default() }
+}
+
+#[test]
+fn a_task_past_the_pending_activities_limit_fails_with_temporals_cause_and_schedules_a_retry() {
+    let mut run = started();
+    let cmds = vec![schedule_activity("a1"), schedule_activity("a2"), schedule_activity("a3")];
+    let out = super::engine::workflow_task_completed(&mut run, 2, 3, &done(cmds), &limited(2), T0 + 2).unwrap();
+    assert_eq!(types(&out), vec![(4, EventType::WorkflowTaskFailed)]);
+    let Some(Ev::WorkflowTaskFailedEventAttributes(a)) = &out.events[0].attributes else { panic!() };
+    assert_eq!(a.cause, WorkflowTaskFailedCause::PendingActivitiesLimitExceeded as i32);
+    assert!(a.failure.as_ref().unwrap().message.contains("per-workflow limit of 2"), "{a:?}");
+    assert!(matches!(out.reply_error, Some(EngineError::InvalidArgument(_))));
+    assert!(run.activities.is_empty(), "no activity was scheduled");
+    assert!(run.is_open());
+    assert_eq!(run.workflow_task.as_ref().map(|t| t.attempt), Some(2), "a retry is scheduled");
+    // Within the limit the same commands go through.
+    let mut run = started();
+    let cmds = vec![schedule_activity("a1"), schedule_activity("a2")];
+    super::engine::workflow_task_completed(&mut run, 2, 3, &done(cmds), &limited(2), T0 + 2).unwrap();
+    assert_eq!(run.activities.len(), 2);
+}
+
+#[test]
+fn an_oversized_activity_input_fails_the_run_and_a_long_history_terminates_it() {
+    let mut run = started();
+    let mut cmd = schedule_activity("a1");
+    if let Some(Cmd::ScheduleActivityTaskCommandAttributes(a)) = &mut cmd.attributes {
+        a.input = Some(Payloads { payloads: vec![Payload { data: vec![7; 4096], ..Default::default() }] });
+    }
+    let limits = crate::limits::EngineLimits { blob_size_max_bytes: 1024, ..Default::default() };
+    let out = super::engine::workflow_task_completed(&mut run, 2, 3, &done(vec![cmd]), &limits, T0 + 2).unwrap();
+    assert_eq!(types(&out), vec![(4, EventType::WorkflowTaskFailed), (5, EventType::WorkflowExecutionFailed)]);
+    let Some(Ev::WorkflowExecutionFailedEventAttributes(a)) = &out.events[1].attributes else { panic!() };
+    assert_eq!(a.failure.as_ref().unwrap().message, "ScheduleActivityTaskCommandAttributes.Input exceeds size limit.");
+    assert_eq!(run.status, RunStatus::Failed);
+
+    let mut run = started();
+    let limits = crate::limits::EngineLimits { history_count_max: 4, ..Default::default() };
+    let out =
+        super::engine::workflow_task_completed(&mut run, 2, 3, &done(vec![timer("t", 5)]), &limits, T0 + 2).unwrap();
+    let last = out.events.last().unwrap();
+    assert_eq!(EventType::try_from(last.event_type).unwrap(), EventType::WorkflowExecutionTerminated);
+    let Some(Ev::WorkflowExecutionTerminatedEventAttributes(a)) = &last.attributes else { panic!() };
+    assert_eq!(a.reason, crate::limits::HISTORY_TOO_LARGE);
+    assert_eq!(run.status, RunStatus::Terminated);
+    assert!(run.history_bytes > 0);
+}
+
+#[test]
+fn ids_past_the_length_limit_are_refused_and_change_nothing() {
+    let mut run = started();
+    let before = run.clone();
+    let limits = crate::limits::EngineLimits { id_length_max: 8, ..Default::default() };
+    let r = super::engine::workflow_task_completed(
+        &mut run,
+        2,
+        3,
+        &done(vec![schedule_activity("a-very-long-id")]),
+        &limits,
+        T0,
+    );
+    assert!(matches!(&r, Err(EngineError::InvalidArgument(m)) if m == "ActivityId exceeds length limit."), "{r:?}");
+    assert_eq!(run, before);
 }

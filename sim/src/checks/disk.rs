@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use norn_client::protos::temporal::api::history::v1::HistoryEvent;
 use norn_node::history::RunState;
-use norn_storage::{Cf, Engine, MemDisk, MemEngine};
+use norn_storage::{MemDisk, MemEngine};
 use prost::Message;
 
 /// One shard's state on one node.
@@ -28,40 +28,43 @@ pub struct ShardState {
 pub fn read(disk: &MemDisk) -> BTreeMap<u32, ShardState> {
     let engine = MemEngine::open(disk);
     let mut out: BTreeMap<u32, ShardState> = BTreeMap::new();
-    let Ok(all) = engine.scan_prefix(Cf::State, &[], usize::MAX) else { return out };
-    for (k, v) in all {
-        if k.len() < 4 {
-            continue;
+    let all = match norn_raft::state_machine::stored_state(&engine) {
+        Ok(all) => all,
+        Err(e) => {
+            out.entry(0).or_default().undecodable.push(format!("stored state: {e}"));
+            return out;
         }
-        let group = u32::from_be_bytes([k[0], k[1], k[2], k[3]]);
-        let key = &k[4..];
+    };
+    for (group, pairs) in all {
         let shard = out.entry(group).or_default();
-        // Values are stored sealed with a checksum of key and value.
-        let v = match norn_raft::codec::open_value(key, &v) {
-            Ok(v) => v.to_vec(),
-            Err(e) => {
-                shard.undecodable.push(format!("value at {}: {e}", String::from_utf8_lossy(key)));
-                continue;
-            }
-        };
-        if let Some(rest) = key.strip_prefix(b"ev/") {
-            shard.raw_events.insert(key.to_vec(), v.clone());
-            // `<run id>/<event id, 8 bytes BE>`
-            if rest.len() < 10 || rest[rest.len() - 9] != b'/' {
-                shard.undecodable.push(format!("history key {}", String::from_utf8_lossy(key)));
-                continue;
-            }
-            let run = String::from_utf8_lossy(&rest[..rest.len() - 9]).into_owned();
-            match HistoryEvent::decode(v.as_slice()) {
-                Ok(e) => shard.histories.entry(run).or_default().push(e),
-                Err(e) => shard.undecodable.push(format!("event of run {run}: {e}")),
-            }
-        } else if key.starts_with(b"run/") {
-            match postcard::from_bytes::<RunState>(&v) {
-                Ok(r) => {
-                    shard.runs.insert(r.run_id.clone(), r);
+        for (key, sealed) in pairs {
+            let key = key.as_slice();
+            let v = match norn_raft::codec::open_value(key, &sealed) {
+                Ok(v) => v.to_vec(),
+                Err(e) => {
+                    shard.undecodable.push(format!("value at {}: {e}", String::from_utf8_lossy(key)));
+                    continue;
                 }
-                Err(e) => shard.undecodable.push(format!("run state {}: {e}", String::from_utf8_lossy(key))),
+            };
+            if let Some(rest) = key.strip_prefix(b"ev/") {
+                shard.raw_events.insert(key.to_vec(), v.clone());
+                // `<run id>/<event id, 8 bytes BE>`
+                if rest.len() < 10 || rest[rest.len() - 9] != b'/' {
+                    shard.undecodable.push(format!("history key {}", String::from_utf8_lossy(key)));
+                    continue;
+                }
+                let run = String::from_utf8_lossy(&rest[..rest.len() - 9]).into_owned();
+                match HistoryEvent::decode(v.as_slice()) {
+                    Ok(e) => shard.histories.entry(run).or_default().push(e),
+                    Err(e) => shard.undecodable.push(format!("event of run {run}: {e}")),
+                }
+            } else if key.starts_with(b"run/") {
+                match postcard::from_bytes::<RunState>(&v) {
+                    Ok(r) => {
+                        shard.runs.insert(r.run_id.clone(), r);
+                    }
+                    Err(e) => shard.undecodable.push(format!("run state {}: {e}", String::from_utf8_lossy(key))),
+                }
             }
         }
     }
