@@ -97,6 +97,10 @@ pub async fn run(binary: &Path, opts: &SnapshotOptions) -> anyhow::Result<()> {
                             PutRequest { key: format!("snap-{i:09}").into_bytes(), value: value.clone(), hops: 0 };
                         match c.put(req).await {
                             Ok(_) => return Ok(()),
+                            // Only a shard between leaders is worth waiting for.
+                            Err(e) if e.code() != tonic::Code::Unavailable => {
+                                return Err(anyhow::anyhow!("put snap-{i}: {e}"))
+                            }
                             Err(e) => {
                                 last = Some(e);
                                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -511,3 +511,45 @@ async fn a_follower_catches_up_through_a_streamed_snapshot_file() {
     let peaks: Vec<u64> = c.pids().iter().map(|p| peak_rss_mib(*p)).collect();
     eprintln!("peak RSS per node (MiB): {peaks:?}; state: {} MiB", keys * 64 / 1024);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_wal_is_corrupt_in_the_middle_refuses_to_start_and_says_why() {
+    let mut c = Cluster::start(3, 1, fast_raft()).await;
+    for i in 0..300 {
+        c.put(1, &format!("k{i}"), &"v".repeat(100)).await.unwrap_or_else(|e| panic!("put k{i}: {e}"));
+    }
+    // Node 3 stops (SIGKILL: nothing flushed beyond the WAL); one byte a third of the way into its
+    // largest WAL file flips.
+    c.kill(3);
+    let db = c.dir.path().join("node-3/data/db");
+    let wal = std::fs::read_dir(&db)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a WAL file");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    assert!(bytes.len() > 16 << 10, "the writes are in the WAL ({} bytes)", bytes.len());
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&wal, &bytes).unwrap();
+    // Restarted, it exits instead of opening with the synced records after the damage dropped.
+    let node = &c.file.nodes[2];
+    let mut child = local_cluster::spawn(bin(), node).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("node 3 started over a corrupt WAL\n{}", c.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "node 3 exited cleanly over a corrupt WAL");
+    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+    assert!(log.contains("refusing to start"), "the operator is not told why:\n{log}");
+    // The other two go on serving.
+    c.put(1, "after", "yes").await.expect("nodes 1 and 2 keep a quorum");
+}

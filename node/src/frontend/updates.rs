@@ -41,7 +41,7 @@ impl Frontend {
         &self,
         req: UpdateWorkflowExecutionRequest,
     ) -> Result<UpdateWorkflowExecutionResponse, Status> {
-        let ns = self.namespace_id(&req.namespace).await?;
+        let (ns, limits) = self.namespace(&req.namespace).await?;
         let mut request =
             req.request.clone().ok_or_else(|| Status::invalid_argument("Request is not set on request."))?;
         let meta = request.meta.get_or_insert_with(Meta::default);
@@ -55,7 +55,12 @@ impl Frontend {
         let (shard, run) = self.resolve(&ns, req.workflow_execution.as_ref()).await?;
         let span = tracing::info_span!("update", namespace = %req.namespace, workflow_id = %run.workflow_id, shard, update_id = %update_id);
         let _g = span.enter();
-        self.apply(shard, WorkflowCommand::AdmitUpdate { run: run.clone(), request: request.encode_to_vec() }).await?;
+        let cmd = WorkflowCommand::AdmitUpdate {
+            run: run.clone(),
+            request: request.encode_to_vec(),
+            limits: limits.engine(),
+        };
+        self.apply(shard, cmd).await?;
         let (stage, outcome) = self.wait_update(shard, &run, &update_id, wanted(req.wait_policy.as_ref())).await?;
         Ok(UpdateWorkflowExecutionResponse {
             update_ref: Some(update_ref(&run, &update_id)),

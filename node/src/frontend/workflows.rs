@@ -160,6 +160,8 @@ fn engine_status(e: EngineError) -> Status {
         EngineError::AlreadyCompleted => Status::not_found("workflow execution already completed"),
         EngineError::UnhandledCommand => Status::invalid_argument("UnhandledCommand"),
         EngineError::Unimplemented(m) => Status::unimplemented(m),
+        EngineError::ResourceExhausted(m) => Status::resource_exhausted(m),
+        EngineError::FailedPrecondition(m) => Status::failed_precondition(m),
     }
 }
 

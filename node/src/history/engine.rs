@@ -74,6 +74,12 @@ pub enum EngineError {
     /// A command Norn does not implement yet.
     #[error("{0}")]
     Unimplemented(String),
+    /// A per-run limit that frees up as work completes (updates in flight).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A per-run limit that never frees up (updates over the run's life).
+    #[error("{0}")]
+    FailedPrecondition(String),
 }
 
 /// The result of one transition.

@@ -118,7 +118,7 @@ pub enum WorkflowCommand {
     /// Request cancellation of the run (the current run when `run.run_id` is empty).
     RequestCancel { run: RunKey, reason: String, identity: String },
     /// A caller asks for a workflow update (encoded `update.v1.Request`).
-    AdmitUpdate { run: RunKey, request: Vec<u8> },
+    AdmitUpdate { run: RunKey, request: Vec<u8>, limits: crate::limits::EngineLimits },
     /// Terminate the run (the current run when `run.run_id` is empty); `details` is encoded `Payloads`.
     Terminate { run: RunKey, reason: String, details: Vec<u8>, identity: String },
     /// A started workflow task ran past its timeout.
@@ -567,11 +567,11 @@ fn apply_inner(
             let out = engine::signal(&mut state, attrs, now_ms)?;
             (state, out)
         }
-        WorkflowCommand::AdmitUpdate { run, request } => {
+        WorkflowCommand::AdmitUpdate { run, request, limits } => {
             let request: norn_proto::protos::temporal::api::update::v1::Request = decode(&request, "update request")?;
             let run = with_current(txn, run)?;
             let mut state = loaded(txn, &run)?;
-            let out = engine::admit_update(&mut state, request, now_ms)?;
+            let out = engine::admit_update(&mut state, request, &limits, now_ms)?;
             (state, out)
         }
         WorkflowCommand::RequestCancel { run, reason, identity } => {

@@ -893,6 +893,27 @@ mod updates {
         )
     }
 
+    fn admit_update(run: &mut RunState, r: Request, now_ms: u64) -> Result<Outcome, EngineError> {
+        super::super::engine::admit_update(run, r, &Default::default(), now_ms)
+    }
+
+    #[test]
+    fn updates_past_the_in_flight_and_total_limits_are_refused() {
+        let mut run = idle();
+        let limits =
+            crate::limits::EngineLimits { updates_in_flight_max: 2, updates_total_max: 3, ..Default::default() };
+        super::super::engine::admit_update(&mut run, request("u1"), &limits, T0 + 3).unwrap();
+        super::super::engine::admit_update(&mut run, request("u2"), &limits, T0 + 3).unwrap();
+        let e = super::super::engine::admit_update(&mut run, request("u3"), &limits, T0 + 3).unwrap_err();
+        assert!(matches!(e, EngineError::ResourceExhausted(_)), "{e:?}");
+        // A retried admission of an update already in is still accepted.
+        super::super::engine::admit_update(&mut run, request("u1"), &limits, T0 + 3).unwrap();
+        let limits =
+            crate::limits::EngineLimits { updates_in_flight_max: 10, updates_total_max: 2, ..Default::default() };
+        let e = super::super::engine::admit_update(&mut run, request("u3"), &limits, T0 + 3).unwrap_err();
+        assert!(matches!(e, EngineError::FailedPrecondition(_)), "{e:?}");
+    }
+
     /// A run whose first task completed idle (nothing scheduled).
     fn idle() -> RunState {
         let mut run = started();

@@ -23,7 +23,12 @@ const REJECTION_TYPE: &str = "temporal.api.update.v1.Rejection";
 const RESPONSE_TYPE: &str = "temporal.api.update.v1.Response";
 
 /// A caller asks for an update. A known update id changes nothing (the caller waits on it).
-pub fn admit_update(run: &mut RunState, request: Request, now_ms: u64) -> Result<Outcome, EngineError> {
+pub fn admit_update(
+    run: &mut RunState,
+    request: Request,
+    limits: &crate::limits::EngineLimits,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
     if !run.is_open() {
         return Err(EngineError::NotFound("workflow execution already completed".into()));
     }
@@ -36,6 +41,19 @@ pub fn admit_update(run: &mut RunState, request: Request, now_ms: u64) -> Result
     }
     if run.updates.contains_key(&update_id) {
         return Ok(Outcome::default());
+    }
+    let in_flight = run.updates.values().filter(|u| !matches!(u.stage, UpdateStage::Completed { .. })).count() as u64;
+    if in_flight >= limits.updates_in_flight_max {
+        return Err(EngineError::ResourceExhausted(format!(
+            "in-flight workflow update limit of {} reached for this workflow execution; retry once updates complete",
+            limits.updates_in_flight_max
+        )));
+    }
+    if run.updates.len() as u64 >= limits.updates_total_max {
+        return Err(EngineError::FailedPrecondition(format!(
+            "total workflow update limit of {} reached for this workflow execution; continue it as new",
+            limits.updates_total_max
+        )));
     }
     run.updates.insert(
         update_id.clone(),
