@@ -1,0 +1,312 @@
+//! Checkers over the history and the final state. Indeterminate (info) operations may or may not
+//! have happened, as in Jepsen.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::history::{pairs, Kind, Op};
+
+/// What the harness read at the end, once everything was healed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Final {
+    /// Per workflow id: the current run id and its status, as node 1 describes it.
+    pub runs: BTreeMap<String, (String, String)>,
+    /// Per workflow id: the signal values in its history, in history order.
+    pub signals: BTreeMap<String, Vec<i64>>,
+    /// Per workflow id and node: the history as (event id, CRC of the event) read through it.
+    pub reads: BTreeMap<String, BTreeMap<u64, Vec<(i64, u32)>>>,
+    /// Per workflow id and node: the history as that node's own replica holds it.
+    pub replicas: BTreeMap<String, BTreeMap<u64, Vec<(i64, u32)>>>,
+}
+
+/// One violation: the checker, the workflow, what is wrong and the operations that show it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Violation {
+    /// Which checker.
+    pub checker: String,
+    /// The workflow it concerns.
+    pub wf: String,
+    /// What is wrong.
+    pub detail: String,
+    /// The history records that show it.
+    pub ops: Vec<Op>,
+}
+
+fn v(checker: &str, wf: &str, detail: String, ops: Vec<Op>) -> Violation {
+    Violation { checker: checker.into(), wf: wf.into(), detail, ops }
+}
+
+/// One history read: (event id, CRC) per event, and the operation that read it (none for the
+/// final reads).
+type HistoryRead = (Vec<(i64, u32)>, Option<Op>);
+/// One describe: invoked at, completed at, status, history length, the completion.
+type Describe = (u64, u64, String, i64, Op);
+
+/// Every checker's name.
+pub const CHECKERS: &[&str] = &[
+    "acknowledged-starts-kept",
+    "one-run-per-id",
+    "signals-exactly-once-in-order",
+    "histories-gap-free-and-prefix-consistent",
+    "describe-monotonic",
+    "every-workflow-finishes",
+    "replicas-identical",
+];
+
+/// Runs every checker.
+pub fn check(ops: &[Op], fin: &Final) -> Vec<Violation> {
+    let ps = pairs(ops);
+    let mut out = Vec::new();
+    // Acknowledged starts are never lost, and at most one run per id was acknowledged.
+    let mut ok_runs: BTreeMap<String, Vec<(String, Op)>> = BTreeMap::new();
+    for p in &ps {
+        if let Some(d) = &p.done {
+            if (p.invoke.f == "start" || p.invoke.f == "start-collide") && d.kind == Kind::Ok {
+                let run = d.value.as_str().unwrap_or_default().to_string();
+                ok_runs.entry(p.invoke.wf.clone()).or_default().push((run, d.clone()));
+            }
+        }
+    }
+    for (wf, runs) in &ok_runs {
+        match fin.runs.get(wf) {
+            None => out.push(v(
+                "acknowledged-starts-kept",
+                wf,
+                "an acknowledged start is gone".into(),
+                runs.iter().map(|r| r.1.clone()).collect(),
+            )),
+            Some((run, _)) if !runs.iter().any(|r| &r.0 == run) => out.push(v(
+                "acknowledged-starts-kept",
+                wf,
+                format!("acknowledged run {} but the workflow's run is {run}", runs[0].0),
+                runs.iter().map(|r| r.1.clone()).collect(),
+            )),
+            _ => {}
+        }
+        let distinct: std::collections::BTreeSet<&String> = runs.iter().map(|r| &r.0).collect();
+        if distinct.len() > 1 {
+            out.push(v(
+                "one-run-per-id",
+                wf,
+                format!("{} different runs acknowledged for one id: {distinct:?}", distinct.len()),
+                runs.iter().map(|r| r.1.clone()).collect(),
+            ));
+        }
+    }
+    // Signals: each acknowledged one applied exactly once, none applied twice, a failed one never,
+    // acknowledged ones in send order.
+    let mut sent: BTreeMap<String, Vec<(i64, Kind, Op)>> = BTreeMap::new();
+    for p in ps.iter().filter(|p| p.invoke.f == "signal") {
+        let seq = p.invoke.value.as_i64().unwrap_or(-1);
+        let kind = p.done.as_ref().map(|d| d.kind).unwrap_or(Kind::Info);
+        sent.entry(p.invoke.wf.clone()).or_default().push((seq, kind, p.invoke.clone()));
+    }
+    for (wf, list) in &sent {
+        let Some(applied) = fin.signals.get(wf) else { continue };
+        let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+        for s in applied {
+            *counts.entry(*s).or_default() += 1;
+        }
+        for (seq, n) in &counts {
+            if *n > 1 {
+                let ops = list.iter().filter(|x| x.0 == *seq).map(|x| x.2.clone()).collect();
+                out.push(v("signals-exactly-once-in-order", wf, format!("signal {seq} applied {n} times"), ops));
+            }
+        }
+        for (seq, kind, op) in list {
+            let n = counts.get(seq).copied().unwrap_or(0);
+            match kind {
+                Kind::Ok if n == 0 => out.push(v(
+                    "signals-exactly-once-in-order",
+                    wf,
+                    format!("acknowledged signal {seq} is not in the history"),
+                    vec![op.clone()],
+                )),
+                Kind::Fail if n > 0 => out.push(v(
+                    "signals-exactly-once-in-order",
+                    wf,
+                    format!("signal {seq} failed definitely but is in the history"),
+                    vec![op.clone()],
+                )),
+                _ => {}
+            }
+        }
+        let acked: std::collections::BTreeSet<i64> = list.iter().filter(|x| x.1 == Kind::Ok).map(|x| x.0).collect();
+        let order: Vec<i64> = applied.iter().copied().filter(|s| acked.contains(s)).collect();
+        if order.windows(2).any(|w| w[0] >= w[1]) {
+            out.push(v(
+                "signals-exactly-once-in-order",
+                wf,
+                format!("acknowledged signals out of send order: {order:?}"),
+                vec![],
+            ));
+        }
+    }
+    // Histories: gap-free, and every read agrees with every other on each event.
+    let mut reads: BTreeMap<String, Vec<HistoryRead>> = BTreeMap::new();
+    for p in ps.iter().filter(|p| p.invoke.f == "read-history") {
+        if let Some(d) = p.done.as_ref().filter(|d| d.kind == Kind::Ok) {
+            let events: Vec<(i64, u32)> = serde_json::from_value(d.value.clone()).unwrap_or_default();
+            reads.entry(p.invoke.wf.clone()).or_default().push((events, Some(d.clone())));
+        }
+    }
+    for (wf, by_node) in fin.reads.iter().chain(fin.replicas.iter()) {
+        for events in by_node.values() {
+            reads.entry(wf.clone()).or_default().push((events.clone(), None));
+        }
+    }
+    for (wf, list) in &reads {
+        let mut seen: BTreeMap<i64, (u32, Option<Op>)> = BTreeMap::new();
+        for (events, op) in list {
+            let ids: Vec<i64> = events.iter().map(|e| e.0).collect();
+            if ids.iter().enumerate().any(|(i, id)| *id != i as i64 + 1) {
+                out.push(v(
+                    "histories-gap-free-and-prefix-consistent",
+                    wf,
+                    format!("a history read with a gap or out of order: {ids:?}"),
+                    op.iter().cloned().collect(),
+                ));
+                continue;
+            }
+            for (id, digest) in events {
+                match seen.get(id) {
+                    Some((d, first)) if d != digest => out.push(v(
+                        "histories-gap-free-and-prefix-consistent",
+                        wf,
+                        format!("event {id} differs between two reads"),
+                        first.iter().chain(op.iter()).cloned().collect(),
+                    )),
+                    Some(_) => {}
+                    None => {
+                        seen.insert(*id, (*digest, op.clone()));
+                    }
+                }
+            }
+        }
+    }
+    // Describe: a run seen closed is never seen open by a describe that began later; its
+    // history never seen shorter.
+    let mut describes: BTreeMap<String, Vec<Describe>> = BTreeMap::new();
+    for p in ps.iter().filter(|p| p.invoke.f == "describe") {
+        if let Some(d) = p.done.as_ref().filter(|d| d.kind == Kind::Ok) {
+            let status = d.value["status"].as_str().unwrap_or_default().to_string();
+            let len = d.value["length"].as_i64().unwrap_or(0);
+            describes.entry(p.invoke.wf.clone()).or_default().push((
+                p.invoke.time_ns,
+                d.time_ns,
+                status,
+                len,
+                d.clone(),
+            ));
+        }
+    }
+    for (wf, list) in &describes {
+        for a in list {
+            for b in list {
+                if a.1 < b.0 {
+                    let a_closed = a.2 != "WORKFLOW_EXECUTION_STATUS_RUNNING";
+                    let b_open = b.2 == "WORKFLOW_EXECUTION_STATUS_RUNNING";
+                    if (a_closed && b_open) || a.3 > b.3 {
+                        out.push(v(
+                            "describe-monotonic",
+                            wf,
+                            format!("read {} with {} events, then later {} with {} events", a.2, a.3, b.2, b.3),
+                            vec![a.4.clone(), b.4.clone()],
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    // Every workflow whose start was acknowledged finished after the heal.
+    for wf in ok_runs.keys() {
+        if let Some((_, status)) = fin.runs.get(wf) {
+            if status != "WORKFLOW_EXECUTION_STATUS_COMPLETED" {
+                out.push(v("every-workflow-finishes", wf, format!("ended {status} after the final heal"), vec![]));
+            }
+        }
+    }
+    // Replicas byte-identical.
+    for (wf, by_node) in &fin.replicas {
+        let mut it = by_node.iter();
+        if let Some((n0, first)) = it.next() {
+            for (n, other) in it {
+                if other != first {
+                    out.push(v(
+                        "replicas-identical",
+                        wf,
+                        format!(
+                            "node {n}'s replica differs from node {n0}'s ({} vs {} events)",
+                            other.len(),
+                            first.len()
+                        ),
+                        vec![],
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn op(process: u64, kind: Kind, f: &str, wf: &str, t: u64, value: serde_json::Value) -> Op {
+        Op { process, kind, f: f.into(), wf: wf.into(), node: 1, time_ns: t, value }
+    }
+
+    #[test]
+    fn a_lost_acknowledged_signal_and_a_duplicate_are_violations() {
+        let ops = vec![
+            op(1, Kind::Invoke, "start", "w", 1, json!(null)),
+            op(1, Kind::Ok, "start", "w", 2, json!("r1")),
+            op(1, Kind::Invoke, "signal", "w", 3, json!(1)),
+            op(1, Kind::Ok, "signal", "w", 4, json!(1)),
+            op(1, Kind::Invoke, "signal", "w", 5, json!(2)),
+            op(1, Kind::Ok, "signal", "w", 6, json!(2)),
+        ];
+        let mut fin = Final::default();
+        fin.runs.insert("w".into(), ("r1".into(), "WORKFLOW_EXECUTION_STATUS_COMPLETED".into()));
+        fin.signals.insert("w".into(), vec![1, 2]);
+        assert!(check(&ops, &fin).is_empty(), "{:?}", check(&ops, &fin));
+        fin.signals.insert("w".into(), vec![1, 1]);
+        let found = check(&ops, &fin);
+        assert!(found.iter().any(|x| x.detail.contains("applied 2 times")), "{found:?}");
+        assert!(found.iter().any(|x| x.detail.contains("signal 2 is not in the history")), "{found:?}");
+    }
+
+    #[test]
+    fn a_lost_start_two_runs_and_a_describe_going_back_are_violations() {
+        let ops = vec![
+            op(1, Kind::Invoke, "start-collide", "c", 1, json!(null)),
+            op(1, Kind::Ok, "start-collide", "c", 2, json!("r1")),
+            op(2, Kind::Invoke, "start-collide", "c", 1, json!(null)),
+            op(2, Kind::Ok, "start-collide", "c", 3, json!("r2")),
+            op(3, Kind::Invoke, "start", "gone", 1, json!(null)),
+            op(3, Kind::Ok, "start", "gone", 2, json!("r3")),
+            op(4, Kind::Invoke, "describe", "c", 10, json!(null)),
+            op(4, Kind::Ok, "describe", "c", 11, json!({"status": "WORKFLOW_EXECUTION_STATUS_COMPLETED", "length": 9})),
+            op(4, Kind::Invoke, "describe", "c", 12, json!(null)),
+            op(4, Kind::Ok, "describe", "c", 13, json!({"status": "WORKFLOW_EXECUTION_STATUS_RUNNING", "length": 5})),
+        ];
+        let mut fin = Final::default();
+        fin.runs.insert("c".into(), ("r1".into(), "WORKFLOW_EXECUTION_STATUS_COMPLETED".into()));
+        let found: Vec<String> = check(&ops, &fin).into_iter().map(|x| x.checker).collect();
+        for c in ["one-run-per-id", "acknowledged-starts-kept", "describe-monotonic"] {
+            assert!(found.iter().any(|x| x == c), "{c} not in {found:?}");
+        }
+    }
+
+    #[test]
+    fn diverging_replicas_and_reads_are_violations() {
+        let mut fin = Final::default();
+        fin.replicas.insert("w".into(), [(1, vec![(1, 7), (2, 8)]), (2, vec![(1, 7), (2, 9)])].into());
+        let found: Vec<String> = check(&[], &fin).into_iter().map(|x| x.checker).collect();
+        assert!(found.contains(&"replicas-identical".to_string()), "{found:?}");
+        assert!(found.contains(&"histories-gap-free-and-prefix-consistent".to_string()), "{found:?}");
+    }
+}

@@ -1,0 +1,280 @@
+//! A local cluster of real `norn` processes whose every link goes through the harness's proxies.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use nix::sys::signal::Signal;
+use norn_node::config::{Member, NodeConfig};
+use norn_node::local_cluster::{self, NodeEntry};
+use norn_node::pb::admin_client::AdminClient;
+use norn_node::pb::{NodeStatusRequest, NodeStatusResponse};
+
+use crate::proxy::{Net, Port, Proxy};
+
+/// One node: its real addresses, its config, its process.
+pub struct Node {
+    /// Id (1-based).
+    pub id: u64,
+    /// What `local_cluster::spawn` needs (config and log paths, real addresses).
+    pub entry: NodeEntry,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// The running process, if any.
+    pub child: Option<Child>,
+    /// Stopped with SIGSTOP.
+    pub paused: bool,
+    /// Times started.
+    pub starts: u32,
+}
+
+/// The cluster.
+pub struct Cluster {
+    /// Nodes, index `id - 1`.
+    pub nodes: Vec<Node>,
+    /// The proxies.
+    pub net: Net,
+    /// The `norn` binary.
+    pub binary: PathBuf,
+    /// The cluster id.
+    pub cluster_id: String,
+    /// Shards.
+    pub shards: u32,
+    /// Where everything lives.
+    pub dir: PathBuf,
+}
+
+fn free_addr() -> anyhow::Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
+}
+
+impl Cluster {
+    /// Lays out `n` nodes under `dir` with proxies on every link, and starts them.
+    pub async fn start(binary: &Path, dir: &Path, n: usize, shards: u32) -> anyhow::Result<Cluster> {
+        let cluster_id = local_cluster::new_cluster_id();
+        let mut real = Vec::new();
+        for _ in 0..n {
+            real.push((free_addr()?, free_addr()?, free_addr()?));
+        }
+        let mut net = Net::default();
+        for i in 0..=n as u64 {
+            for j in 1..=n as u64 {
+                if i == j {
+                    continue;
+                }
+                let (c, r, _) = &real[(j - 1) as usize];
+                net.links.insert((i, j, Port::Client), Proxy::start(c.clone()).await?);
+                if i > 0 {
+                    net.links.insert((i, j, Port::Peer), Proxy::start(r.clone()).await?);
+                }
+            }
+        }
+        let mut nodes = Vec::new();
+        for i in 1..=n as u64 {
+            let (c, r, m) = &real[(i - 1) as usize];
+            let node_dir = dir.join(format!("node-{i}"));
+            std::fs::create_dir_all(&node_dir)?;
+            // Each node sees its peers at the proxies of its own links to them.
+            let members = (1..=n as u64)
+                .map(|j| {
+                    if j == i {
+                        Member { id: j, raft_addr: r.clone(), client_addr: c.clone() }
+                    } else {
+                        Member {
+                            id: j,
+                            raft_addr: net.links[&(i, j, Port::Peer)].listen.clone(),
+                            client_addr: net.links[&(i, j, Port::Client)].listen.clone(),
+                        }
+                    }
+                })
+                .collect();
+            let cfg = NodeConfig {
+                cluster_id: cluster_id.clone(),
+                node_id: i,
+                data_dir: node_dir.join("data"),
+                client_addr: c.clone(),
+                raft_addr: r.clone(),
+                metrics_addr: Some(m.clone()),
+                shards,
+                replicas: 3,
+                members,
+                enable_fault_injection: false,
+                enable_test_map: true,
+                worker_threads: local_cluster::threads_per_node(n),
+                disk_reserve_bytes: 64 << 20,
+                raft: norn_raft::RaftOptions::default(),
+            };
+            let config = node_dir.join("norn.toml");
+            std::fs::write(&config, cfg.to_toml()?)?;
+            let entry = NodeEntry {
+                id: i,
+                pid: None,
+                client_addr: c.clone(),
+                raft_addr: r.clone(),
+                metrics_addr: m.clone(),
+                config,
+                log: node_dir.join("norn.log"),
+            };
+            nodes.push(Node { id: i, entry, data_dir: node_dir.join("data"), child: None, paused: false, starts: 0 });
+        }
+        let mut c = Cluster { nodes, net, binary: binary.to_path_buf(), cluster_id, shards, dir: dir.to_path_buf() };
+        for i in 1..=n as u64 {
+            c.restart(i)?;
+        }
+        c.wait_ready(Duration::from_secs(120)).await?;
+        Ok(c)
+    }
+
+    fn node(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    /// The address clients use to reach node `id` (through its client proxy).
+    pub fn client_addr(&self, id: u64) -> String {
+        self.net.links[&(0, id, Port::Client)].listen.clone()
+    }
+
+    /// Starts node `id` if it is not running.
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        let binary = self.binary.clone();
+        let n = self.node(id);
+        if n.child.is_some() {
+            return Ok(());
+        }
+        n.child = Some(local_cluster::spawn(&binary, &n.entry)?);
+        n.paused = false;
+        n.starts += 1;
+        Ok(())
+    }
+
+    /// SIGKILLs node `id`.
+    pub fn kill(&mut self, id: u64) {
+        let n = self.node(id);
+        if let Some(mut c) = n.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        n.paused = false;
+    }
+
+    /// SIGSTOP or SIGCONT.
+    pub fn pause(&mut self, id: u64, stop: bool) {
+        let n = self.node(id);
+        if let Some(c) = &n.child {
+            let sig = if stop { Signal::SIGSTOP } else { Signal::SIGCONT };
+            local_cluster::signal(c.id(), sig);
+            n.paused = stop;
+        }
+    }
+
+    /// Is node `id`'s process running (not killed)?
+    pub fn running(&self, id: u64) -> bool {
+        self.nodes[(id - 1) as usize].child.is_some()
+    }
+
+    /// Node `id`'s status, asked directly (not through a proxy).
+    pub async fn status(&self, id: u64) -> anyhow::Result<NodeStatusResponse> {
+        let addr = &self.nodes[(id - 1) as usize].entry.client_addr;
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        Ok(AdminClient::new(ch).node_status(NodeStatusRequest {}).await?.into_inner())
+    }
+
+    /// The leader of `shard` as the running nodes report it.
+    pub async fn leader(&self, shard: u32) -> Option<u64> {
+        for n in &self.nodes {
+            if n.child.is_none() || n.paused {
+                continue;
+            }
+            if let Ok(s) = self.status(n.id).await {
+                if s.shards.iter().any(|x| x.shard == shard && x.role == "leader") {
+                    return Some(n.id);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits until every node answers and every shard has a leader.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut ok = true;
+            let mut led = std::collections::BTreeSet::new();
+            for n in &self.nodes {
+                if n.child.is_none() {
+                    continue;
+                }
+                match self.status(n.id).await {
+                    Ok(s) => led.extend(s.shards.iter().filter(|x| x.role == "leader").map(|x| x.shard)),
+                    Err(_) => ok = false,
+                }
+            }
+            if ok && led.len() == self.shards as usize {
+                return Ok(());
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the cluster did not become ready");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Kills every process.
+    pub fn stop_all(&mut self) {
+        for id in 1..=self.nodes.len() as u64 {
+            self.pause(id, false);
+            self.kill(id);
+        }
+    }
+
+    /// Copies node `id`'s data directory (the node must be stopped) to `to`.
+    pub fn copy_data(&self, id: u64, to: &Path) -> anyhow::Result<()> {
+        copy_dir(&self.nodes[(id - 1) as usize].data_dir, to).context("copy data directory")
+    }
+
+    /// Starts a process on node `id`'s addresses with `config` changed by `f` (a stale copy of its
+    /// data, or another cluster's identity); returns it. The member's own process must be down.
+    pub fn spawn_impostor(&self, id: u64, name: &str, f: impl FnOnce(&mut NodeConfig)) -> anyhow::Result<Child> {
+        let n = &self.nodes[(id - 1) as usize];
+        let text = std::fs::read_to_string(&n.entry.config)?;
+        let mut cfg: NodeConfig = toml::from_str(&text)?;
+        f(&mut cfg);
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("norn.toml");
+        std::fs::write(&config, cfg.to_toml()?)?;
+        let entry = NodeEntry { config, log: dir.join("norn.log"), ..n.entry.clone() };
+        local_cluster::spawn(&self.binary, &entry)
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else {
+            std::fs::copy(e.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+/// Used by the report: each node's log file.
+pub fn logs(c: &Cluster) -> Vec<(u64, PathBuf)> {
+    c.nodes.iter().map(|n| (n.id, n.entry.log.clone())).collect()
+}
+
+/// Shared handle.
+pub type Shared = Arc<tokio::sync::Mutex<Cluster>>;
+
+/// Copies a directory tree.
+pub fn copy_dir_pub(from: &Path, to: &Path) -> std::io::Result<()> {
+    copy_dir(from, to)
+}
