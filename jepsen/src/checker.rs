@@ -18,6 +18,8 @@ pub struct Final {
     pub reads: BTreeMap<String, BTreeMap<u64, Vec<(i64, u32)>>>,
     /// Per workflow id and node: the history as that node's own replica holds it.
     pub replicas: BTreeMap<String, BTreeMap<u64, Vec<(i64, u32)>>>,
+    /// Per workflow id: the event types of its history (kept for the report).
+    pub event_types: BTreeMap<String, Vec<String>>,
 }
 
 /// One violation: the checker, the workflow, what is wrong and the operations that show it.
@@ -223,7 +225,15 @@ pub fn check(ops: &[Op], fin: &Final) -> Vec<Violation> {
     for wf in ok_runs.keys() {
         if let Some((_, status)) = fin.runs.get(wf) {
             if status != "WORKFLOW_EXECUTION_STATUS_COMPLETED" {
-                out.push(v("every-workflow-finishes", wf, format!("ended {status} after the final heal"), vec![]));
+                let tail: Vec<&String> =
+                    fin.event_types.get(wf).map(|t| t.iter().rev().take(12).rev().collect()).unwrap_or_default();
+                let ops = ops.iter().filter(|o| &o.wf == wf).cloned().collect();
+                out.push(v(
+                    "every-workflow-finishes",
+                    wf,
+                    format!("ended {status} after the final heal; its last events: {tail:?}"),
+                    ops,
+                ));
             }
         }
     }

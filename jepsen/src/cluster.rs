@@ -44,6 +44,8 @@ pub struct Cluster {
     pub shards: u32,
     /// Where everything lives.
     pub dir: PathBuf,
+    /// A bug planted in every member (`NORN_PLANTED_BUG`), to show the checkers catch it.
+    pub planted_bug: Option<String>,
 }
 
 fn free_addr() -> anyhow::Result<String> {
@@ -53,7 +55,13 @@ fn free_addr() -> anyhow::Result<String> {
 
 impl Cluster {
     /// Lays out `n` nodes under `dir` with proxies on every link, and starts them.
-    pub async fn start(binary: &Path, dir: &Path, n: usize, shards: u32) -> anyhow::Result<Cluster> {
+    pub async fn start(
+        binary: &Path,
+        dir: &Path,
+        n: usize,
+        shards: u32,
+        planted_bug: Option<String>,
+    ) -> anyhow::Result<Cluster> {
         let cluster_id = local_cluster::new_cluster_id();
         let mut real = Vec::new();
         for _ in 0..n {
@@ -101,7 +109,7 @@ impl Cluster {
                 shards,
                 replicas: 3,
                 members,
-                enable_fault_injection: false,
+                enable_fault_injection: planted_bug.is_some(),
                 enable_test_map: true,
                 worker_threads: local_cluster::threads_per_node(n),
                 disk_reserve_bytes: 64 << 20,
@@ -120,7 +128,15 @@ impl Cluster {
             };
             nodes.push(Node { id: i, entry, data_dir: node_dir.join("data"), child: None, paused: false, starts: 0 });
         }
-        let mut c = Cluster { nodes, net, binary: binary.to_path_buf(), cluster_id, shards, dir: dir.to_path_buf() };
+        let mut c = Cluster {
+            nodes,
+            net,
+            binary: binary.to_path_buf(),
+            cluster_id,
+            shards,
+            dir: dir.to_path_buf(),
+            planted_bug,
+        };
         for i in 1..=n as u64 {
             c.restart(i)?;
         }
@@ -140,11 +156,13 @@ impl Cluster {
     /// Starts node `id` if it is not running.
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
         let binary = self.binary.clone();
+        let bug = self.planted_bug.clone();
         let n = self.node(id);
         if n.child.is_some() {
             return Ok(());
         }
-        n.child = Some(local_cluster::spawn(&binary, &n.entry)?);
+        let env: Vec<(&str, &str)> = bug.as_deref().map(|b| vec![("NORN_PLANTED_BUG", b)]).unwrap_or_default();
+        n.child = Some(local_cluster::spawn_with_env(&binary, &n.entry, &env)?);
         n.paused = false;
         n.starts += 1;
         Ok(())

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use norn_client::Client;
 use norn_node::pb::admin_client::AdminClient;
 use norn_node::pb::ReadHistoryRequest;
@@ -48,12 +49,15 @@ pub struct Options {
     pub seed: u64,
     /// Logical clients.
     pub processes: u64,
+    /// A bug to plant in every node (`stale-follower-read`, `accept-any-cluster`, ...).
+    pub planted_bug: Option<String>,
 }
 
 /// Runs the harness; returns the summary (also written to `out`).
 pub async fn run(o: &Options) -> anyhow::Result<report::Summary> {
     std::fs::create_dir_all(&o.out)?;
-    let cluster = cluster::Cluster::start(&o.binary, &o.out.join("cluster"), o.nodes, o.shards).await?;
+    let cluster =
+        cluster::Cluster::start(&o.binary, &o.out.join("cluster"), o.nodes, o.shards, o.planted_bug.clone()).await?;
     let n = o.nodes as u64;
     let addrs: Vec<String> = (1..=n).map(|i| cluster.client_addr(i)).collect();
     let direct: Vec<String> = cluster.nodes.iter().map(|x| x.entry.client_addr.clone()).collect();
@@ -146,70 +150,97 @@ async fn finish(
     };
     let c = workload::client(&direct[0]).await?;
     let mut fin = Final::default();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    for wf in &ids {
-        // Finish (idempotent by request id); an indeterminate start that never happened is NotFound.
-        let mut found = true;
-        loop {
-            match c.signal_with_request_id(wf, None, "op", &-1i64, &format!("finish-{wf}")).await {
-                Ok(()) => break,
-                Err(norn_client::Error::NotFound(_)) => {
-                    found = false;
-                    break;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    // Finish every workflow (idempotent by request id; an indeterminate start that never happened
+    // is NotFound) and wait for it to close, many at a time.
+    let closed: Vec<(String, Option<(String, String)>)> = futures::stream::iter(ids.clone())
+        .map(|wf| {
+            let c = c.clone();
+            async move {
+                loop {
+                    match c.signal_with_request_id(&wf, None, "op", &-1i64, &format!("finish-{wf}")).await {
+                        Ok(()) => break,
+                        Err(norn_client::Error::NotFound(_)) => return (wf, None),
+                        Err(_) if tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(200)).await
+                        }
+                        Err(_) => return (wf, Some((String::new(), "UNREACHABLE".into()))),
+                    }
                 }
-                Err(_) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await
+                loop {
+                    match c.describe(&wf, None).await {
+                        Ok(d)
+                            if d.status().as_str_name() != "WORKFLOW_EXECUTION_STATUS_RUNNING"
+                                || tokio::time::Instant::now() >= deadline =>
+                        {
+                            let run = d.info.execution.as_ref().map(|e| e.run_id.clone()).unwrap_or_default();
+                            return (wf, Some((run, d.status().as_str_name().to_string())));
+                        }
+                        Err(norn_client::Error::NotFound(_)) => return (wf, None),
+                        _ => tokio::time::sleep(Duration::from_millis(200)).await,
+                    }
                 }
-                Err(e) => return Err(e.into()),
             }
-        }
-        if !found {
-            continue;
-        }
-        // Wait for it to close.
-        let status = loop {
-            match c.describe(wf, None).await {
-                Ok(d) if d.status().as_str_name() != "WORKFLOW_EXECUTION_STATUS_RUNNING" => {
-                    break (
-                        d.info.execution.as_ref().map(|e| e.run_id.clone()).unwrap_or_default(),
-                        d.status().as_str_name().to_string(),
-                    )
-                }
-                Ok(d) if tokio::time::Instant::now() >= deadline => {
-                    break (
-                        d.info.execution.as_ref().map(|e| e.run_id.clone()).unwrap_or_default(),
-                        d.status().as_str_name().to_string(),
-                    )
-                }
-                Err(norn_client::Error::NotFound(_)) => break (String::new(), "NOT_FOUND".into()),
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        };
-        if status.1 != "NOT_FOUND" {
-            fin.runs.insert(wf.clone(), status);
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (wf, r) in closed {
+        if let Some(r) = r {
+            fin.runs.insert(wf, r);
         }
     }
-    // Let every replica apply everything, then read.
+    // Let every replica apply everything, then read every history through every node and from
+    // every node's replica.
     settle(cluster, shards).await;
-    for (wf, (run, _)) in &fin.runs {
-        for (i, addr) in direct.iter().enumerate() {
-            let node = i as u64 + 1;
-            if let Ok(cl) = workload::client(addr).await {
-                if let Ok(events) = cl.fetch_history(wf, Some(run)).await {
-                    if node == 1 {
-                        fin.signals.insert(wf.clone(), signals(&events));
-                    }
-                    let digest = events.iter().map(|e| (e.event_id, crc(&e.encode_to_vec()))).collect();
-                    fin.reads.entry(wf.clone()).or_default().insert(node, digest);
-                }
+    let clients: Vec<Client> = {
+        let mut v = Vec::new();
+        for a in direct {
+            v.push(workload::client(a).await?);
+        }
+        v
+    };
+    type Reads = (String, u64, Option<Vec<HistoryEvent>>, Option<Vec<(i64, u32)>>);
+    let jobs: Vec<(String, String, u64)> = fin
+        .runs
+        .iter()
+        .flat_map(|(wf, (run, _))| (1..=direct.len() as u64).map(move |n| (wf.clone(), run.clone(), n)))
+        .collect();
+    let results: Vec<Reads> = futures::stream::iter(jobs)
+        .map(|(wf, run, node)| {
+            let cl = clients[(node - 1) as usize].clone();
+            let addr = direct[(node - 1) as usize].clone();
+            async move {
+                let events = cl.fetch_history(&wf, Some(&run)).await.ok();
+                let local = local_history(&addr, &wf, &run).await;
+                (wf, node, events, local)
             }
-            if let Some(local) = local_history(addr, wf, run).await {
-                fin.replicas.entry(wf.clone()).or_default().insert(node, local);
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for (wf, node, events, local) in results {
+        if let Some(events) = events {
+            if node == 1 {
+                fin.signals.insert(wf.clone(), signals(&events));
+                let types = events
+                    .iter()
+                    .map(|e| {
+                        norn_proto::protos::temporal::api::enums::v1::EventType::try_from(e.event_type)
+                            .map(|t| t.as_str_name().trim_start_matches("EVENT_TYPE_").to_string())
+                            .unwrap_or_else(|_| e.event_type.to_string())
+                    })
+                    .collect();
+                fin.event_types.insert(wf.clone(), types);
             }
+            let digest = events.iter().map(|e| (e.event_id, crc(&e.encode_to_vec()))).collect();
+            fin.reads.entry(wf.clone()).or_default().insert(node, digest);
+        }
+        if let Some(local) = local {
+            fin.replicas.entry(wf).or_default().insert(node, local);
         }
     }
     let _ = started;
-    let _: Option<Client> = None;
     Ok(fin)
 }
 

@@ -33,6 +33,10 @@ struct Args {
     /// Logical clients (default: 2 per node).
     #[arg(long)]
     processes: Option<u64>,
+    /// Plant a known bug in every node to show the checkers catch it: stale-follower-read,
+    /// accept-any-cluster, ack-before-fsync, uncommitted-activity-start.
+    #[arg(long)]
+    planted_bug: Option<String>,
 }
 
 #[tokio::main]
@@ -71,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         out: out.clone(),
         seed: a.seed,
         processes: a.processes.unwrap_or(2 * a.nodes as u64),
+        planted_bug: a.planted_bug,
     };
     let summary = norn_jepsen::run(&opts).await?;
     print!("{}", std::fs::read_to_string(out.join("summary.txt")).unwrap_or_default());

@@ -105,10 +105,10 @@ pub async fn process(
     while !*stop.borrow() {
         k += 1;
         let roll: u32 = rng.gen_range(0..100);
-        if roll < 15 {
+        if roll < 8 {
             let wf = format!("w-{p}-{k}");
             start(&c, &rec, &shared, p, node, &wf, "start").await;
-        } else if roll < 20 {
+        } else if roll < 12 {
             // Two processes race for the same id.
             let wf = format!("c-{}", k / 4 % 50 + 1000 * (p % 2));
             start(&c, &rec, &shared, p, node, &wf, "start-collide").await;

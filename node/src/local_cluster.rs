@@ -173,6 +173,11 @@ pub fn lay_out(spec: &ClusterSpec) -> anyhow::Result<ClusterFile> {
 
 /// Starts one node process, detached in its own process group, logging to its log file.
 pub fn spawn(binary: &Path, node: &NodeEntry) -> anyhow::Result<Child> {
+    spawn_with_env(binary, node, &[])
+}
+
+/// [`spawn`] with extra environment variables (chaos harnesses plant bugs this way).
+pub fn spawn_with_env(binary: &Path, node: &NodeEntry, env: &[(&str, &str)]) -> anyhow::Result<Child> {
     use std::os::unix::process::CommandExt;
     let log = File::options()
         .create(true)
@@ -188,6 +193,7 @@ pub fn spawn(binary: &Path, node: &NodeEntry) -> anyhow::Result<Child> {
         .stdout(log)
         .stderr(err)
         .process_group(0)
+        .envs(env.iter().copied())
         .spawn()
         .with_context(|| format!("start {}", binary.display()))
 }

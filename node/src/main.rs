@@ -341,6 +341,17 @@ fn server_config(a: ServerArgs) -> anyhow::Result<NodeConfig> {
     if let Some(v) = a.worker_threads {
         cfg.worker_threads = v;
     }
+    // Chaos harnesses plant known bugs to show their checkers catch them. Only through the
+    // environment, and only on a node that accepts fault injection: never from a config file.
+    if let Ok(name) = std::env::var("NORN_PLANTED_BUG") {
+        anyhow::ensure!(
+            cfg.enable_fault_injection,
+            "NORN_PLANTED_BUG is set but fault injection is off; it is for chaos harnesses only"
+        );
+        let bug = norn_raft::PlantedBug::parse(&name).with_context(|| format!("unknown planted bug {name:?}"))?;
+        eprintln!("norn: THIS NODE RUNS WITH THE PLANTED BUG {name} (chaos harness); never use it for real data");
+        cfg.raft.planted_bug = Some(bug);
+    }
     cfg.validate()?;
     Ok(cfg)
 }

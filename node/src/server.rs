@@ -324,6 +324,9 @@ pub async fn start_on(
     let stored = check_identity(&*engine, &config)?;
 
     let transport = Transport::new(stored.identity, connector.clone());
+    if config.raft.planted_bug == Some(norn_raft::PlantedBug::AcceptAnyCluster) {
+        transport.plant_accept_any_cluster();
+    }
     transport.remember_incarnations(stored.peer_incarnations.clone(), incarnation_sink(engine.clone()));
     let watch = crate::history::watch::RunWatch::default();
     let due = crate::history::watch::DueWatch::default();

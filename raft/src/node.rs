@@ -87,6 +87,23 @@ pub enum PlantedBug {
     /// A follower answers reads that must be current from its own (possibly stale) state
     /// instead of forwarding them to the leader's read-index.
     StaleFollowerRead,
+    /// The transport admits frames and calls from any process: another cluster's, or an old
+    /// copy of a member's data directory (the identity checks are skipped).
+    AcceptAnyCluster,
+}
+
+impl PlantedBug {
+    /// Parses a planted bug's name as the harnesses spell it (`ack-before-fsync`,
+    /// `uncommitted-activity-start`, `stale-follower-read`, `accept-any-cluster`).
+    pub fn parse(name: &str) -> Option<PlantedBug> {
+        Some(match name {
+            "ack-before-fsync" => PlantedBug::AckBeforeSync,
+            "uncommitted-activity-start" => PlantedBug::UncommittedActivityStart,
+            "stale-follower-read" => PlantedBug::StaleFollowerRead,
+            "accept-any-cluster" => PlantedBug::AcceptAnyCluster,
+            _ => return None,
+        })
+    }
 }
 
 impl Default for RaftOptions {

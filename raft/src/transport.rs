@@ -141,6 +141,8 @@ pub struct Transport {
     // hash seed (the simulator replays a seed exactly).
     peers: Mutex<BTreeMap<NodeId, (String, RaftTransportClient<Channel>)>>,
     sessions: Mutex<BTreeMap<NodeId, Arc<Session>>>,
+    /// Planted bug (`PlantedBug::AcceptAnyCluster`): skip the cluster check.
+    accept_any_cluster: std::sync::atomic::AtomicBool,
     blocked: RwLock<BTreeSet<NodeId>>,
 }
 
@@ -156,8 +158,15 @@ impl Transport {
             refused: Mutex::new(BTreeSet::new()),
             peers: Mutex::new(BTreeMap::new()),
             sessions: Mutex::new(BTreeMap::new()),
+            accept_any_cluster: std::sync::atomic::AtomicBool::new(false),
             blocked: RwLock::new(BTreeSet::new()),
         })
+    }
+
+    /// Plants `PlantedBug::AcceptAnyCluster` (harnesses only): frames from another cluster are
+    /// admitted.
+    pub fn plant_accept_any_cluster(&self) {
+        self.accept_any_cluster.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// This node's id.
@@ -187,6 +196,9 @@ impl Transport {
     /// address) or the incarnation is older than one already seen from that node (an old copy of
     /// its data directory). Every refusal is logged once per sender, cluster and incarnation.
     pub fn admit(&self, from: NodeId, cluster: u64, incarnation: u64) -> Result<(), String> {
+        if self.accept_any_cluster.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
         let why = if cluster != self.identity.cluster {
             Some(format!(
                 "node {from} belongs to cluster {cluster:016x}, not to this node's cluster {:016x}: a process of \

@@ -159,5 +159,6 @@ pub fn planted_bug_name(bug: norn_raft::PlantedBug) -> &'static str {
         AckBeforeSync => "ack-before-fsync",
         UncommittedActivityStart => "uncommitted-activity-start",
         StaleFollowerRead => "stale-follower-read",
+        AcceptAnyCluster => "accept-any-cluster",
     }
 }

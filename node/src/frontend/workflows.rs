@@ -47,6 +47,11 @@ const HISTORY_WAIT: Duration = Duration::from_secs(60);
 /// Bytes of events one page of history carries at most (a page always has at least one event):
 /// a history of any size reaches a client as pages under the 4 MiB gRPC limit SDKs use.
 const HISTORY_PAGE_BYTES_MAX: usize = 2 << 20;
+/// First wait before a failed task offer is retried, and the longest.
+const OFFER_RETRY_FIRST: Duration = Duration::from_millis(100);
+const OFFER_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a failed task offer is retried.
+const OFFER_RETRY_FOR: Duration = Duration::from_secs(600);
 /// How long a node trusts its cached copy of a namespace (its id never changes; its limits may).
 const NAMESPACE_REFRESH: Duration = Duration::from_secs(10);
 /// Metadata carrying how many times a call was forwarded between nodes.
@@ -261,8 +266,26 @@ impl Frontend {
                 let task = TaskRef { shard, run: run.clone(), scheduled_id, query: None };
                 let router = self.router.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = router.add_task(&queue, &task).await {
-                        tracing::warn!(queue = %queue.name, run = %task.run.run_id, error = %e, "could not offer task to matching; the shard re-offers it when the queue's home settles");
+                    // A failed offer is retried with backoff: nothing else would offer the task
+                    // again unless the queue's home or the run's shard changes leader, and the
+                    // workflow would wait forever (found by norn-jepsen: a workflow stuck after a
+                    // partition healed). Matching drops duplicates; a task started twice is
+                    // refused by the engine.
+                    let mut backoff = OFFER_RETRY_FIRST;
+                    let give_up = tokio::time::Instant::now() + OFFER_RETRY_FOR;
+                    loop {
+                        match router.add_task(&queue, &task).await {
+                            Ok(()) => return,
+                            Err(e) if tokio::time::Instant::now() >= give_up => {
+                                tracing::warn!(queue = %queue.name, run = %task.run.run_id, error = %e, "could not offer task to matching; giving up, the shard re-offers it when a leader changes");
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::debug!(queue = %queue.name, run = %task.run.run_id, error = %e, "offer failed; retrying");
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(OFFER_RETRY_MAX);
+                            }
+                        }
                     }
                 });
             };
