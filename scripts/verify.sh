@@ -23,5 +23,6 @@ cargo fmt --manifest-path compat/rust-worker/Cargo.toml -- --check
 CARGO_TARGET_DIR="$target" cargo build --locked --manifest-path compat/rust-worker/Cargo.toml
 NORN_BIN="$target/debug/norn" CARGO_TARGET_DIR="$target" python3 -m pytest compat -q
 # A short chaos run on real processes (docs/jepsen.md): 3 nodes, 45 s of faults; any violation fails.
+cargo build -p norn-jepsen --locked
 rm -rf "$target/jepsen-ci"
 "$target/debug/norn-jepsen" --nodes 3 --time-limit 45 --norn "$target/debug/norn" --out "$target/jepsen-ci" --seed 7
