@@ -90,6 +90,60 @@ struct Queue {
 /// shard state when a leader rebuilds).
 const TASKS_PER_QUEUE_MAX: usize = 100_000;
 
+/// Puts back a task handed to a poll that was dropped before taking it.
+struct PollGuard<'a> {
+    matching: &'a Matching,
+    key: &'a QueueKey,
+    rx: Option<oneshot::Receiver<TaskRef>>,
+}
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok(task) = rx.try_recv() {
+                self.matching.add(self.key.clone(), task);
+            }
+        }
+    }
+}
+
+/// A task taken from matching by a poll that has not yet recorded its start: if the poll is
+/// dropped (the worker's connection went away) before the start is recorded, the task goes back
+/// to its queue. Found by norn-jepsen: workflows stuck with a scheduled workflow task after
+/// partitions cut their pollers.
+pub struct Taken {
+    matching: Matching,
+    key: QueueKey,
+    task: TaskRef,
+    armed: bool,
+}
+
+impl Taken {
+    /// Holds `task` taken from `key`.
+    pub fn new(matching: &Matching, key: &QueueKey, task: TaskRef) -> Taken {
+        Taken { matching: matching.clone(), key: key.clone(), task, armed: true }
+    }
+
+    /// The task.
+    pub fn task(&self) -> &TaskRef {
+        &self.task
+    }
+
+    /// The start is recorded (or the task is stale): nothing to put back.
+    pub fn done(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if self.armed {
+            self.matching.add(self.key.clone(), self.task.clone());
+        }
+    }
+}
+
 /// The matching index of one node.
 #[derive(Clone, Default)]
 pub struct Matching {
@@ -123,7 +177,7 @@ impl Matching {
 
     /// Waits up to `wait` for a task of `key`.
     pub async fn poll(&self, key: &QueueKey, identity: &str, wait: Duration) -> Option<TaskRef> {
-        let mut rx = {
+        let rx = {
             let mut queues = self.lock();
             let q = queues.entry(key.clone()).or_default();
             if !identity.is_empty() && !q.last_pollers.iter().any(|p| p == identity) {
@@ -140,7 +194,11 @@ impl Matching {
             q.pollers.push_back(tx);
             rx
         };
-        match tokio::time::timeout(wait, &mut rx).await {
+        // If this poll is dropped (its caller went away) after a task was handed to it, the task
+        // goes back to the queue instead of being lost with the channel.
+        let mut guard = PollGuard { matching: self, key, rx: Some(rx) };
+        let rx = guard.rx.as_mut()?;
+        let out = match tokio::time::timeout(wait, &mut *rx).await {
             Ok(Ok(t)) => Some(t),
             Ok(Err(_)) => None,
             Err(_) => {
@@ -154,7 +212,9 @@ impl Matching {
                 }
                 task
             }
-        }
+        };
+        guard.rx = None;
+        out
     }
 
     /// Polls waiting on `key` now.
@@ -242,5 +302,56 @@ mod tests {
         assert_eq!(m.poll(&key(), "c", Duration::from_millis(10)).await, None);
         assert_eq!(m.held_pollers(&key()), 0);
         assert_eq!(m.waiting_pollers(&key()), 0);
+    }
+}
+
+#[cfg(test)]
+mod requeue_tests {
+    use super::*;
+
+    fn key() -> QueueKey {
+        QueueKey { namespace_id: "ns".into(), name: "q".into(), kind: TaskKind::Workflow }
+    }
+
+    fn task(id: i64) -> TaskRef {
+        TaskRef {
+            shard: 0,
+            run: crate::history::store::RunKey {
+                namespace_id: "ns".into(),
+                workflow_id: "w".into(),
+                run_id: "r".into(),
+            },
+            scheduled_id: id,
+            query: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_handed_to_a_dropped_poll_or_an_unrecorded_start_goes_back_to_its_queue() {
+        let m = Matching::default();
+        // A poll waiting, handed a task, then dropped before it takes it.
+        let waiting = {
+            let m = m.clone();
+            tokio::spawn(async move { m.poll(&key(), "w", Duration::from_secs(30)).await })
+        };
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting.abort();
+        let _ = waiting.await;
+        m.add(key(), task(2));
+        let got = m.poll(&key(), "w", Duration::from_millis(100)).await;
+        assert_eq!(got.map(|t| t.scheduled_id), Some(2), "the task was lost with the dropped poll");
+        // A task taken but whose start was never recorded.
+        m.add(key(), task(3));
+        let t = m.poll(&key(), "w", Duration::from_millis(100)).await.unwrap();
+        drop(Taken::new(&m, &key(), t));
+        assert_eq!(m.poll(&key(), "w", Duration::from_millis(100)).await.map(|t| t.scheduled_id), Some(3));
+        // A recorded start keeps it out.
+        let t = m.poll(&key(), "w", Duration::from_millis(100)).await;
+        assert!(t.is_none());
+        m.add(key(), task(4));
+        let t = m.poll(&key(), "w", Duration::from_millis(100)).await.unwrap();
+        Taken::new(&m, &key(), t).done();
+        assert!(m.poll(&key(), "w", Duration::from_millis(50)).await.is_none());
     }
 }

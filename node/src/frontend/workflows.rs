@@ -559,15 +559,21 @@ impl Frontend {
                 request_id: new_uuid(),
                 identity: req.identity.clone(),
             };
+            // Until the start is recorded the task goes back to its queue if this poll is dropped.
+            let taken = crate::matching::Taken::new(self.router.matching(), &queue, task.clone());
             let started_id = match self.apply(task.shard, cmd).await {
-                Ok((_, last)) => last,
-                // Stale: already started, completed, or the run closed. Take the next task.
-                Err(s) if s.code() == tonic::Code::NotFound => continue,
-                Err(s) => {
-                    // Unknown outcome: put the task back; the shard refuses a second start.
-                    self.router.matching().add(queue.clone(), task);
-                    return Err(s);
+                Ok((_, last)) => {
+                    taken.done();
+                    last
                 }
+                // Stale: already started, completed, or the run closed. Take the next task.
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    taken.done();
+                    continue;
+                }
+                // Unknown outcome: the task goes back (dropping `taken`); the shard refuses a
+                // second start.
+                Err(s) => return Err(s),
             };
             let run = self.read_run(task.shard, &task.run).await?;
             let mut events = self.read_events(task.shard, &task.run.run_id).await?;
@@ -728,14 +734,18 @@ impl Frontend {
             };
             let planted =
                 self.router.config().raft.planted_bug == Some(norn_raft::PlantedBug::UncommittedActivityStart);
+            // Until the start is recorded the task goes back to its queue if this poll is dropped.
+            let taken = crate::matching::Taken::new(self.router.matching(), &queue, task.clone());
             let applied = if planted { Ok((task.run.clone(), 0)) } else { self.apply(task.shard, cmd).await };
             match applied {
-                Ok(_) => {}
-                Err(s) if s.code() == tonic::Code::NotFound => continue,
-                Err(s) => {
-                    self.router.matching().add(queue.clone(), task);
-                    return Err(s);
+                Ok(_) => taken.done(),
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    taken.done();
+                    continue;
                 }
+                // Unknown outcome: the task goes back (dropping `taken`); the shard refuses a
+                // second start.
+                Err(s) => return Err(s),
             }
             let run = self.read_run(task.shard, &task.run).await?;
             let Some(a) = run.activities.get(&task.scheduled_id) else { continue };
