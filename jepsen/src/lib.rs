@@ -78,7 +78,6 @@ pub async fn run(o: &Options) -> anyhow::Result<report::Summary> {
             p + 1,
             node,
             addrs[(node - 1) as usize].clone(),
-            n,
             rec.clone(),
             shared.clone(),
             stop_rx.clone(),
@@ -142,11 +141,11 @@ async fn finish(
     direct: &[String],
     shards: u32,
 ) -> anyhow::Result<Final> {
-    let (ids, started): (Vec<String>, BTreeMap<String, (u64, String)>) = {
+    let ids: Vec<String> = {
         let s = shared.lock().await;
         let mut ids: Vec<String> = s.started.keys().cloned().collect();
         ids.extend(s.maybe.keys().filter(|k| !s.started.contains_key(*k)).cloned());
-        (ids, s.started.clone())
+        ids
     };
     let c = workload::client(&direct[0]).await?;
     let mut fin = Final::default();
@@ -240,7 +239,6 @@ async fn finish(
             fin.replicas.entry(wf).or_default().insert(node, local);
         }
     }
-    let _ = started;
     Ok(fin)
 }
 

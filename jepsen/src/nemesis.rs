@@ -140,14 +140,15 @@ pub async fn run(
             "stale-copy" | "other-cluster" => {
                 let copy = stale_copies.get(&pick).cloned();
                 if name == "stale-copy" && copy.is_none() {
+                    // No copy of this node's data yet (it was never killed): nothing to replay.
                     continue;
                 }
                 impostors += 1;
                 let mut c = cluster.lock().await;
                 c.kill(pick);
                 let data = c.dir.join(format!("impostor-{impostors}-data"));
-                let imp = if name == "stale-copy" {
-                    crate::cluster::copy_dir_pub(copy.as_deref().unwrap_or(std::path::Path::new("/")), &data)?;
+                let imp = if let Some(copy) = copy.filter(|_| name == "stale-copy") {
+                    crate::cluster::copy_dir_pub(&copy, &data)?;
                     c.spawn_impostor(pick, &format!("impostor-{impostors}"), |cfg| cfg.data_dir = data.clone())?
                 } else {
                     let id = norn_node::local_cluster::new_cluster_id();

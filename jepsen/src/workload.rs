@@ -93,7 +93,6 @@ pub async fn process(
     p: u64,
     node: u64,
     addr: String,
-    nodes: u64,
     rec: Recorder,
     shared: Arc<tokio::sync::Mutex<Shared>>,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -172,7 +171,6 @@ pub async fn process(
                 }
             }
         }
-        let _ = nodes;
     }
 }
 

@@ -448,18 +448,6 @@ async fn reqwest_metrics(addr: &str) -> String {
     out
 }
 
-/// Peak resident memory of a process, in MiB.
-fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_catches_up_through_a_streamed_snapshot_file() {
     // One shard, snapshots every 200 entries and short logs, so a node that was away catches up
@@ -508,7 +496,7 @@ async fn a_follower_catches_up_through_a_streamed_snapshot_file() {
         .collect();
     assert_eq!(files.len(), 1, "snapshot files on node 3: {files:?}");
     assert!(files[0].starts_with("recv-") && files[0].ends_with(".snap"), "{files:?}");
-    let peaks: Vec<u64> = c.pids().iter().map(|p| peak_rss_mib(*p)).collect();
+    let peaks: Vec<u64> = c.pids().iter().map(|p| norn_node::bench_snapshot::peak_rss_mib(*p)).collect();
     eprintln!("peak RSS per node (MiB): {peaks:?}; state: {} MiB", keys * 64 / 1024);
 }
 
