@@ -201,7 +201,15 @@ async def histories(c: Client):
                 await asyncio.wait_for(h.result(), 60)
             except WorkflowFailureError:
                 pass
-            out[name] = [e.event_type for e in (await h.fetch_history()).events]
+            events = (await h.fetch_history()).events
+            # Event types, and for each WorkflowTaskScheduled whether it went to the worker's
+            # sticky queue or the normal one.
+            out[name] = [
+                (e.event_type, e.workflow_task_scheduled_event_attributes.task_queue.kind)
+                if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED
+                else e.event_type
+                for e in events
+            ]
     return out
 
 

@@ -126,10 +126,15 @@ impl Internal for InternalService {
         let me = self.router.config().node_id;
         match self.router.local_leader(req.home) {
             Some((l, term)) if l == me => {
+                let mut sticky_refused = false;
                 for (q, t) in tasks {
-                    self.router.matching().add(q, t);
+                    if req.sticky {
+                        sticky_refused |= !self.router.matching().add_sticky(q, t);
+                    } else {
+                        self.router.matching().add(q, t);
+                    }
                 }
-                Ok(Response::new(AddTaskResponse { term, peer: self.peer() }))
+                Ok(Response::new(AddTaskResponse { term, sticky_refused, peer: self.peer() }))
             }
             other => Err(not_leader(req.home, me, other.map(|(l, _)| l))),
         }

@@ -84,7 +84,14 @@ struct Queue {
     pollers: VecDeque<oneshot::Sender<TaskRef>>,
     /// Identities of recent pollers, for DescribeTaskQueue.
     last_pollers: VecDeque<String>,
+    /// When a poll last came for this queue.
+    last_poll: Option<tokio::time::Instant>,
 }
+
+/// A sticky queue whose worker has not polled for this long is taken for gone: its tasks go to
+/// the normal queue at once instead of waiting out the sticky timeout (as Temporal's matching
+/// answers "sticky worker unavailable").
+pub const STICKY_POLLER_GONE_AFTER: Duration = Duration::from_secs(10);
 
 /// Bound on tasks indexed per queue; beyond it the oldest are dropped (they are re-added from
 /// shard state when a leader rebuilds).
@@ -103,6 +110,14 @@ impl Drop for PollGuard<'_> {
             rx.close();
             if let Ok(task) = rx.try_recv() {
                 self.matching.add(self.key.clone(), task);
+            }
+            // The poller went away mid-poll (a worker shutting down cancels its polls): if no
+            // other poll waits, a sticky task for this queue goes to the normal queue at once.
+            if let Some(q) = self.matching.lock().get_mut(self.key) {
+                q.pollers.retain(|p| !p.is_closed());
+                if q.pollers.is_empty() {
+                    q.last_poll = None;
+                }
             }
         }
     }
@@ -175,11 +190,29 @@ impl Matching {
         }
     }
 
+    /// Offers a task for a sticky queue: taken (true) only if a worker polls that queue now or
+    /// did lately; otherwise (false) it belongs on the normal queue.
+    pub fn add_sticky(&self, key: QueueKey, task: TaskRef) -> bool {
+        {
+            let queues = self.lock();
+            let alive = queues.get(&key).is_some_and(|q| {
+                q.pollers.iter().any(|p| !p.is_closed())
+                    || q.last_poll.is_some_and(|t| t.elapsed() < STICKY_POLLER_GONE_AFTER)
+            });
+            if !alive {
+                return false;
+            }
+        }
+        self.add(key, task);
+        true
+    }
+
     /// Waits up to `wait` for a task of `key`.
     pub async fn poll(&self, key: &QueueKey, identity: &str, wait: Duration) -> Option<TaskRef> {
         let rx = {
             let mut queues = self.lock();
             let q = queues.entry(key.clone()).or_default();
+            q.last_poll = Some(tokio::time::Instant::now());
             if !identity.is_empty() && !q.last_pollers.iter().any(|p| p == identity) {
                 q.last_pollers.push_back(identity.to_string());
                 if q.last_pollers.len() > 32 {
@@ -353,5 +386,52 @@ mod requeue_tests {
         let t = m.poll(&key(), "w", Duration::from_millis(100)).await.unwrap();
         Taken::new(&m, &key(), t).done();
         assert!(m.poll(&key(), "w", Duration::from_millis(50)).await.is_none());
+    }
+}
+
+#[cfg(test)]
+mod sticky_tests {
+    use super::*;
+
+    fn key() -> QueueKey {
+        QueueKey { namespace_id: "ns".into(), name: "worker-a-sticky".into(), kind: TaskKind::Workflow }
+    }
+
+    fn task(id: i64) -> TaskRef {
+        TaskRef {
+            shard: 0,
+            run: RunKey { namespace_id: "ns".into(), workflow_id: "w".into(), run_id: "r".into() },
+            scheduled_id: id,
+            query: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sticky_queue_takes_tasks_only_while_its_worker_polls() {
+        let m = Matching::default();
+        assert!(!m.add_sticky(key(), task(1)), "no worker ever polled this sticky queue");
+        // A poll that ends empty-handed keeps the queue alive for a while.
+        assert_eq!(m.poll(&key(), "a", Duration::from_millis(10)).await, None);
+        assert!(m.add_sticky(key(), task(2)));
+        assert_eq!(m.poll(&key(), "a", Duration::from_millis(10)).await.map(|t| t.scheduled_id), Some(2));
+        tokio::time::sleep(STICKY_POLLER_GONE_AFTER).await;
+        assert!(!m.add_sticky(key(), task(3)), "the worker stopped polling long ago");
+        // A waiting poll takes it at once; a poll cancelled mid-wait (the worker shut down)
+        // leaves the queue dead at once.
+        let waiting = tokio::spawn({
+            let m = m.clone();
+            async move { m.poll(&key(), "a", Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(m.add_sticky(key(), task(4)));
+        assert_eq!(waiting.await.unwrap().map(|t| t.scheduled_id), Some(4));
+        let cancelled = tokio::spawn({
+            let m = m.clone();
+            async move { m.poll(&key(), "a", Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        cancelled.abort();
+        let _ = cancelled.await;
+        assert!(!m.add_sticky(key(), task(5)), "the worker's last poll was cancelled");
     }
 }

@@ -601,8 +601,18 @@ impl Router {
     /// Reads every key of `shard` starting with `prefix`, page by page, linearizably per page,
     /// stopping after `max` pairs.
     pub async fn scan(&self, shard: GroupId, prefix: &[u8], max: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Status> {
+        self.scan_after(shard, prefix, None, max).await
+    }
+
+    /// As [`Router::scan`], starting after key `after` (exclusive) when given.
+    pub async fn scan_after(
+        &self,
+        shard: GroupId,
+        prefix: &[u8],
+        mut after: Option<Vec<u8>>,
+        max: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Status> {
         let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let mut after = None;
         loop {
             let left = max.saturating_sub(out.len());
             if left == 0 {
@@ -655,6 +665,36 @@ impl Router {
         self.add_tasks(home, vec![(queue.clone(), task.clone())]).await.map(|_| ())
     }
 
+    /// Offers a task for a sticky queue; `Ok(false)` when its worker is gone (no poll lately),
+    /// and the task belongs on the normal queue.
+    pub async fn add_sticky_task(&self, queue: &QueueKey, task: &TaskRef) -> Result<bool, Status> {
+        let home = queue.home_shard(self.inner.config.shards);
+        let me = self.me();
+        let bytes =
+            postcard::to_stdvec(&vec![(queue.clone(), task.clone())]).map_err(|e| Status::internal(e.to_string()))?;
+        self.route(home, |hop| {
+            let bytes = bytes.clone();
+            async move {
+                match hop {
+                    Hop::Local => match self.local_leader(home) {
+                        Some((l, _)) if l == me => Ok(self.inner.matching.add_sticky(queue.clone(), task.clone())),
+                        other => Err(Miss::NotLeader(other.map(|(l, _)| l))),
+                    },
+                    Hop::Remote(n, mut c) => {
+                        let r = c
+                            .add_task(ipb::AddTaskRequest { home, tasks: bytes, sticky: true })
+                            .await
+                            .map_err(|s| miss_of_status(s, n, false))?
+                            .into_inner();
+                        self.check_answer(n, r.peer.as_ref())?;
+                        Ok(!r.sticky_refused)
+                    }
+                }
+            }
+        })
+        .await
+    }
+
     /// Offers ready tasks whose queues all have home shard `home` to that home's matching;
     /// returns the epoch (leader, term) of the matching that took them.
     pub async fn add_tasks(&self, home: GroupId, tasks: Vec<(QueueKey, TaskRef)>) -> Result<(NodeId, u64), Status> {
@@ -675,7 +715,7 @@ impl Router {
                     },
                     Hop::Remote(n, mut c) => {
                         let r = c
-                            .add_task(ipb::AddTaskRequest { home, tasks: bytes })
+                            .add_task(ipb::AddTaskRequest { home, tasks: bytes, sticky: false })
                             .await
                             // Offering twice is harmless (matching drops duplicates, the shard
                             // refuses a second start), so a broken call is simply retried.

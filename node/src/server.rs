@@ -27,8 +27,9 @@ const SHARDS_KEY: &[u8] = b"cluster/shards";
 const FORMAT_KEY: &[u8] = b"cluster/format";
 /// Version of what a node writes to its data directory. 2: state values sealed with checksums,
 /// per-run due/ready/closed indexes, cluster identity and incarnation. 3: state keys carry a
-/// snapshot generation; snapshots are files beside the store.
-pub const DATA_FORMAT: u64 = 3;
+/// snapshot generation; snapshots are files beside the store. 4: run states carry the sticky
+/// queue and its workflow task whether it went there.
+pub const DATA_FORMAT: u64 = 4;
 const CLUSTER_ID_KEY: &[u8] = b"cluster/id";
 const NODE_ID_KEY: &[u8] = b"node/id";
 const INCARNATION_KEY: &[u8] = b"node/incarnation";

@@ -157,6 +157,13 @@ check!(PollActivityTaskQueueRequest, |r, l| {
 // The commands are checked by the history engine under the same limits.
 check!(RespondWorkflowTaskCompletedRequest, |r, l| {
     l.check_id("Identity", &r.identity)?;
+    if let Some(a) = &r.sticky_attributes {
+        l.check_id("StickyTaskQueue", a.worker_task_queue.as_ref().map(|q| q.name.as_str()).unwrap_or("-"))?;
+    }
+});
+
+check!(ResetStickyTaskQueueRequest, |r, l| {
+    execution(l, &r.execution)?;
 });
 
 check!(RespondWorkflowTaskFailedRequest, |r, l| {

@@ -253,6 +253,14 @@ impl Duties {
                         });
                     }
                 }
+                // Waited on its sticky queue too long: started id 0 moves it to the normal queue.
+                if crate::history::engine::sticky_deadline(&run).is_some_and(|d| now >= d) {
+                    commands.push(WorkflowCommand::WorkflowTaskTimedOut {
+                        run: key.clone(),
+                        scheduled_id: t.scheduled_id,
+                        started_id: 0,
+                    });
+                }
             }
             for a in run.activities.values() {
                 if a.attempt_deadline().is_some_and(|(at, _)| now >= at) {

@@ -398,6 +398,15 @@ impl WorkflowService for Frontend {
         self.count(request.into_inner()).await.map(Response::new)
     }
 
+    async fn reset_sticky_task_queue(
+        &self,
+        request: Request<ResetStickyTaskQueueRequest>,
+    ) -> Result<Response<ResetStickyTaskQueueResponse>, Status> {
+        let req = request.into_inner();
+        self.checked(&req).await?;
+        self.reset_sticky(req).await.map(Response::new)
+    }
+
     async fn terminate_workflow_execution(
         &self,
         request: Request<TerminateWorkflowExecutionRequest>,

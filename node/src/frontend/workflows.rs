@@ -256,16 +256,28 @@ impl Frontend {
         for effect in effects {
             let this = self.clone();
             let run = run.clone();
-            let offer = |kind: TaskKind, task_queue: String, scheduled_id: i64, ready_at_ms: u64| {
+            let offer = |kind: TaskKind,
+                         task_queue: String,
+                         sticky: Option<String>,
+                         scheduled_id: i64,
+                         ready_at_ms: u64| {
                 // A retry still in its backoff is offered by the shard leader's duties when the
                 // backoff ends (the run's due index holds it).
                 if ready_at_ms > self.router.now_ms() {
                     return;
                 }
                 let queue = QueueKey { namespace_id: run.namespace_id.clone(), name: task_queue, kind };
+                let sticky = sticky.map(|name| QueueKey { namespace_id: run.namespace_id.clone(), name, kind });
                 let task = TaskRef { shard, run: run.clone(), scheduled_id, query: None };
                 let router = self.router.clone();
                 tokio::spawn(async move {
+                    // The worker holding the run in its cache gets it if it polls; otherwise (or
+                    // if its queue's home cannot be reached) the normal queue does, at once.
+                    if let Some(sticky) = &sticky {
+                        if let Ok(true) = router.add_sticky_task(sticky, &task).await {
+                            return;
+                        }
+                    }
                     // A failed offer is retried with backoff: nothing else would offer the task
                     // again unless the queue's home or the run's shard changes leader, and the
                     // workflow would wait forever (found by norn-jepsen: a workflow stuck after a
@@ -291,10 +303,13 @@ impl Frontend {
             };
             match effect {
                 Effect::WorkflowTaskReady { task_queue, scheduled_id } => {
-                    offer(TaskKind::Workflow, task_queue, scheduled_id, 0)
+                    offer(TaskKind::Workflow, task_queue, None, scheduled_id, 0)
+                }
+                Effect::StickyWorkflowTaskReady { sticky_queue, normal_queue, scheduled_id } => {
+                    offer(TaskKind::Workflow, normal_queue, Some(sticky_queue), scheduled_id, 0)
                 }
                 Effect::ActivityTaskReady { task_queue, scheduled_id, ready_at_ms } => {
-                    offer(TaskKind::Activity, task_queue, scheduled_id, ready_at_ms)
+                    offer(TaskKind::Activity, task_queue, None, scheduled_id, ready_at_ms)
                 }
                 // The shard leader's duties fire it from the run's due index.
                 Effect::TimerArmed { .. } => {}
@@ -434,6 +449,17 @@ impl Frontend {
         Ok(RequestCancelWorkflowExecutionResponse::default())
     }
 
+    /// `ResetStickyTaskQueue`: the run's next workflow task goes to its normal queue.
+    pub(super) async fn reset_sticky(
+        &self,
+        req: ResetStickyTaskQueueRequest,
+    ) -> Result<ResetStickyTaskQueueResponse, Status> {
+        let ns = self.namespace_id(&req.namespace).await?;
+        let (shard, run) = self.resolve(&ns, req.execution.as_ref()).await?;
+        self.apply(shard, WorkflowCommand::ResetSticky { run }).await?;
+        Ok(ResetStickyTaskQueueResponse::default())
+    }
+
     pub(super) async fn terminate(
         &self,
         req: TerminateWorkflowExecutionRequest,
@@ -536,6 +562,7 @@ impl Frontend {
         if tq.is_empty() {
             return Err(Status::invalid_argument("TaskQueue is not set on request."));
         }
+        let sticky_poll = req.task_queue.as_ref().is_some_and(|q| q.kind == TaskQueueKind::Sticky as i32);
         let queue = QueueKey { namespace_id: ns, name: tq, kind: TaskKind::Workflow };
         if let Target::Remote(addr) = self.poll_target(&queue).await? {
             if hops >= 2 {
@@ -576,7 +603,10 @@ impl Frontend {
                 Err(s) => return Err(s),
             };
             let run = self.read_run(task.shard, &task.run).await?;
-            let mut events = self.read_events(task.shard, &task.run.run_id).await?;
+            // A sticky poller holds the run: it gets only what came after the last task it ran
+            // (Temporal's partial history); a normal poller gets the whole history.
+            let after = if sticky_poll { run.last_completed_started_id } else { 0 };
+            let mut events = self.router.read_events_after(task.shard, &task.run.run_id, after, usize::MAX).await?;
             let wft = match run.workflow_task.clone() {
                 Some(t) if t.scheduled_id == task.scheduled_id && t.started_id.is_some() => t,
                 // Timed out or closed in the meantime: its completion will be refused.

@@ -33,11 +33,21 @@ use crate::limits::EngineLimits;
 /// Workflow task timeout when the start request gives none (Temporal's default).
 pub const WORKFLOW_TASK_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 
+/// Sticky schedule-to-start timeout when the worker gives none (the SDKs' default).
+pub const STICKY_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// The longest sticky schedule-to-start timeout honoured: a worker that vanished holds its runs
+/// back no longer than this.
+pub const STICKY_TIMEOUT_MS_MAX: u64 = 60_000;
+
 /// Something the leader must do after the command commits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
     /// A workflow task is ready for a poller of `task_queue`.
     WorkflowTaskReady { task_queue: String, scheduled_id: i64 },
+    /// A workflow task is ready on the sticky queue of the worker that holds the run; if no
+    /// worker has polled that queue lately it goes to `normal_queue` instead.
+    StickyWorkflowTaskReady { sticky_queue: String, normal_queue: String, scheduled_id: i64 },
     /// An activity task is ready for a poller of `task_queue` from `ready_at_ms` (a retry waits
     /// out its backoff).
     ActivityTaskReady { task_queue: String, scheduled_id: i64, ready_at_ms: u64 },
@@ -220,10 +230,11 @@ impl<'a> Writer<'a> {
 
     fn schedule_workflow_task(&mut self, attempt: i32) {
         let transient = attempt > 1;
+        let sticky = !self.run.sticky_queue.is_empty();
         let id = if transient {
             self.run.next_event_id
         } else {
-            let (t, a) = scheduled_event(&self.run.task_queue, self.run.workflow_task_timeout_ms, attempt);
+            let (t, a) = scheduled_event(self.run, sticky, attempt);
             self.event(t, a)
         };
         self.run.workflow_task = Some(WorkflowTaskInfo {
@@ -235,8 +246,17 @@ impl<'a> Writer<'a> {
             scheduled_ms: self.now_ms,
             started_ms: 0,
             transient,
+            sticky,
         });
-        self.out.effects.push(Effect::WorkflowTaskReady { task_queue: self.run.task_queue.clone(), scheduled_id: id });
+        self.out.effects.push(if sticky {
+            Effect::StickyWorkflowTaskReady {
+                sticky_queue: self.run.sticky_queue.clone(),
+                normal_queue: self.run.task_queue.clone(),
+                scheduled_id: id,
+            }
+        } else {
+            Effect::WorkflowTaskReady { task_queue: self.run.task_queue.clone(), scheduled_id: id }
+        });
     }
 
     /// Writes the events of a transient workflow task (scheduled, and started if it is), making it
@@ -246,7 +266,7 @@ impl<'a> Writer<'a> {
         if let Some(task) = self.run.workflow_task.as_mut() {
             task.transient = false;
         }
-        let (et, a) = scheduled_event(&self.run.task_queue, self.run.workflow_task_timeout_ms, t.attempt);
+        let (et, a) = scheduled_event(self.run, t.sticky, t.attempt);
         let scheduled_id = self.event(et, a);
         debug_assert_eq!(scheduled_id, t.scheduled_id);
         if t.started_id.is_some() {
@@ -572,12 +592,23 @@ impl<'a> Writer<'a> {
     }
 }
 
-fn scheduled_event(tq: &str, timeout_ms: u64, attempt: i32) -> (EventType, Ev) {
+/// `WorkflowTaskScheduled`, naming the sticky queue (kind STICKY, with its normal queue) when the
+/// task goes there, as Temporal writes it.
+fn scheduled_event(run: &RunState, sticky: bool, attempt: i32) -> (EventType, Ev) {
+    let queue = if sticky && !run.sticky_queue.is_empty() {
+        TaskQueue {
+            name: run.sticky_queue.clone(),
+            kind: TaskQueueKind::Sticky as i32,
+            normal_name: run.task_queue.clone(),
+        }
+    } else {
+        task_queue(&run.task_queue)
+    };
     (
         EventType::WorkflowTaskScheduled,
         Ev::WorkflowTaskScheduledEventAttributes(WorkflowTaskScheduledEventAttributes {
-            task_queue: Some(task_queue(tq)),
-            start_to_close_timeout: Some(duration(timeout_ms)),
+            task_queue: Some(queue),
+            start_to_close_timeout: Some(duration(run.workflow_task_timeout_ms)),
             attempt,
         }),
     )
@@ -600,7 +631,7 @@ fn started_event(t: &WorkflowTaskInfo) -> (EventType, Ev) {
 pub fn transient_events(run: &RunState) -> Vec<HistoryEvent> {
     let Some(t) = run.workflow_task.as_ref().filter(|t| t.transient) else { return Vec::new() };
     let Some(started_id) = t.started_id else { return Vec::new() };
-    let (st, sa) = scheduled_event(&run.task_queue, run.workflow_task_timeout_ms, t.attempt);
+    let (st, sa) = scheduled_event(run, t.sticky, t.attempt);
     let (tt, ta) = started_event(t);
     vec![
         HistoryEvent {
@@ -685,6 +716,8 @@ pub fn start_with_signal(
         buffer: Vec::new(),
         signal_request_ids: Default::default(),
         updates: Default::default(),
+        sticky_queue: String::new(),
+        sticky_timeout_ms: 0,
         cancel_requested: false,
         first_run_id: run_id.into(),
         children: Default::default(),
@@ -1134,6 +1167,7 @@ pub fn workflow_task_completed(
         );
         w.run.workflow_task = None;
         w.run.buffered_events = false;
+        w.run.clear_sticky();
         w.flush_buffer();
         w.schedule_workflow_task(1);
         let mut out = w.out;
@@ -1153,6 +1187,7 @@ pub fn workflow_task_completed(
     );
     w.run.workflow_task = None;
     w.run.last_completed_started_id = task.started_id.unwrap_or(0);
+    set_sticky(w.run, req);
     let had_buffered = std::mem::replace(&mut w.run.buffered_events, false);
     let mut new_events = false;
     for c in &req.commands {
@@ -1707,6 +1742,7 @@ fn fail_for_limit(
     }
     w.run.workflow_task = None;
     w.run.buffered_events = false;
+    w.run.clear_sticky();
     w.flush_buffer();
     if fail_run {
         let failed_id = w.run.next_event_id - 1;
@@ -1756,6 +1792,8 @@ pub fn workflow_task_failed(
     }
     w.run.workflow_task = None;
     w.run.buffered_events = false;
+    // The worker's copy of the run is no good: the next attempt goes to the normal queue.
+    w.run.clear_sticky();
     w.flush_buffer();
     w.schedule_workflow_task(task.attempt.saturating_add(1));
     Ok(w.out)
@@ -2003,12 +2041,17 @@ pub fn timer_fired(run: &mut RunState, timer_id: &str, started_id: i64, now_ms: 
 }
 
 /// The started workflow task ran past its start-to-close timeout: a new attempt is scheduled.
+/// With `started_id` 0, a task waited on its sticky queue past the sticky schedule-to-start
+/// timeout: it goes to the normal queue (a new task, same attempt) and the run is no longer sticky.
 pub fn workflow_task_timed_out(
     run: &mut RunState,
     scheduled_id: i64,
     started_id: i64,
     now_ms: u64,
 ) -> Result<Outcome, EngineError> {
+    if started_id == 0 {
+        return sticky_task_timed_out(run, scheduled_id, now_ms);
+    }
     let task = started_task(run, scheduled_id, started_id)?;
     if now_ms < task.started_ms.saturating_add(run.workflow_task_timeout_ms) {
         return Err(EngineError::InvalidArgument("workflow task has not timed out yet".into()));
@@ -2026,9 +2069,82 @@ pub fn workflow_task_timed_out(
     }
     w.run.workflow_task = None;
     w.run.buffered_events = false;
+    w.run.clear_sticky();
     w.flush_buffer();
     w.schedule_workflow_task(task.attempt.saturating_add(1));
     Ok(w.out)
+}
+
+/// When a task scheduled at `scheduled_ms` on the sticky queue times out, if the run has one.
+pub fn sticky_deadline(run: &RunState) -> Option<u64> {
+    let t = run.workflow_task.as_ref().filter(|t| t.sticky && t.started_id.is_none())?;
+    Some(t.scheduled_ms.saturating_add(run.sticky_timeout_ms))
+}
+
+fn sticky_task_timed_out(run: &mut RunState, scheduled_id: i64, now_ms: u64) -> Result<Outcome, EngineError> {
+    if !run.is_open() {
+        return Err(EngineError::NotFound("Workflow task not found: the workflow is closed.".into()));
+    }
+    let task = match &run.workflow_task {
+        Some(t) if t.scheduled_id == scheduled_id && t.sticky && t.started_id.is_none() => t.clone(),
+        _ => return Err(EngineError::NotFound("Workflow task not found.".into())),
+    };
+    if sticky_deadline(run).is_none_or(|d| now_ms < d) {
+        return Err(EngineError::InvalidArgument("sticky workflow task has not timed out yet".into()));
+    }
+    let mut w = Writer::new(run, now_ms);
+    w.run.clear_sticky();
+    if task.transient {
+        // Nothing was written for it: reschedule the same attempt on the normal queue.
+        w.run.workflow_task = None;
+        w.schedule_workflow_task(task.attempt);
+    } else {
+        w.event(
+            EventType::WorkflowTaskTimedOut,
+            Ev::WorkflowTaskTimedOutEventAttributes(WorkflowTaskTimedOutEventAttributes {
+                scheduled_event_id: scheduled_id,
+                started_event_id: 0,
+                timeout_type: TimeoutType::ScheduleToStart as i32,
+            }),
+        );
+        w.run.workflow_task = None;
+        w.flush_buffer();
+        w.schedule_workflow_task(1);
+    }
+    Ok(w.out)
+}
+
+/// `ResetStickyTaskQueue`: the run forgets its sticky queue; a task waiting there moves to the
+/// normal queue at once (no event: the task is the same).
+pub fn reset_sticky(run: &mut RunState) -> Result<Outcome, EngineError> {
+    if !run.is_open() {
+        return Err(EngineError::NotFound("Workflow execution already completed.".into()));
+    }
+    run.clear_sticky();
+    let mut out = Outcome::default();
+    if let Some(t) = run.workflow_task.as_mut().filter(|t| t.sticky && t.started_id.is_none()) {
+        t.sticky = false;
+        out.effects
+            .push(Effect::WorkflowTaskReady { task_queue: run.task_queue.clone(), scheduled_id: t.scheduled_id });
+    }
+    Ok(out)
+}
+
+/// Records the sticky queue the completing worker asks for (none clears it).
+fn set_sticky(run: &mut RunState, req: &RespondWorkflowTaskCompletedRequest) {
+    let queue = req.sticky_attributes.as_ref().and_then(|a| a.worker_task_queue.as_ref().map(|q| (a, q)));
+    match queue {
+        Some((a, q)) if !q.name.is_empty() && q.name != run.task_queue => {
+            run.sticky_queue = q.name.clone();
+            run.sticky_timeout_ms = duration_ms(&a.schedule_to_start_timeout)
+                .ok()
+                .flatten()
+                .filter(|t| *t > 0)
+                .unwrap_or(STICKY_TIMEOUT_MS_DEFAULT)
+                .min(STICKY_TIMEOUT_MS_MAX);
+        }
+        _ => run.clear_sticky(),
+    }
 }
 
 /// The started activity attempt ran past its start-to-close or heartbeat timeout: retried like a

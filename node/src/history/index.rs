@@ -110,6 +110,9 @@ pub fn next_due(run: &RunState, now_ms: u64) -> Option<u64> {
             at(t.started_ms.saturating_add(run.workflow_task_timeout_ms));
         }
     }
+    if let Some(d) = crate::history::engine::sticky_deadline(run) {
+        at(d);
+    }
     for a in run.activities.values() {
         if let Some((d, _)) = a.attempt_deadline() {
             at(d);
@@ -143,8 +146,11 @@ pub fn ready_tasks(run: &RunState, shard: u32, now_ms: u64) -> Vec<(QueueKey, Ta
         run_id: run.run_id.clone(),
     };
     if let Some(t) = run.workflow_task.as_ref().filter(|t| t.started_id.is_none()) {
-        let q =
-            QueueKey { namespace_id: run.namespace_id.clone(), name: run.task_queue.clone(), kind: TaskKind::Workflow };
+        let q = QueueKey {
+            namespace_id: run.namespace_id.clone(),
+            name: run.workflow_task_queue(t.sticky).to_string(),
+            kind: TaskKind::Workflow,
+        };
         out.push((q, TaskRef { shard, run: key.clone(), scheduled_id: t.scheduled_id, query: None }));
     }
     for a in run.activities.values().filter(|a| a.request_id.is_empty() && a.scheduled_ms <= now_ms) {

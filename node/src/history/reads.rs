@@ -54,7 +54,19 @@ impl Router {
     /// A run's events in order, read page by page (each page linearizable and bounded in size),
     /// at most `max`.
     pub async fn read_events(&self, shard: u32, run_id: &str, max: usize) -> Result<Vec<HistoryEvent>, Status> {
-        self.scan(shard, &store::events_prefix(run_id), max)
+        self.read_events_after(shard, run_id, 0, max).await
+    }
+
+    /// A run's events after event `after` (0: from the first), as [`Router::read_events`].
+    pub async fn read_events_after(
+        &self,
+        shard: u32,
+        run_id: &str,
+        after: i64,
+        max: usize,
+    ) -> Result<Vec<HistoryEvent>, Status> {
+        let from = (after > 0).then(|| store::history_event_key(run_id, after));
+        self.scan_after(shard, &store::events_prefix(run_id), from, max)
             .await?
             .into_iter()
             .map(|(k, v)| HistoryEvent::decode(v.as_slice()).map_err(|e| corrupt(shard, "event", &k, e)))

@@ -45,6 +45,9 @@ pub struct WorkflowTaskInfo {
     /// yet: they go to the worker with the task and are written only when it completes (or when
     /// another event must be written before it starts), as in Temporal.
     pub transient: bool,
+    /// Scheduled on the run's sticky queue (the worker that holds the run in its cache), which
+    /// gets only the events after `RunState::last_completed_started_id`.
+    pub sticky: bool,
 }
 
 /// An activity scheduled by the workflow and not yet closed.
@@ -332,6 +335,28 @@ pub struct RunState {
     pub signal_request_ids: std::collections::VecDeque<String>,
     /// Workflow updates by update id (completed ones stay, so a retried update gets its outcome).
     pub updates: BTreeMap<String, UpdateInfo>,
+    /// The sticky queue of the worker that completed the last workflow task and asked for
+    /// stickiness (empty: none). Workflow tasks go there until it fails to start one in time.
+    pub sticky_queue: String,
+    /// How long a task may wait on the sticky queue before it goes to the normal queue.
+    pub sticky_timeout_ms: u64,
+}
+
+impl RunState {
+    /// The queue the next workflow task goes to, and whether it is the sticky one.
+    pub fn workflow_task_queue(&self, sticky: bool) -> &str {
+        if sticky && !self.sticky_queue.is_empty() {
+            &self.sticky_queue
+        } else {
+            &self.task_queue
+        }
+    }
+
+    /// Forgets the sticky queue (its worker failed a task, timed out, or asked to be reset).
+    pub fn clear_sticky(&mut self) {
+        self.sticky_queue.clear();
+        self.sticky_timeout_ms = 0;
+    }
 }
 
 impl RunState {

@@ -145,6 +145,8 @@ pub enum WorkflowCommand {
     /// backoff ended): re-evaluate the run's indexes at this command's time and offer what became
     /// ready. Writes no event.
     Recheck { run: RunKey },
+    /// `ResetStickyTaskQueue`: the run forgets its sticky queue.
+    ResetSticky { run: RunKey },
 }
 
 /// What a workflow command returns to its proposer.
@@ -714,6 +716,11 @@ fn apply_inner(
         WorkflowCommand::ExternalDone { run, initiated_id, delivered } => {
             let mut state = loaded(txn, &run)?;
             let out = engine::external_done(&mut state, initiated_id, delivered, now_ms)?;
+            (state, out)
+        }
+        WorkflowCommand::ResetSticky { run } => {
+            let mut state = loaded(txn, &run)?;
+            let out = engine::reset_sticky(&mut state)?;
             (state, out)
         }
         WorkflowCommand::Recheck { run } => {

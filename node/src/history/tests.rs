@@ -1089,3 +1089,69 @@ fn ids_past_the_length_limit_are_refused_and_change_nothing() {
     assert!(matches!(&r, Err(EngineError::InvalidArgument(m)) if m == "ActivityId exceeds length limit."), "{r:?}");
     assert_eq!(run, before);
 }
+
+fn sticky_done(commands: Vec<Command>, queue: &str) -> RespondWorkflowTaskCompletedRequest {
+    RespondWorkflowTaskCompletedRequest {
+        sticky_attributes: Some(norn_proto::protos::temporal::api::taskqueue::v1::StickyExecutionAttributes {
+            worker_task_queue: Some(TaskQueue {
+                name: queue.into(),
+                kind: norn_proto::protos::temporal::api::enums::v1::TaskQueueKind::Sticky as i32,
+                normal_name: "q".into(),
+            }),
+            schedule_to_start_timeout: Some(prost_wkt_types::Duration { seconds: 5, nanos: 0 }),
+        }),
+        ..done(commands)
+    }
+}
+
+#[test]
+fn a_sticky_worker_gets_the_next_task_until_it_misses_the_sticky_timeout() {
+    let mut run = started();
+    workflow_task_completed(&mut run, 2, 3, &sticky_done(vec![], "worker-a-sticky"), T0 + 2).unwrap();
+    assert_eq!((run.sticky_queue.as_str(), run.sticky_timeout_ms), ("worker-a-sticky", 5_000));
+    // A signal schedules a task on the sticky queue, with the normal queue to fall back on.
+    let out = signal(&mut run, signal_attrs("go", "s1"), T0 + 10).unwrap();
+    assert_eq!(
+        out.effects,
+        vec![Effect::StickyWorkflowTaskReady {
+            sticky_queue: "worker-a-sticky".into(),
+            normal_queue: "q".into(),
+            scheduled_id: 6
+        }]
+    );
+    let Some(Ev::WorkflowTaskScheduledEventAttributes(a)) = out.events[1].attributes.as_ref() else { panic!() };
+    assert_eq!(a.task_queue.as_ref().map(|q| q.name.as_str()), Some("worker-a-sticky"));
+    assert_eq!(super::index::next_due(&run, T0 + 10), Some(T0 + 5_010), "the sticky timeout is due");
+    let ready = super::index::ready_tasks(&run, 0, T0 + 10);
+    assert_eq!(ready[0].0.name, "worker-a-sticky", "a rebuilt matching offers it to the sticky queue");
+    // Too early: refused, nothing changes.
+    assert!(workflow_task_timed_out(&mut run.clone(), 6, 0, T0 + 5_009).is_err());
+    // The worker never polls: ScheduleToStart timeout, and a new task on the normal queue.
+    let out = workflow_task_timed_out(&mut run, 6, 0, T0 + 5_010).unwrap();
+    assert_eq!(types(&out), vec![(7, EventType::WorkflowTaskTimedOut), (8, EventType::WorkflowTaskScheduled)]);
+    assert_eq!(out.effects, vec![Effect::WorkflowTaskReady { task_queue: "q".into(), scheduled_id: 8 }]);
+    assert!(run.sticky_queue.is_empty());
+    // Started and completed with stickiness again, then failed: the retry goes to the normal queue.
+    workflow_task_started(&mut run, 8, "poll-2", "worker", T0 + 5_100).unwrap();
+    workflow_task_completed(&mut run, 8, 9, &sticky_done(vec![], "worker-b-sticky"), T0 + 5_200).unwrap();
+    let out = signal(&mut run, signal_attrs("go", "s2"), T0 + 5_300).unwrap();
+    assert!(
+        matches!(out.effects[0], Effect::StickyWorkflowTaskReady { ref sticky_queue, .. } if sticky_queue == "worker-b-sticky")
+    );
+    // ResetStickyTaskQueue moves the waiting task to the normal queue.
+    let out = reset_sticky(&mut run).unwrap();
+    assert_eq!(out.effects, vec![Effect::WorkflowTaskReady { task_queue: "q".into(), scheduled_id: 12 }]);
+    assert!(out.events.is_empty());
+    assert!(run.sticky_queue.is_empty() && !run.workflow_task.as_ref().unwrap().sticky);
+    assert_eq!(super::index::ready_tasks(&run, 0, T0 + 5_400)[0].0.name, "q");
+    // A completion without sticky attributes leaves the run without a sticky queue.
+    workflow_task_started(&mut run, 12, "poll-3", "worker", T0 + 5_500).unwrap();
+    workflow_task_completed(&mut run, 12, 13, &sticky_done(vec![], "worker-c-sticky"), T0 + 5_600).unwrap();
+    let out = signal(&mut run, signal_attrs("go", "s3"), T0 + 5_700).unwrap();
+    let sid = run.workflow_task.as_ref().unwrap().scheduled_id;
+    workflow_task_started(&mut run, sid, "poll-4", "worker", T0 + 5_800).unwrap();
+    assert!(!out.effects.is_empty());
+    workflow_task_failed(&mut run, sid, sid + 1, &RespondWorkflowTaskFailedRequest::default(), T0 + 5_900).unwrap();
+    assert!(run.sticky_queue.is_empty(), "a failed task clears stickiness");
+    assert!(!run.workflow_task.as_ref().unwrap().sticky);
+}
