@@ -21,7 +21,8 @@ pub enum TaskKind {
     Activity,
 }
 
-/// A task queue: namespace id, name, kind.
+/// A task queue: namespace id, name, kind, and for a worker's sticky queue the normal queue it
+/// belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct QueueKey {
     /// Namespace id.
@@ -30,16 +31,32 @@ pub struct QueueKey {
     pub name: String,
     /// Kind.
     pub kind: TaskKind,
+    /// For a sticky queue, its normal queue's name (empty otherwise). A sticky queue lives with
+    /// its normal queue, so its worker's sticky polls also take the normal queue's tasks when
+    /// their own queue is empty.
+    pub normal: String,
 }
 
 impl QueueKey {
-    /// The shard whose leader holds this queue's matching.
+    /// A normal (not sticky) queue.
+    pub fn normal(namespace_id: impl Into<String>, name: impl Into<String>, kind: TaskKind) -> QueueKey {
+        QueueKey { namespace_id: namespace_id.into(), name: name.into(), kind, normal: String::new() }
+    }
+
+    /// The normal queue of a sticky queue.
+    pub fn normal_queue(&self) -> Option<QueueKey> {
+        (!self.normal.is_empty()).then(|| QueueKey::normal(self.namespace_id.clone(), self.normal.clone(), self.kind))
+    }
+
+    /// The shard whose leader holds this queue's matching (a sticky queue's is its normal
+    /// queue's).
     pub fn home_shard(&self, shards: u32) -> u32 {
         let kind: &[u8] = match self.kind {
             TaskKind::Workflow => b"w",
             TaskKind::Activity => b"a",
         };
-        crate::placement::shard_of(&[self.namespace_id.as_bytes(), self.name.as_bytes(), kind], shards)
+        let name = if self.normal.is_empty() { &self.name } else { &self.normal };
+        crate::placement::shard_of(&[self.namespace_id.as_bytes(), name.as_bytes(), kind], shards)
     }
 }
 
@@ -77,11 +94,41 @@ impl TaskRef {
     }
 }
 
+/// A waiting poll: handed at most one task, from whichever of its queues has one first.
+struct Waiter {
+    tx: Mutex<Option<oneshot::Sender<(TaskRef, QueueKey)>>>,
+}
+
+impl Waiter {
+    fn new() -> (Arc<Waiter>, oneshot::Receiver<(TaskRef, QueueKey)>) {
+        let (tx, rx) = oneshot::channel();
+        (Arc::new(Waiter { tx: Mutex::new(Some(tx)) }), rx)
+    }
+
+    /// Hands `task` of `from` over (`None`), or gives it back if this poll was served or went
+    /// away.
+    fn offer(&self, task: TaskRef, from: &QueueKey) -> Option<TaskRef> {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match tx {
+            Some(tx) => tx.send((task, from.clone())).err().map(|(t, _)| t),
+            None => Some(task),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_none_or(|tx| tx.is_closed())
+    }
+}
+
 #[derive(Default)]
 struct Queue {
-    tasks: VecDeque<TaskRef>,
+    /// Ready tasks, with when each was queued.
+    tasks: VecDeque<(TaskRef, tokio::time::Instant)>,
     queued: BTreeSet<(String, i64)>,
-    pollers: VecDeque<oneshot::Sender<TaskRef>>,
+    pollers: VecDeque<Arc<Waiter>>,
+    /// Sticky polls of this (normal) queue's workers, waiting on their own queues: served after
+    /// the queue's own pollers.
+    stealers: VecDeque<Arc<Waiter>>,
     /// Identities of recent pollers, for DescribeTaskQueue.
     last_pollers: VecDeque<String>,
     /// When a poll last came for this queue.
@@ -101,20 +148,20 @@ const TASKS_PER_QUEUE_MAX: usize = 100_000;
 struct PollGuard<'a> {
     matching: &'a Matching,
     key: &'a QueueKey,
-    rx: Option<oneshot::Receiver<TaskRef>>,
+    rx: Option<oneshot::Receiver<(TaskRef, QueueKey)>>,
 }
 
 impl Drop for PollGuard<'_> {
     fn drop(&mut self) {
         if let Some(mut rx) = self.rx.take() {
             rx.close();
-            if let Ok(task) = rx.try_recv() {
-                self.matching.add(self.key.clone(), task);
+            if let Ok((task, from)) = rx.try_recv() {
+                self.matching.add(from, task);
             }
+            self.matching.sweep(self.key);
             // The poller went away mid-poll (a worker shutting down cancels its polls): if no
             // other poll waits, a sticky task for this queue goes to the normal queue at once.
             if let Some(q) = self.matching.lock().get_mut(self.key) {
-                q.pollers.retain(|p| !p.is_closed());
                 if q.pollers.is_empty() {
                     q.last_poll = None;
                 }
@@ -163,27 +210,50 @@ impl Drop for Taken {
 #[derive(Clone, Default)]
 pub struct Matching {
     queues: Arc<Mutex<BTreeMap<QueueKey, Queue>>>,
+    /// How long tasks wait for a poller, by kind.
+    wait: Option<prometheus::HistogramVec>,
 }
 
 impl Matching {
+    /// A matching index that records task waits in `wait`.
+    pub fn with_metrics(wait: prometheus::HistogramVec) -> Matching {
+        Matching { queues: Arc::default(), wait: Some(wait) }
+    }
+
+    fn observe_wait(&self, kind: TaskKind, waited: Duration) {
+        if let Some(h) = &self.wait {
+            let label = match kind {
+                TaskKind::Workflow => "workflow",
+                TaskKind::Activity => "activity",
+            };
+            h.with_label_values(&[label]).observe(waited.as_secs_f64());
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<QueueKey, Queue>> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Offers a ready task: to a waiting poller, or into the queue.
+    /// Offers a ready task: to a waiting poller (the queue's own first, then its workers' sticky
+    /// polls), or into the queue.
     pub fn add(&self, key: QueueKey, mut task: TaskRef) {
+        let kind = key.kind;
         let mut queues = self.lock();
-        let q = queues.entry(key).or_default();
-        while let Some(p) = q.pollers.pop_front() {
-            match p.send(task) {
-                Ok(()) => return,
-                Err(t) => task = t,
+        let q = queues.entry(key.clone()).or_default();
+        while let Some(p) = q.pollers.pop_front().or_else(|| q.stealers.pop_front()) {
+            match p.offer(task, &key) {
+                None => {
+                    drop(queues);
+                    self.observe_wait(kind, Duration::ZERO);
+                    return;
+                }
+                Some(t) => task = t,
             }
         }
         if q.queued.insert(task.dedupe_key()) {
-            q.tasks.push_back(task);
+            q.tasks.push_back((task, tokio::time::Instant::now()));
             if q.tasks.len() > TASKS_PER_QUEUE_MAX {
-                if let Some(old) = q.tasks.pop_front() {
+                if let Some((old, _)) = q.tasks.pop_front() {
                     q.queued.remove(&old.dedupe_key());
                 }
             }
@@ -209,6 +279,13 @@ impl Matching {
 
     /// Waits up to `wait` for a task of `key`.
     pub async fn poll(&self, key: &QueueKey, identity: &str, wait: Duration) -> Option<TaskRef> {
+        self.poll_from(key, identity, wait).await.map(|(t, _)| t)
+    }
+
+    /// Waits up to `wait` for a task of `key`, or, for a sticky queue whose own queue is empty,
+    /// of its normal queue; returns the task and the queue it came from.
+    pub async fn poll_from(&self, key: &QueueKey, identity: &str, wait: Duration) -> Option<(TaskRef, QueueKey)> {
+        let normal = key.normal_queue();
         let rx = {
             let mut queues = self.lock();
             let q = queues.entry(key.clone()).or_default();
@@ -219,16 +296,29 @@ impl Matching {
                     q.last_pollers.pop_front();
                 }
             }
-            if let Some(t) = q.tasks.pop_front() {
-                q.queued.remove(&t.dedupe_key());
-                return Some(t);
+            let mut found = q.tasks.pop_front().map(|(t, at)| (t, at, key.clone()));
+            if found.is_none() {
+                if let Some(n) = &normal {
+                    found = queues.get_mut(n).and_then(|nq| nq.tasks.pop_front()).map(|(t, at)| (t, at, n.clone()));
+                }
             }
-            let (tx, rx) = oneshot::channel();
-            q.pollers.push_back(tx);
+            if let Some((t, queued_at, from)) = found {
+                if let Some(q) = queues.get_mut(&from) {
+                    q.queued.remove(&t.dedupe_key());
+                }
+                drop(queues);
+                self.observe_wait(key.kind, queued_at.elapsed());
+                return Some((t, from));
+            }
+            let (waiter, rx) = Waiter::new();
+            queues.entry(key.clone()).or_default().pollers.push_back(waiter.clone());
+            if let Some(n) = &normal {
+                queues.entry(n.clone()).or_default().stealers.push_back(waiter);
+            }
             rx
         };
         // If this poll is dropped (its caller went away) after a task was handed to it, the task
-        // goes back to the queue instead of being lost with the channel.
+        // goes back to its queue instead of being lost with the channel.
         let mut guard = PollGuard { matching: self, key, rx: Some(rx) };
         let rx = guard.rx.as_mut()?;
         let out = match tokio::time::timeout(wait, &mut *rx).await {
@@ -238,11 +328,9 @@ impl Matching {
                 // A task sent just as the wait ended is still ours.
                 rx.close();
                 let task = rx.try_recv().ok();
-                // The timed-out poll's sender, and any other whose poll went away, leave now
+                // The timed-out poll's waiter, and any other whose poll went away, leave now
                 // rather than when the next task arrives.
-                if let Some(q) = self.lock().get_mut(key) {
-                    q.pollers.retain(|p| !p.is_closed());
-                }
+                self.sweep(key);
                 task
             }
         };
@@ -250,14 +338,27 @@ impl Matching {
         out
     }
 
+    /// Drops the waiters of polls that ended from `key` (and its normal queue's stealers).
+    fn sweep(&self, key: &QueueKey) {
+        let mut queues = self.lock();
+        if let Some(q) = queues.get_mut(key) {
+            q.pollers.retain(|p| !p.is_closed());
+        }
+        if let Some(n) = key.normal_queue() {
+            if let Some(q) = queues.get_mut(&n) {
+                q.stealers.retain(|p| !p.is_closed());
+            }
+        }
+    }
+
     /// Polls waiting on `key` now.
     pub fn waiting_pollers(&self, key: &QueueKey) -> usize {
         self.lock().get(key).map(|q| q.pollers.iter().filter(|p| !p.is_closed()).count()).unwrap_or(0)
     }
 
-    /// Poll senders held for `key`, live or not (what a leak would grow).
+    /// Poll waiters held for `key`, live or not (what a leak would grow).
     pub fn held_pollers(&self, key: &QueueKey) -> usize {
-        self.lock().get(key).map(|q| q.pollers.len()).unwrap_or(0)
+        self.lock().get(key).map(|q| q.pollers.len() + q.stealers.len()).unwrap_or(0)
     }
 
     /// Removes every queue whose home is shard `home` (this node stopped leading it) and returns
@@ -269,7 +370,7 @@ impl Matching {
         let mut out = Vec::new();
         for k in keys {
             if let Some(q) = queues.remove(&k) {
-                out.extend(q.tasks.into_iter().map(|t| (k.clone(), t)));
+                out.extend(q.tasks.into_iter().map(|(t, _)| (k.clone(), t)));
             }
         }
         out
@@ -286,7 +387,7 @@ mod tests {
     use super::*;
 
     fn key() -> QueueKey {
-        QueueKey { namespace_id: "ns".into(), name: "q".into(), kind: TaskKind::Workflow }
+        QueueKey::normal("ns", "q", TaskKind::Workflow)
     }
 
     fn task(n: i64) -> TaskRef {
@@ -343,7 +444,7 @@ mod requeue_tests {
     use super::*;
 
     fn key() -> QueueKey {
-        QueueKey { namespace_id: "ns".into(), name: "q".into(), kind: TaskKind::Workflow }
+        QueueKey::normal("ns", "q", TaskKind::Workflow)
     }
 
     fn task(id: i64) -> TaskRef {
@@ -394,7 +495,12 @@ mod sticky_tests {
     use super::*;
 
     fn key() -> QueueKey {
-        QueueKey { namespace_id: "ns".into(), name: "worker-a-sticky".into(), kind: TaskKind::Workflow }
+        QueueKey {
+            namespace_id: "ns".into(),
+            name: "worker-a-sticky".into(),
+            kind: TaskKind::Workflow,
+            normal: "q".into(),
+        }
     }
 
     fn task(id: i64) -> TaskRef {
@@ -404,6 +510,41 @@ mod sticky_tests {
             scheduled_id: id,
             query: None,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_sticky_poll_takes_its_normal_queues_tasks_after_the_normal_polls() {
+        let m = Matching::default();
+        let normal = QueueKey::normal("ns", "q", TaskKind::Workflow);
+        assert_eq!(key().home_shard(16), normal.home_shard(16), "a sticky queue lives with its normal queue");
+        // A queued normal task: the sticky poll takes it, and says where from.
+        m.add(normal.clone(), task(1));
+        let (t, from) = m.poll_from(&key(), "a", Duration::from_secs(1)).await.unwrap();
+        assert_eq!((t.scheduled_id, &from), (1, &normal));
+        // Its own queue first.
+        m.add(normal.clone(), task(2));
+        assert!(m.add_sticky(key(), task(3)));
+        assert_eq!(m.poll_from(&key(), "a", Duration::from_secs(1)).await.map(|(t, _)| t.scheduled_id), Some(3));
+        assert_eq!(m.poll_from(&key(), "a", Duration::from_secs(1)).await.map(|(t, _)| t.scheduled_id), Some(2));
+        // Waiting: a normal poll is served before a sticky one; the sticky one gets the next.
+        let sticky = tokio::spawn({
+            let m = m.clone();
+            async move { m.poll_from(&key(), "a", Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        let plain = tokio::spawn({
+            let (m, n) = (m.clone(), normal.clone());
+            async move { m.poll(&n, "b", Duration::from_secs(60)).await }
+        });
+        tokio::task::yield_now().await;
+        m.add(normal.clone(), task(4));
+        m.add(normal.clone(), task(5));
+        assert_eq!(plain.await.unwrap().map(|t| t.scheduled_id), Some(4));
+        let (t, from) = sticky.await.unwrap().unwrap();
+        assert_eq!((t.scheduled_id, from), (5, normal.clone()));
+        // A timed-out sticky poll leaves no waiter behind on either queue.
+        assert_eq!(m.poll_from(&key(), "a", Duration::from_millis(10)).await, None);
+        assert_eq!(m.held_pollers(&key()) + m.held_pollers(&normal), 0);
     }
 
     #[tokio::test(start_paused = true)]

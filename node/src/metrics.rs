@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use norn_raft::{RaftNode, Role};
-use prometheus::{Encoder, Histogram, HistogramOpts, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -12,6 +12,12 @@ use tokio::net::TcpListener;
 pub struct Metrics {
     registry: Registry,
     propose_seconds: Histogram,
+    /// Time a task waited in matching for a poller, by kind (workflow, sticky, activity).
+    pub task_wait_seconds: HistogramVec,
+    /// Time from a poll taking a task to its response, by kind (recording the start, reads).
+    pub poll_answer_seconds: HistogramVec,
+    /// Polls from workers being served by this node now (long polls waiting included), by kind.
+    polls_in_flight: IntGaugeVec,
     wal_syncs: IntGauge,
     durable_writes: IntGauge,
     shard_leader: IntGaugeVec,
@@ -31,6 +37,22 @@ impl Metrics {
             HistogramOpts::new("propose_seconds", "Time from proposal to applied response on the leader")
                 .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
         )?;
+        let task_wait_seconds = task_wait_histogram()?;
+        let poll_answer_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "poll_answer_seconds",
+                "Time from a poll taking a task to its answer (start recorded, task read)",
+            )
+            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 16)?),
+            &["kind"],
+        )?;
+        registry.register(Box::new(task_wait_seconds.clone()))?;
+        registry.register(Box::new(poll_answer_seconds.clone()))?;
+        let polls_in_flight = IntGaugeVec::new(
+            Opts::new("polls_in_flight", "Worker polls this node is serving now (waiting long polls included)"),
+            &["kind"],
+        )?;
+        registry.register(Box::new(polls_in_flight.clone()))?;
         let wal_syncs = IntGauge::new("wal_syncs_total", "WAL syncs performed by group commit")?;
         let durable_writes = IntGauge::new("durable_writes_total", "Log appends and votes made durable")?;
         let shard = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["shard"]);
@@ -53,6 +75,9 @@ impl Metrics {
         Ok(Self {
             registry,
             propose_seconds,
+            task_wait_seconds,
+            poll_answer_seconds,
+            polls_in_flight,
             wal_syncs,
             durable_writes,
             shard_leader,
@@ -68,6 +93,16 @@ impl Metrics {
     pub fn set_disk(&self, free_bytes: u64, refused: bool) {
         self.disk_free_bytes.set(i64::try_from(free_bytes).unwrap_or(i64::MAX));
         self.disk_writes_refused.set(i64::from(refused));
+    }
+
+    /// Records how long answering a poll took once it had a task.
+    pub fn observe_poll_answer(&self, kind: &str, d: Duration) {
+        self.poll_answer_seconds.with_label_values(&[kind]).observe(d.as_secs_f64());
+    }
+
+    /// Counts a poll in flight until the returned guard drops.
+    pub fn poll_in_flight(&self, kind: &str) -> PollGuard {
+        PollGuard::new(self.polls_in_flight.with_label_values(&[kind]))
     }
 
     /// Records one proposal's latency.
@@ -120,5 +155,30 @@ impl Metrics {
                 let _ = conn.write_all(resp.as_bytes()).await;
             });
         }
+    }
+}
+
+/// The histogram of task waits in matching (unregistered until [`Metrics::new`] registers it).
+pub fn task_wait_histogram() -> Result<HistogramVec, prometheus::Error> {
+    HistogramVec::new(
+        HistogramOpts::new("task_wait_seconds", "Time a ready task waited in matching for a poller")
+            .buckets(prometheus::exponential_buckets(0.0005, 2.0, 18)?),
+        &["kind"],
+    )
+}
+
+/// Decrements its gauge when dropped.
+pub struct PollGuard(IntGauge);
+
+impl PollGuard {
+    fn new(g: IntGauge) -> Self {
+        g.inc();
+        PollGuard(g)
+    }
+}
+
+impl Drop for PollGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

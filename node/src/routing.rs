@@ -221,7 +221,7 @@ impl Router {
                 raft,
                 config,
                 cluster_id,
-                matching: Matching::default(),
+                matching: Matching::with_metrics(metrics.task_wait_seconds.clone()),
                 metrics,
                 connector,
                 clock,

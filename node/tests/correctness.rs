@@ -141,11 +141,8 @@ async fn queue_per_home_shard(addr: &str, shards: u32) -> Vec<String> {
     let mut by_home = std::collections::BTreeMap::new();
     for i in 0.. {
         let name = format!("tq-{i}");
-        let q = norn_node::matching::QueueKey {
-            namespace_id: ns.clone(),
-            name: name.clone(),
-            kind: norn_node::matching::TaskKind::Workflow,
-        };
+        let q =
+            norn_node::matching::QueueKey::normal(ns.clone(), name.clone(), norn_node::matching::TaskKind::Workflow);
         by_home.entry(q.home_shard(shards)).or_insert(name);
         if by_home.len() == shards as usize {
             break;

@@ -146,6 +146,9 @@ check!(PollWorkflowExecutionUpdateRequest, |r, l| {
 
 check!(PollWorkflowTaskQueueRequest, |r, l| {
     queue(l, &r.task_queue)?;
+    if let Some(q) = r.task_queue.as_ref().filter(|q| !q.normal_name.is_empty()) {
+        l.check_id("TaskQueue", &q.normal_name)?;
+    }
     l.check_id("Identity", &r.identity)?;
 });
 

@@ -40,7 +40,7 @@ impl Frontend {
             TaskQueueType::Activity => TaskKind::Activity,
             _ => TaskKind::Workflow,
         };
-        let queue = QueueKey { namespace_id: ns, name, kind };
+        let queue = QueueKey::normal(ns, name, kind);
         // Pollers are known where the queue's matching lives: the leader of its home shard.
         let home = queue.home_shard(self.router.config().shards);
         if let Target::Remote(addr) = self.router.leader_target(home).await? {

@@ -110,7 +110,7 @@ impl Frontend {
         let id = super::workflows::new_uuid();
         let origin = self.router.config().node_id;
         let rx = self.queries.park(&id);
-        let queue = QueueKey { namespace_id: ns, name: run.task_queue.clone(), kind: TaskKind::Workflow };
+        let queue = QueueKey::normal(ns, run.task_queue.clone(), TaskKind::Workflow);
         let task = TaskRef {
             shard,
             run: run_key.clone(),

@@ -266,8 +266,13 @@ impl Frontend {
                 if ready_at_ms > self.router.now_ms() {
                     return;
                 }
-                let queue = QueueKey { namespace_id: run.namespace_id.clone(), name: task_queue, kind };
-                let sticky = sticky.map(|name| QueueKey { namespace_id: run.namespace_id.clone(), name, kind });
+                let sticky = sticky.map(|name| QueueKey {
+                    namespace_id: run.namespace_id.clone(),
+                    name,
+                    kind,
+                    normal: task_queue.clone(),
+                });
+                let queue = QueueKey::normal(run.namespace_id.clone(), task_queue, kind);
                 let task = TaskRef { shard, run: run.clone(), scheduled_id, query: None };
                 let router = self.router.clone();
                 tokio::spawn(async move {
@@ -563,7 +568,14 @@ impl Frontend {
             return Err(Status::invalid_argument("TaskQueue is not set on request."));
         }
         let sticky_poll = req.task_queue.as_ref().is_some_and(|q| q.kind == TaskQueueKind::Sticky as i32);
-        let queue = QueueKey { namespace_id: ns, name: tq, kind: TaskKind::Workflow };
+        let _in_flight = self.router.metrics().poll_in_flight(if sticky_poll { "sticky" } else { "workflow" });
+        // A sticky queue is known by its normal queue too (its home, and where its idle polls
+        // also take tasks from).
+        let normal = match &req.task_queue {
+            Some(q) if sticky_poll && q.normal_name != q.name => q.normal_name.clone(),
+            _ => String::new(),
+        };
+        let queue = QueueKey { namespace_id: ns, name: tq, kind: TaskKind::Workflow, normal };
         if let Target::Remote(addr) = self.poll_target(&queue).await? {
             if hops >= 2 {
                 return Err(Status::unavailable("task queue home moved while forwarding; retry"));
@@ -574,20 +586,22 @@ impl Frontend {
         let deadline = tokio::time::Instant::now() + POLL_WAIT;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(task) = self.router.matching().poll(&queue, &req.identity, left).await else {
+            let Some((task, from)) = self.router.matching().poll_from(&queue, &req.identity, left).await else {
                 return Ok(PollWorkflowTaskQueueResponse::default());
             };
             if let Some(q) = &task.query {
                 return self.query_task_response(&task, q).await;
             }
+            let taken_at = tokio::time::Instant::now();
+            let request_id = new_uuid();
             let cmd = WorkflowCommand::WorkflowTaskStarted {
                 run: task.run.clone(),
                 scheduled_id: task.scheduled_id,
-                request_id: new_uuid(),
+                request_id: request_id.clone(),
                 identity: req.identity.clone(),
             };
             // Until the start is recorded the task goes back to its queue if this poll is dropped.
-            let taken = crate::matching::Taken::new(self.router.matching(), &queue, task.clone());
+            let taken = crate::matching::Taken::new(self.router.matching(), &from, task.clone());
             let started_id = match self.apply(task.shard, cmd).await {
                 Ok((_, last)) => {
                     taken.done();
@@ -602,11 +616,37 @@ impl Frontend {
                 // second start.
                 Err(s) => return Err(s),
             };
-            let run = self.read_run(task.shard, &task.run).await?;
-            // A sticky poller holds the run: it gets only what came after the last task it ran
-            // (Temporal's partial history); a normal poller gets the whole history.
-            let after = if sticky_poll { run.last_completed_started_id } else { 0 };
-            let mut events = self.router.read_events_after(task.shard, &task.run.run_id, after, usize::MAX).await?;
+            // A task scheduled on this worker's sticky queue carries only what came after the
+            // last task the worker ran (Temporal's partial history); any other (a normal queue's
+            // task, also when a sticky poll takes it) carries the whole history.
+            let partial = |run: &RunState| {
+                sticky_poll && run.sticky_queue == queue.name && run.workflow_task.as_ref().is_some_and(|t| t.sticky)
+            };
+            // This node's replica usually has the start applied already (on 3 nodes it holds
+            // every shard): read from it when it shows this very start, else from the leader.
+            let here = self.router.read_run_here(task.shard, &task.run).and_then(|run| {
+                let ours = run.workflow_task.as_ref().is_some_and(|t| {
+                    t.scheduled_id == task.scheduled_id
+                        && t.started_id == Some(started_id)
+                        && t.request_id == request_id
+                });
+                if !ours {
+                    return None;
+                }
+                let after = if partial(&run) { run.last_completed_started_id } else { 0 };
+                let upto = started_id.min(run.next_event_id - 1);
+                let events = self.router.read_events_here(task.shard, &task.run.run_id, after, upto)?;
+                Some((run, events))
+            });
+            let (run, mut events) = match here {
+                Some(found) => found,
+                None => {
+                    let run = self.read_run(task.shard, &task.run).await?;
+                    let after = if partial(&run) { run.last_completed_started_id } else { 0 };
+                    let events = self.router.read_events_after(task.shard, &task.run.run_id, after, usize::MAX).await?;
+                    (run, events)
+                }
+            };
             let wft = match run.workflow_task.clone() {
                 Some(t) if t.scheduled_id == task.scheduled_id && t.started_id.is_some() => t,
                 // Timed out or closed in the meantime: its completion will be refused.
@@ -629,6 +669,9 @@ impl Frontend {
             } else {
                 Vec::new()
             };
+            self.router
+                .metrics()
+                .observe_poll_answer(if sticky_poll { "sticky" } else { "workflow" }, taken_at.elapsed());
             return Ok(PollWorkflowTaskQueueResponse {
                 next_page_token,
                 task_token: encode_token(&token)?,
@@ -734,6 +777,7 @@ impl Frontend {
         &self,
         req: tonic::Request<PollActivityTaskQueueRequest>,
     ) -> Result<PollActivityTaskQueueResponse, Status> {
+        let _in_flight = self.router.metrics().poll_in_flight("activity");
         let hops = hops(&req);
         let req = req.into_inner();
         self.checked(&req).await?;
@@ -742,7 +786,7 @@ impl Frontend {
         if tq.is_empty() {
             return Err(Status::invalid_argument("TaskQueue is not set on request."));
         }
-        let queue = QueueKey { namespace_id: ns, name: tq, kind: TaskKind::Activity };
+        let queue = QueueKey::normal(ns, tq, TaskKind::Activity);
         if let Target::Remote(addr) = self.poll_target(&queue).await? {
             if hops >= 2 {
                 return Err(Status::unavailable("task queue home moved while forwarding; retry"));
@@ -756,10 +800,12 @@ impl Frontend {
             let Some(task) = self.router.matching().poll(&queue, &req.identity, left).await else {
                 return Ok(PollActivityTaskQueueResponse::default());
             };
+            let taken_at = tokio::time::Instant::now();
+            let request_id = new_uuid();
             let cmd = WorkflowCommand::ActivityTaskStarted {
                 run: task.run.clone(),
                 scheduled_id: task.scheduled_id,
-                request_id: new_uuid(),
+                request_id: request_id.clone(),
                 identity: req.identity.clone(),
             };
             let planted =
@@ -777,7 +823,15 @@ impl Frontend {
                 // second start.
                 Err(s) => return Err(s),
             }
-            let run = self.read_run(task.shard, &task.run).await?;
+            // This node's replica, when it shows this very start; else the leader.
+            let here = self
+                .router
+                .read_run_here(task.shard, &task.run)
+                .filter(|run| run.activities.get(&task.scheduled_id).is_some_and(|a| a.request_id == request_id));
+            let run = match here {
+                Some(run) => run,
+                None => self.read_run(task.shard, &task.run).await?,
+            };
             let Some(a) = run.activities.get(&task.scheduled_id) else { continue };
             let sched = ActivityTaskScheduledEventAttributes::decode(a.scheduled_event.as_slice())
                 .map_err(|e| Status::internal(format!("corrupt scheduled event: {e}")))?;
@@ -789,6 +843,7 @@ impl Frontend {
                 started_or_attempt: i64::from(a.attempt),
                 query: None,
             };
+            self.router.metrics().observe_poll_answer("activity", taken_at.elapsed());
             return Ok(PollActivityTaskQueueResponse {
                 task_token: encode_token(&token)?,
                 workflow_namespace: req.namespace.clone(),

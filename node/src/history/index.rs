@@ -150,12 +150,12 @@ pub fn ready_tasks(run: &RunState, shard: u32, now_ms: u64) -> Vec<(QueueKey, Ta
             namespace_id: run.namespace_id.clone(),
             name: run.workflow_task_queue(t.sticky).to_string(),
             kind: TaskKind::Workflow,
+            normal: if t.sticky && !run.sticky_queue.is_empty() { run.task_queue.clone() } else { String::new() },
         };
         out.push((q, TaskRef { shard, run: key.clone(), scheduled_id: t.scheduled_id, query: None }));
     }
     for a in run.activities.values().filter(|a| a.request_id.is_empty() && a.scheduled_ms <= now_ms) {
-        let q =
-            QueueKey { namespace_id: run.namespace_id.clone(), name: a.task_queue.clone(), kind: TaskKind::Activity };
+        let q = QueueKey::normal(run.namespace_id.clone(), a.task_queue.clone(), TaskKind::Activity);
         out.push((q, TaskRef { shard, run: key.clone(), scheduled_id: a.scheduled_id, query: None }));
     }
     out
@@ -219,7 +219,7 @@ mod tests {
         let e = entries(&r, 3, 16, T0);
         assert_eq!(e.len(), 1);
         let (k, v) = e.iter().next().unwrap();
-        let q = QueueKey { namespace_id: "ns".into(), name: "q".into(), kind: TaskKind::Workflow };
+        let q = QueueKey::normal("ns", "q", TaskKind::Workflow);
         assert!(k.starts_with(&ready_queue_prefix(&q, 16)), "{}", String::from_utf8_lossy(k));
         assert!(k.starts_with(&ready_home_prefix(q.home_shard(16))));
         let (vq, vt): (QueueKey, TaskRef) = postcard::from_bytes(v).unwrap();
