@@ -48,9 +48,22 @@ pub struct Cluster {
     pub planted_bug: Option<String>,
 }
 
+/// A free port for a node to listen on, below the kernel's ephemeral range (32768 and up on
+/// Linux): a port taken from that range and released until the node binds it can be taken in
+/// between by any outgoing connection (the proxies make many), and the node then fails to start
+/// ("bind metrics address"), as a CI run once showed.
 fn free_addr() -> anyhow::Result<String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.to_string())
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 1000) as u16 * 12;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (start - 20_000 + n) % 12_000;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(l.local_addr()?.to_string());
+        }
+    }
+    anyhow::bail!("no free port between 20000 and 32000")
 }
 
 impl Cluster {

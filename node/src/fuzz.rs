@@ -309,7 +309,8 @@ fn history_engine(data: &[u8]) {
                     request_id: format!("sig-{}", u.u32() % 8),
                     ..Default::default()
                 };
-                ("signal", engine::signal(&mut work, attrs, now))
+                let signals_max = u64::from(u.u8() % 16);
+                ("signal", engine::signal(&mut work, attrs, signals_max, now))
             }
             11 => ("cancel", engine::request_cancel(&mut work, "why", "me", now)),
             12 => ("run timed out", engine::workflow_timed_out(&mut work, now)),

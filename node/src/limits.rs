@@ -52,6 +52,8 @@ pub struct Limits {
     pub updates_total_max: u64,
     /// Commands in one workflow task completion.
     pub commands_per_task_max: u64,
+    /// Signals one run may receive over its life.
+    pub signals_per_run_max: u64,
 }
 
 impl Default for Limits {
@@ -71,6 +73,7 @@ impl Default for Limits {
             updates_in_flight_max: 10,
             updates_total_max: 2000,
             commands_per_task_max: 10_000,
+            signals_per_run_max: 10_000,
         }
     }
 }
@@ -93,6 +96,7 @@ const FIELDS: &[Field] = &[
     ("updates_in_flight_max", |l| &mut l.updates_in_flight_max, 100_000),
     ("updates_total_max", |l| &mut l.updates_total_max, 1_000_000),
     ("commands_per_task_max", |l| &mut l.commands_per_task_max, 100_000),
+    ("signals_per_run_max", |l| &mut l.signals_per_run_max, 10_000_000),
 ];
 
 impl Limits {

@@ -169,6 +169,34 @@ async fn temporals_limits_hold_with_temporals_errors_and_are_set_per_namespace()
     let e = wf.start_workflow_execution(start("small-input", 2000)).await.expect_err("2,000 bytes over 1,000");
     assert_eq!(e.message(), "Blob data size exceeds limit.");
     wf.start_workflow_execution(start("tiny-input", 10)).await.expect("within the lowered limit");
+    // Signals per run (Temporal's default 10,000), lowered to 2 for this namespace: the third
+    // is refused with Temporal's text and nothing of it is written; a retry of an accepted one
+    // is still answered.
+    wf.update_namespace(UpdateNamespaceRequest {
+        namespace: "default".into(),
+        update_info: Some(UpdateNamespaceInfo {
+            data: [("norn.limits.signals_per_run_max".to_string(), "2".to_string())].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("lower the signal limit");
+    // Limits are re-read at most every 10 s: wait for every node to have the new one.
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    let signal = |request_id: &str| SignalWorkflowExecutionRequest {
+        namespace: "default".into(),
+        workflow_execution: Some(WorkflowExecution { workflow_id: "tiny-input".into(), run_id: String::new() }),
+        signal_name: "s".into(),
+        request_id: request_id.into(),
+        ..Default::default()
+    };
+    wf.signal_workflow_execution(signal("one")).await.expect("signal 1");
+    wf.signal_workflow_execution(signal("two")).await.expect("signal 2");
+    let e = wf.signal_workflow_execution(signal("three")).await.expect_err("signal 3 over the limit");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    assert!(e.message().starts_with("exceeded workflow execution limit for signal events"), "{e}");
+    wf.signal_workflow_execution(signal("two")).await.expect("a retry of an accepted signal");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

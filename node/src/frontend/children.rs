@@ -88,11 +88,13 @@ impl Frontend {
                 identity: String::new(),
             }
         } else {
-            WorkflowCommand::Signal { run: target, attributes: x.signal.clone() }
+            let signals_max = self.cached_limits(&source.namespace_id).signals_per_run_max;
+            WorkflowCommand::Signal { run: target, attributes: x.signal.clone(), signals_max }
         };
         let delivered = match self.apply(target_shard, cmd).await {
             Ok(_) => true,
-            Err(s) if s.code() == tonic::Code::NotFound => false,
+            // Not there, or over its signal limit: the signal fails (as on Temporal).
+            Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::FailedPrecondition) => false,
             Err(s) => return Err(s),
         };
         self.apply(shard, WorkflowCommand::ExternalDone { run: source.clone(), initiated_id, delivered })

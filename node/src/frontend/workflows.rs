@@ -217,6 +217,13 @@ impl Frontend {
         Ok((rec.id, limits))
     }
 
+    /// The limits of namespace id `namespace_id` as last read here (Temporal's defaults if this
+    /// node has not read them).
+    pub(super) fn cached_limits(&self, namespace_id: &str) -> Limits {
+        let cache = self.ns_cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.values().find(|(id, _, _)| id == namespace_id).map(|(_, l, _)| *l).unwrap_or_default()
+    }
+
     /// Checks a request against its namespace's limits; returns the limits.
     pub(super) async fn checked<R: super::checks::Check>(&self, r: &R) -> Result<Limits, Status> {
         let (_, limits) = self.namespace(r.namespace()).await?;
@@ -410,7 +417,7 @@ impl Frontend {
         &self,
         req: SignalWorkflowExecutionRequest,
     ) -> Result<SignalWorkflowExecutionResponse, Status> {
-        let ns = self.namespace_id(&req.namespace).await?;
+        let (ns, limits) = self.namespace(&req.namespace).await?;
         let exec = req
             .workflow_execution
             .as_ref()
@@ -431,7 +438,8 @@ impl Frontend {
             request_id: if req.request_id.is_empty() { new_uuid() } else { req.request_id },
             ..Default::default()
         };
-        self.apply(shard, WorkflowCommand::Signal { run, attributes: attrs.encode_to_vec() }).await?;
+        let signals_max = limits.signals_per_run_max;
+        self.apply(shard, WorkflowCommand::Signal { run, attributes: attrs.encode_to_vec(), signals_max }).await?;
         Ok(SignalWorkflowExecutionResponse::default())
     }
 
@@ -509,7 +517,7 @@ impl Frontend {
         &self,
         req: SignalWithStartWorkflowExecutionRequest,
     ) -> Result<SignalWithStartWorkflowExecutionResponse, Status> {
-        let ns = self.namespace_id(&req.namespace).await?;
+        let (ns, limits) = self.namespace(&req.namespace).await?;
         if req.signal_name.is_empty() {
             return Err(Status::invalid_argument("SignalName is not set on request."));
         }
@@ -545,6 +553,7 @@ impl Frontend {
             run_id: new_uuid(),
             request: start.encode_to_vec(),
             signal: signal.encode_to_vec(),
+            signals_max: limits.signals_per_run_max,
         };
         let (run, _) = self.apply(shard, cmd).await?;
         Ok(SignalWithStartWorkflowExecutionResponse { run_id: run.run_id, started: true, ..Default::default() })

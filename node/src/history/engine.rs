@@ -718,6 +718,7 @@ pub fn start_with_signal(
         updates: Default::default(),
         sticky_queue: String::new(),
         sticky_timeout_ms: 0,
+        signals_received: 0,
         cancel_requested: false,
         first_run_id: run_id.into(),
         children: Default::default(),
@@ -756,6 +757,7 @@ pub fn start_with_signal(
         if !sig.request_id.is_empty() {
             w.run.signal_request_ids.push_back(sig.request_id.clone());
         }
+        w.run.signals_received = 1;
         w.event(EventType::WorkflowExecutionSignaled, Ev::WorkflowExecutionSignaledEventAttributes(sig));
     }
     w.schedule_workflow_task(1);
@@ -900,6 +902,7 @@ pub fn start_continued(prev: &RunState, next: &ContinueAsNew, now_ms: u64) -> Re
 pub fn signal(
     run: &mut RunState,
     attrs: WorkflowExecutionSignaledEventAttributes,
+    signals_max: u64,
     now_ms: u64,
 ) -> Result<Outcome, EngineError> {
     if !run.is_open() {
@@ -908,10 +911,18 @@ pub fn signal(
     if attrs.signal_name.is_empty() {
         return Err(EngineError::InvalidArgument("SignalName is not set on request.".into()));
     }
+    if !attrs.request_id.is_empty() && run.signal_request_ids.contains(&attrs.request_id) {
+        return Ok(Outcome::default());
+    }
+    if run.signals_received >= signals_max {
+        return Err(EngineError::FailedPrecondition(format!(
+            "exceeded workflow execution limit for signal events: the run has received {} signals, the \
+             namespace's limit (norn.limits.signals_per_run_max); continue as new to take more",
+            run.signals_received
+        )));
+    }
+    run.signals_received = run.signals_received.saturating_add(1);
     if !attrs.request_id.is_empty() {
-        if run.signal_request_ids.contains(&attrs.request_id) {
-            return Ok(Outcome::default());
-        }
         run.signal_request_ids.push_back(attrs.request_id.clone());
         if run.signal_request_ids.len() > SIGNAL_REQUEST_IDS_MAX {
             run.signal_request_ids.pop_front();

@@ -340,6 +340,8 @@ pub struct RunState {
     pub sticky_queue: String,
     /// How long a task may wait on the sticky queue before it goes to the normal queue.
     pub sticky_timeout_ms: u64,
+    /// Signals received over the run's life (capped by the namespace's `signals_per_run_max`).
+    pub signals_received: u64,
 }
 
 impl RunState {

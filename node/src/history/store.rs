@@ -111,10 +111,10 @@ pub enum WorkflowCommand {
     TimerFired { run: RunKey, timer_id: String, started_id: i64 },
     /// A signal (encoded `WorkflowExecutionSignaledEventAttributes`) for the run, or for the
     /// workflow id's current run when `run.run_id` is empty.
-    Signal { run: RunKey, attributes: Vec<u8> },
+    Signal { run: RunKey, attributes: Vec<u8>, signals_max: u64 },
     /// Signal the open run of the workflow id, or start one with the signal (encoded
     /// `StartWorkflowExecutionRequest` and signal attributes); `run_id` is for a new run.
-    SignalWithStart { namespace_id: String, run_id: String, request: Vec<u8>, signal: Vec<u8> },
+    SignalWithStart { namespace_id: String, run_id: String, request: Vec<u8>, signal: Vec<u8>, signals_max: u64 },
     /// Request cancellation of the run (the current run when `run.run_id` is empty).
     RequestCancel { run: RunKey, reason: String, identity: String },
     /// A caller asks for a workflow update (encoded `update.v1.Request`).
@@ -562,11 +562,11 @@ fn apply_inner(
             let (run, out) = engine::start(&namespace_id, &run_id, &req, now_ms)?;
             (run, out)
         }
-        WorkflowCommand::Signal { run, attributes } => {
+        WorkflowCommand::Signal { run, attributes, signals_max } => {
             let attrs: WorkflowExecutionSignaledEventAttributes = decode(&attributes, "signal")?;
             let run = with_current(txn, run)?;
             let mut state = loaded(txn, &run)?;
-            let out = engine::signal(&mut state, attrs, now_ms)?;
+            let out = engine::signal(&mut state, attrs, signals_max, now_ms)?;
             (state, out)
         }
         WorkflowCommand::AdmitUpdate { run, request, limits } => {
@@ -589,7 +589,7 @@ fn apply_inner(
             let out = engine::terminate(&mut state, &reason, details, &identity, now_ms)?;
             (state, out)
         }
-        WorkflowCommand::SignalWithStart { namespace_id, run_id, request, signal } => {
+        WorkflowCommand::SignalWithStart { namespace_id, run_id, request, signal, signals_max } => {
             let req: StartWorkflowExecutionRequest = decode(&request, "start request")?;
             let attrs: WorkflowExecutionSignaledEventAttributes = decode(&signal, "signal")?;
             let cur = current(&*txn, &namespace_id, &req.workflow_id).map_err(storage)?;
@@ -607,7 +607,7 @@ fn apply_inner(
                 Some(cur) => {
                     let k = RunKey { namespace_id, workflow_id: req.workflow_id.clone(), run_id: cur.run_id };
                     let mut state = loaded(txn, &k)?;
-                    let out = engine::signal(&mut state, attrs, now_ms)?;
+                    let out = engine::signal(&mut state, attrs, signals_max, now_ms)?;
                     (state, out)
                 }
                 None => engine::start_with_signal(&namespace_id, &run_id, &req, Some(attrs), now_ms)?,

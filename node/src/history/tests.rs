@@ -23,6 +23,15 @@ fn workflow_task_completed(
     super::engine::workflow_task_completed(run, scheduled_id, started_id, req, &Default::default(), now_ms)
 }
 
+/// A signal under Temporal's default signal limit.
+fn signal(
+    run: &mut RunState,
+    attrs: norn_proto::protos::temporal::api::history::v1::WorkflowExecutionSignaledEventAttributes,
+    now_ms: u64,
+) -> Result<Outcome, EngineError> {
+    super::engine::signal(run, attrs, 10_000, now_ms)
+}
+
 const T0: u64 = 1_700_000_000_000;
 
 fn start_req() -> StartWorkflowExecutionRequest {
@@ -1154,4 +1163,26 @@ fn a_sticky_worker_gets_the_next_task_until_it_misses_the_sticky_timeout() {
     workflow_task_failed(&mut run, sid, sid + 1, &RespondWorkflowTaskFailedRequest::default(), T0 + 5_900).unwrap();
     assert!(run.sticky_queue.is_empty(), "a failed task clears stickiness");
     assert!(!run.workflow_task.as_ref().unwrap().sticky);
+}
+
+#[test]
+fn a_run_takes_signals_up_to_its_limit_and_retries_of_taken_ones_change_nothing() {
+    let mut run = started();
+    for i in 0..3 {
+        super::engine::signal(&mut run, signal_attrs("go", &format!("s{i}")), 3, T0 + 2).unwrap();
+    }
+    assert_eq!(run.signals_received, 3);
+    let before = run.clone();
+    let refused = super::engine::signal(&mut run, signal_attrs("go", "s3"), 3, T0 + 3).unwrap_err();
+    assert!(
+        matches!(&refused, EngineError::FailedPrecondition(m) if m.contains("limit for signal events")),
+        "{refused:?}"
+    );
+    assert_eq!(run, before, "a refused signal changes nothing");
+    // A retry of an accepted signal is still answered (and applied once).
+    let out = super::engine::signal(&mut run, signal_attrs("go", "s1"), 3, T0 + 4).unwrap();
+    assert!(out.events.is_empty());
+    // The first signal of a signal-with-start counts.
+    let (run, _) = start_with_signal("ns-id", "run-2", &start_req(), Some(signal_attrs("go", "w")), T0).unwrap();
+    assert_eq!(run.signals_received, 1);
 }
