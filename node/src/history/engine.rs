@@ -983,12 +983,26 @@ fn started_task(run: &RunState, scheduled_id: i64, started_id: i64) -> Result<Wo
     }
 }
 
-/// Checks every command before any is applied, so a bad task changes nothing.
-#[allow(deprecated)] // SDKs still fill StartChildWorkflowExecution's namespace
+/// Checks every command before any is applied; the index of the first bad one with why.
 fn check_commands(
     req: &RespondWorkflowTaskCompletedRequest,
     run: &RunState,
     limits: &EngineLimits,
+) -> Result<(), (usize, EngineError)> {
+    for (i, c) in req.commands.iter().enumerate() {
+        check_command(req, run, limits, i, c).map_err(|e| (i, e))?;
+    }
+    Ok(())
+}
+
+/// Checks command `i` of a completion.
+#[allow(deprecated)] // SDKs still fill StartChildWorkflowExecution's namespace
+fn check_command(
+    req: &RespondWorkflowTaskCompletedRequest,
+    run: &RunState,
+    limits: &EngineLimits,
+    i: usize,
+    c: &norn_proto::protos::temporal::api::command::v1::Command,
 ) -> Result<(), EngineError> {
     let long = |what: &str, v: &str| -> Result<(), EngineError> {
         if v.len() as u64 > limits.id_length_max {
@@ -996,134 +1010,142 @@ fn check_commands(
         }
         Ok(())
     };
-    let mut closes = 0;
-    for (i, c) in req.commands.iter().enumerate() {
-        let Some(attrs) = &c.attributes else {
-            return Err(EngineError::InvalidArgument(format!("command {i} has no attributes")));
-        };
-        match attrs {
-            Cmd::ScheduleActivityTaskCommandAttributes(a) => {
-                if a.activity_id.is_empty() {
-                    return Err(EngineError::InvalidArgument("ActivityId is not set on command.".into()));
-                }
-                if a.activity_type.as_ref().map(|t| t.name.is_empty()).unwrap_or(true) {
-                    return Err(EngineError::InvalidArgument("ActivityType is not set on command.".into()));
-                }
-                long("ActivityId", &a.activity_id)?;
-                long("ActivityType", a.activity_type.as_ref().map(|t| t.name.as_str()).unwrap_or(""))?;
-                long("TaskQueue", a.task_queue.as_ref().map(|t| t.name.as_str()).unwrap_or(""))?;
-                if run.activities.values().any(|x| x.activity_id == a.activity_id) {
-                    return Err(EngineError::InvalidArgument(format!(
-                        "activity id {} is already in use",
-                        a.activity_id
-                    )));
-                }
-                duration_ms(&a.start_to_close_timeout)?;
-                duration_ms(&a.schedule_to_close_timeout)?;
-                duration_ms(&a.heartbeat_timeout)?;
-                duration_ms(&a.schedule_to_start_timeout)?;
-                retry_spec(&a.retry_policy)?;
+    let Some(attrs) = &c.attributes else {
+        return Err(EngineError::InvalidArgument(format!("command {i} has no attributes")));
+    };
+    match attrs {
+        Cmd::ScheduleActivityTaskCommandAttributes(a) => {
+            if a.activity_id.is_empty() {
+                return Err(EngineError::InvalidArgument("ActivityId is not set on command.".into()));
             }
-            Cmd::StartTimerCommandAttributes(t) => {
-                if t.timer_id.is_empty() {
-                    return Err(EngineError::InvalidArgument("TimerId is not set on command.".into()));
-                }
-                long("TimerId", &t.timer_id)?;
-                if run.timers.contains_key(&t.timer_id) {
-                    return Err(EngineError::InvalidArgument(format!("timer id {} is already in use", t.timer_id)));
-                }
-                if duration_ms(&t.start_to_fire_timeout)?.unwrap_or(0) == 0 {
-                    return Err(EngineError::InvalidArgument("StartToFireTimeout must be positive.".into()));
-                }
+            if a.activity_type.as_ref().map(|t| t.name.is_empty()).unwrap_or(true) {
+                return Err(EngineError::InvalidArgument("ActivityType is not set on command.".into()));
             }
-            Cmd::StartChildWorkflowExecutionCommandAttributes(a) => {
-                if a.workflow_id.is_empty() {
-                    return Err(EngineError::InvalidArgument("WorkflowId is not set on command.".into()));
-                }
-                if a.workflow_type.as_ref().is_none_or(|t| t.name.is_empty()) {
-                    return Err(EngineError::InvalidArgument("WorkflowType is not set on command.".into()));
-                }
-                long("WorkflowId", &a.workflow_id)?;
-                long("WorkflowType", a.workflow_type.as_ref().map(|t| t.name.as_str()).unwrap_or(""))?;
-                long("TaskQueue", a.task_queue.as_ref().map(|t| t.name.as_str()).unwrap_or(""))?;
-                if !a.namespace.is_empty() && a.namespace != req.namespace {
-                    return Err(EngineError::Unimplemented(
-                        "child workflows in another namespace are not supported by Norn yet".into(),
-                    ));
-                }
-                duration_ms(&a.workflow_execution_timeout)?;
+            long("ActivityId", &a.activity_id)?;
+            long("ActivityType", a.activity_type.as_ref().map(|t| t.name.as_str()).unwrap_or(""))?;
+            long("TaskQueue", a.task_queue.as_ref().map(|t| t.name.as_str()).unwrap_or(""))?;
+            if run.activities.values().any(|x| x.activity_id == a.activity_id) {
+                return Err(EngineError::InvalidArgument(format!("activity id {} is already in use", a.activity_id)));
+            }
+            duration_ms(&a.start_to_close_timeout)?;
+            duration_ms(&a.schedule_to_close_timeout)?;
+            duration_ms(&a.heartbeat_timeout)?;
+            duration_ms(&a.schedule_to_start_timeout)?;
+            retry_spec(&a.retry_policy)?;
+        }
+        Cmd::StartTimerCommandAttributes(t) => {
+            if t.timer_id.is_empty() {
+                return Err(EngineError::InvalidArgument("TimerId is not set on command.".into()));
+            }
+            long("TimerId", &t.timer_id)?;
+            if run.timers.contains_key(&t.timer_id) {
+                return Err(EngineError::InvalidArgument(format!("timer id {} is already in use", t.timer_id)));
+            }
+            if duration_ms(&t.start_to_fire_timeout)?.unwrap_or(0) == 0 {
+                return Err(EngineError::InvalidArgument("StartToFireTimeout must be positive.".into()));
+            }
+        }
+        Cmd::StartChildWorkflowExecutionCommandAttributes(a) => {
+            if a.workflow_id.is_empty() {
+                return Err(EngineError::InvalidArgument("WorkflowId is not set on command.".into()));
+            }
+            if a.workflow_type.as_ref().is_none_or(|t| t.name.is_empty()) {
+                return Err(EngineError::InvalidArgument("WorkflowType is not set on command.".into()));
+            }
+            long("WorkflowId", &a.workflow_id)?;
+            long("WorkflowType", a.workflow_type.as_ref().map(|t| t.name.as_str()).unwrap_or(""))?;
+            long("TaskQueue", a.task_queue.as_ref().map(|t| t.name.as_str()).unwrap_or(""))?;
+            if !a.namespace.is_empty() && a.namespace != req.namespace {
+                return Err(EngineError::Unimplemented(
+                    "child workflows in another namespace are not supported by Norn yet".into(),
+                ));
+            }
+            duration_ms(&a.workflow_execution_timeout)?;
+            duration_ms(&a.workflow_run_timeout)?;
+            duration_ms(&a.workflow_task_timeout)?;
+        }
+        Cmd::RecordMarkerCommandAttributes(m) => {
+            if m.marker_name.is_empty() {
+                return Err(EngineError::InvalidArgument("MarkerName is not set on command.".into()));
+            }
+        }
+        Cmd::UpsertWorkflowSearchAttributesCommandAttributes(_) | Cmd::ModifyWorkflowPropertiesCommandAttributes(_) => {
+        }
+        Cmd::SignalExternalWorkflowExecutionCommandAttributes(a) => {
+            if a.execution.as_ref().is_none_or(|e| e.workflow_id.is_empty()) {
+                return Err(EngineError::InvalidArgument("WorkflowId is not set on command.".into()));
+            }
+            if a.signal_name.is_empty() {
+                return Err(EngineError::InvalidArgument("SignalName is not set on command.".into()));
+            }
+            long("SignalName", &a.signal_name)?;
+            if !a.namespace.is_empty() && a.namespace != req.namespace {
+                return Err(EngineError::Unimplemented("signals to another namespace are not supported yet".into()));
+            }
+        }
+        Cmd::RequestCancelExternalWorkflowExecutionCommandAttributes(a) => {
+            if a.workflow_id.is_empty() {
+                return Err(EngineError::InvalidArgument("WorkflowId is not set on command.".into()));
+            }
+            if !a.namespace.is_empty() && a.namespace != req.namespace {
+                return Err(EngineError::Unimplemented("cancels to another namespace are not supported yet".into()));
+            }
+        }
+        Cmd::CancelTimerCommandAttributes(t) => {
+            if !run.timers.contains_key(&t.timer_id) {
+                return Err(EngineError::InvalidArgument(format!("timer {} is not pending", t.timer_id)));
+            }
+        }
+        Cmd::RequestCancelActivityTaskCommandAttributes(a) => {
+            if !run.activities.contains_key(&a.scheduled_event_id) {
+                return Err(EngineError::InvalidArgument(format!(
+                    "no pending activity was scheduled by event {}",
+                    a.scheduled_event_id
+                )));
+            }
+        }
+        Cmd::CompleteWorkflowExecutionCommandAttributes(_)
+        | Cmd::FailWorkflowExecutionCommandAttributes(_)
+        | Cmd::CancelWorkflowExecutionCommandAttributes(_)
+        | Cmd::ContinueAsNewWorkflowExecutionCommandAttributes(_) => {
+            if let Cmd::ContinueAsNewWorkflowExecutionCommandAttributes(a) = attrs {
                 duration_ms(&a.workflow_run_timeout)?;
                 duration_ms(&a.workflow_task_timeout)?;
             }
-            Cmd::RecordMarkerCommandAttributes(m) => {
-                if m.marker_name.is_empty() {
-                    return Err(EngineError::InvalidArgument("MarkerName is not set on command.".into()));
-                }
-            }
-            Cmd::UpsertWorkflowSearchAttributesCommandAttributes(_)
-            | Cmd::ModifyWorkflowPropertiesCommandAttributes(_) => {}
-            Cmd::SignalExternalWorkflowExecutionCommandAttributes(a) => {
-                if a.execution.as_ref().is_none_or(|e| e.workflow_id.is_empty()) {
-                    return Err(EngineError::InvalidArgument("WorkflowId is not set on command.".into()));
-                }
-                if a.signal_name.is_empty() {
-                    return Err(EngineError::InvalidArgument("SignalName is not set on command.".into()));
-                }
-                long("SignalName", &a.signal_name)?;
-                if !a.namespace.is_empty() && a.namespace != req.namespace {
-                    return Err(EngineError::Unimplemented(
-                        "signals to another namespace are not supported yet".into(),
-                    ));
-                }
-            }
-            Cmd::RequestCancelExternalWorkflowExecutionCommandAttributes(a) => {
-                if a.workflow_id.is_empty() {
-                    return Err(EngineError::InvalidArgument("WorkflowId is not set on command.".into()));
-                }
-                if !a.namespace.is_empty() && a.namespace != req.namespace {
-                    return Err(EngineError::Unimplemented(
-                        "cancels to another namespace are not supported yet".into(),
-                    ));
-                }
-            }
-            Cmd::CancelTimerCommandAttributes(t) => {
-                if !run.timers.contains_key(&t.timer_id) {
-                    return Err(EngineError::InvalidArgument(format!("timer {} is not pending", t.timer_id)));
-                }
-            }
-            Cmd::RequestCancelActivityTaskCommandAttributes(a) => {
-                if !run.activities.contains_key(&a.scheduled_event_id) {
-                    return Err(EngineError::InvalidArgument(format!(
-                        "no pending activity was scheduled by event {}",
-                        a.scheduled_event_id
-                    )));
-                }
-            }
-            Cmd::CompleteWorkflowExecutionCommandAttributes(_)
-            | Cmd::FailWorkflowExecutionCommandAttributes(_)
-            | Cmd::CancelWorkflowExecutionCommandAttributes(_)
-            | Cmd::ContinueAsNewWorkflowExecutionCommandAttributes(_) => {
-                if let Cmd::ContinueAsNewWorkflowExecutionCommandAttributes(a) = attrs {
-                    duration_ms(&a.workflow_run_timeout)?;
-                    duration_ms(&a.workflow_task_timeout)?;
-                }
-                closes += 1;
-                if i + 1 != req.commands.len() {
-                    return Err(EngineError::InvalidArgument(
-                        "a workflow-closing command must be the last command".into(),
-                    ));
-                }
-            }
-            // Checked with the messages (update::check_messages).
-            Cmd::ProtocolMessageCommandAttributes(_) => {}
-            _ => {
-                let t = CommandType::try_from(c.command_type).map(|t| t.as_str_name()).unwrap_or("unknown");
-                return Err(EngineError::Unimplemented(format!("command {t} is not implemented by Norn yet")));
+            if i + 1 != req.commands.len() {
+                return Err(EngineError::InvalidArgument("a workflow-closing command must be the last command".into()));
             }
         }
+        // Checked with the messages (update::check_messages).
+        Cmd::ProtocolMessageCommandAttributes(_) => {}
+        _ => {
+            let t = CommandType::try_from(c.command_type).map(|t| t.as_str_name()).unwrap_or("unknown");
+            return Err(EngineError::Unimplemented(format!("command {t} is not implemented by Norn yet")));
+        }
     }
-    debug_assert!(closes <= 1);
     Ok(())
+}
+
+/// The `WorkflowTaskFailed` cause Temporal records for a command with bad attributes.
+fn bad_attributes_cause(c: &norn_proto::protos::temporal::api::command::v1::Command) -> WorkflowTaskFailedCause {
+    use WorkflowTaskFailedCause as F;
+    match CommandType::try_from(c.command_type).unwrap_or(CommandType::Unspecified) {
+        CommandType::ScheduleActivityTask => F::BadScheduleActivityAttributes,
+        CommandType::RequestCancelActivityTask => F::BadRequestCancelActivityAttributes,
+        CommandType::StartTimer => F::BadStartTimerAttributes,
+        CommandType::CancelTimer => F::BadCancelTimerAttributes,
+        CommandType::RecordMarker => F::BadRecordMarkerAttributes,
+        CommandType::CompleteWorkflowExecution => F::BadCompleteWorkflowExecutionAttributes,
+        CommandType::FailWorkflowExecution => F::BadFailWorkflowExecutionAttributes,
+        CommandType::CancelWorkflowExecution => F::BadCancelWorkflowExecutionAttributes,
+        CommandType::RequestCancelExternalWorkflowExecution => F::BadRequestCancelExternalWorkflowExecutionAttributes,
+        CommandType::ContinueAsNewWorkflowExecution => F::BadContinueAsNewAttributes,
+        CommandType::StartChildWorkflowExecution => F::BadStartChildExecutionAttributes,
+        CommandType::SignalExternalWorkflowExecution => F::BadSignalWorkflowExecutionAttributes,
+        CommandType::UpsertWorkflowSearchAttributes => F::BadSearchAttributes,
+        CommandType::ModifyWorkflowProperties => F::BadModifyWorkflowPropertiesAttributes,
+        _ => F::UnhandledCommand,
+    }
 }
 
 /// The worker completed the started workflow task with `req.commands`.
@@ -1144,7 +1166,16 @@ pub fn workflow_task_completed(
             limits.commands_per_task_max
         )));
     }
-    check_commands(req, run, limits)?;
+    // A command with bad attributes fails the task as Temporal does: `WorkflowTaskFailed` with
+    // the command's Bad...Attributes cause, a new attempt, and InvalidArgument to the worker.
+    match check_commands(req, run, limits) {
+        Ok(()) => {}
+        Err((i, EngineError::InvalidArgument(message))) => {
+            let cause = bad_attributes_cause(&req.commands[i]);
+            return Ok(fail_for_limit(run, &task, req, cause, message, false, now_ms));
+        }
+        Err((_, e)) => return Err(e),
+    }
     update::check_messages(req, run)?;
     if let Some((cause, message)) = oversized_command(req, limits) {
         return Ok(fail_for_limit(run, &task, req, cause, message, true, now_ms));

@@ -32,6 +32,25 @@ fn signal(
     super::engine::signal(run, attrs, 10_000, now_ms)
 }
 
+/// A completion refused for a command's bad attributes: `WorkflowTaskFailed` with `cause` and a
+/// new attempt are written, and the worker gets InvalidArgument (Temporal's behaviour).
+fn assert_bad_attributes(r: Result<Outcome, EngineError>, cause: WorkflowTaskFailedCause) -> String {
+    let out = r.expect("a bad command fails the task; it is not refused");
+    let Some(EngineError::InvalidArgument(message)) = out.reply_error.clone() else {
+        panic!("the worker must get InvalidArgument: {out:?}")
+    };
+    let Some(Ev::WorkflowTaskFailedEventAttributes(f)) = out.events.first().and_then(|e| e.attributes.as_ref()) else {
+        panic!("no WorkflowTaskFailed: {out:?}")
+    };
+    assert_eq!(f.cause, cause as i32, "{message}");
+    assert_eq!(f.failure.as_ref().map(|f| f.message.as_str()), Some(message.as_str()));
+    assert!(
+        out.effects.iter().any(|e| matches!(e, Effect::WorkflowTaskReady { .. })),
+        "a new attempt is scheduled: {out:?}"
+    );
+    message
+}
+
 const T0: u64 = 1_700_000_000_000;
 
 fn start_req() -> StartWorkflowExecutionRequest {
@@ -292,7 +311,7 @@ fn a_signal_makes_a_scheduled_transient_task_normal() {
 }
 
 #[test]
-fn bad_or_unimplemented_commands_change_nothing() {
+fn unimplemented_commands_change_nothing_and_bad_ones_fail_the_task() {
     let mut run = started();
     let before = run.clone();
     let nexus = command(
@@ -312,18 +331,20 @@ fn bad_or_unimplemented_commands_change_nothing() {
         workflow_task_completed(&mut run, 2, 3, &done(vec![orphan]), T0),
         Err(EngineError::InvalidArgument(_))
     ));
+    assert_eq!(run, before);
+    // Bad attributes fail the task with the command's cause (checked on copies of the run).
     let cancel = command(
         CommandType::CancelTimer,
         Cmd::CancelTimerCommandAttributes(CancelTimerCommandAttributes { timer_id: "x".into() }),
     );
-    assert!(matches!(
-        workflow_task_completed(&mut run, 2, 3, &done(vec![cancel]), T0),
-        Err(EngineError::InvalidArgument(_))
-    ));
-    assert!(matches!(
-        workflow_task_completed(&mut run, 2, 3, &done(vec![complete_workflow(), schedule_activity("a")]), T0),
-        Err(EngineError::InvalidArgument(_))
-    ));
+    assert_bad_attributes(
+        workflow_task_completed(&mut run.clone(), 2, 3, &done(vec![cancel]), T0),
+        WorkflowTaskFailedCause::BadCancelTimerAttributes,
+    );
+    assert_bad_attributes(
+        workflow_task_completed(&mut run.clone(), 2, 3, &done(vec![complete_workflow(), schedule_activity("a")]), T0),
+        WorkflowTaskFailedCause::BadCompleteWorkflowExecutionAttributes,
+    );
     assert!(matches!(workflow_task_completed(&mut run, 2, 99, &done(vec![]), T0), Err(EngineError::NotFound(_))));
     assert_eq!(run, before);
 }
@@ -479,12 +500,11 @@ fn a_retry_policy_temporal_would_refuse_is_refused() {
     ] {
         let mut run = started();
         let cmd = schedule_activity_with("a1", |a| a.retry_policy = Some(bad.clone()));
-        let before = run.clone();
-        assert!(matches!(
+        assert_bad_attributes(
             workflow_task_completed(&mut run, 2, 3, &done(vec![cmd]), T0),
-            Err(EngineError::InvalidArgument(_))
-        ));
-        assert_eq!(run, before, "a refused task changes nothing");
+            WorkflowTaskFailedCause::BadScheduleActivityAttributes,
+        );
+        assert!(run.activities.is_empty(), "nothing of the bad task is applied");
     }
 }
 
@@ -594,9 +614,10 @@ fn timers_and_activities_are_canceled_by_the_workflow() {
         Cmd::CancelTimerCommandAttributes(CancelTimerCommandAttributes { timer_id: "t".into() }),
     );
     let bad = done(vec![cancel_activity(5)]);
-    assert!(
-        matches!(workflow_task_completed(&mut run.clone(), 10, 11, &bad, T0 + 4), Err(EngineError::InvalidArgument(_))),
-        "a1 is closed already"
+    // a1 is closed already.
+    assert_bad_attributes(
+        workflow_task_completed(&mut run.clone(), 10, 11, &bad, T0 + 4),
+        WorkflowTaskFailedCause::BadRequestCancelActivityAttributes,
     );
     let out = workflow_task_completed(&mut run, 10, 11, &done(vec![cmd, cancel_activity(6)]), T0 + 4).unwrap();
     assert_eq!(
@@ -1083,9 +1104,8 @@ fn an_oversized_activity_input_fails_the_run_and_a_long_history_terminates_it() 
 }
 
 #[test]
-fn ids_past_the_length_limit_are_refused_and_change_nothing() {
+fn ids_past_the_length_limit_fail_the_task() {
     let mut run = started();
-    let before = run.clone();
     let limits = crate::limits::EngineLimits { id_length_max: 8, ..Default::default() };
     let r = super::engine::workflow_task_completed(
         &mut run,
@@ -1095,8 +1115,9 @@ fn ids_past_the_length_limit_are_refused_and_change_nothing() {
         &limits,
         T0,
     );
-    assert!(matches!(&r, Err(EngineError::InvalidArgument(m)) if m == "ActivityId exceeds length limit."), "{r:?}");
-    assert_eq!(run, before);
+    let message = assert_bad_attributes(r, WorkflowTaskFailedCause::BadScheduleActivityAttributes);
+    assert_eq!(message, "ActivityId exceeds length limit.");
+    assert!(run.activities.is_empty());
 }
 
 fn sticky_done(commands: Vec<Command>, queue: &str) -> RespondWorkflowTaskCompletedRequest {
