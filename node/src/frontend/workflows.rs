@@ -999,26 +999,52 @@ impl Frontend {
             let woken = sub.notify().notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            // The state is read before the events: a run seen closed then has its close event in
-            // the events read after (closing is one atomic apply), never the other way round.
-            let state = self.read_run(shard, &run).await?;
-            let closed = !state.is_open();
-            let events = self.read_events(shard, &run.run_id).await?;
-            if events.is_empty() {
-                return Err(Status::not_found(format!(
-                    "workflow execution {}/{} not found",
-                    run.workflow_id, run.run_id
-                )));
-            }
-            let selected: Vec<HistoryEvent> = if close_only {
-                if closed {
-                    events.last().cloned().into_iter().collect()
-                } else {
-                    Vec::new()
-                }
+            // A long poll is answered from this node's replica when it shows something new:
+            // events never change once written and a closed run stays closed, so what a replica
+            // has applied is committed and final. Until then it waits for this node's applies,
+            // without asking the leader at every event of the run; at the deadline, and for
+            // every other read, the leader answers (linearizable).
+            let news =
+                |s: &RunState| !s.is_open() || (!close_only && (upto > 0 || s.next_event_id.saturating_sub(1) > after));
+            let local = if req.wait_new_event && tokio::time::Instant::now() < deadline {
+                self.router.read_run_here(shard, &run)
             } else {
-                events.into_iter().filter(|e| e.event_id > after && (upto == 0 || e.event_id <= upto)).collect()
+                None
             };
+            let (state, from_here) = match local {
+                Some(s) if news(&s) => (s, true),
+                Some(_) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let _ = tokio::time::timeout(reread.min(left), woken).await;
+                    continue;
+                }
+                // The state is read before the events: a run seen closed then has its close
+                // event in the events read after (closing is one atomic apply), never the other
+                // way round.
+                None => (self.read_run(shard, &run).await?, false),
+            };
+            let closed = !state.is_open();
+            let last_id = state.next_event_id.saturating_sub(1);
+            // Only what the answer needs: the close event, or the events after `after`.
+            let (from, to) = if close_only {
+                (last_id.saturating_sub(1), last_id)
+            } else {
+                (after, if upto > 0 { upto.min(last_id) } else { last_id })
+            };
+            let wanted = !close_only || closed;
+            let events = if !wanted || to <= from {
+                Vec::new()
+            } else if let Some(e) =
+                from_here.then(|| self.router.read_events_here(shard, &run.run_id, from, to)).flatten()
+            {
+                e
+            } else {
+                let mut e = self.router.read_events_after(shard, &run.run_id, from, usize::MAX).await?;
+                e.retain(|e| e.event_id <= to);
+                e
+            };
+            let selected: Vec<HistoryEvent> =
+                if close_only { events.last().cloned().into_iter().collect() } else { events };
             let mut selected = selected;
             let page = match req.maximum_page_size {
                 n if n <= 0 => HISTORY_PAGE_DEFAULT,
