@@ -175,13 +175,13 @@ impl Duties {
             let tasks = self.fe.router.matching().drain_home(shard, self.fe.router.config().shards);
             if !tasks.is_empty() {
                 let router = self.fe.router.clone();
-                tokio::spawn(async move {
-                    for (q, t) in tasks {
-                        if let Err(e) = router.add_task(&q, &t).await {
-                            tracing::debug!(queue = %q.name, error = %e, "hand-over of a task failed; the run's shard re-offers it");
-                        }
-                    }
-                });
+                // Retried like any offer: the run's shard re-offers only when the home's epoch
+                // it saw changes, and it may have seen the new leader's already, so a hand-over
+                // that failed once (this node cut off by a partition) would lose the task.
+                for (q, t) in tasks {
+                    let router = router.clone();
+                    tokio::spawn(async move { super::workflows::offer_retrying(&router, &q, &t).await });
+                }
             }
         }
         self.led = now;

@@ -154,6 +154,29 @@ fn read_page_token(t: &[u8]) -> Result<(i64, i64), Status> {
     }
 }
 
+/// Offers a task to its queue's matching, retrying with backoff for up to 10 minutes: nothing
+/// else would offer it again unless the queue's home or the run's shard changes leader, and the
+/// workflow would wait forever (found by norn-jepsen: a workflow stuck after a partition healed).
+/// Matching drops duplicates; a task started twice is refused by the engine.
+pub(super) async fn offer_retrying(router: &crate::routing::Router, queue: &QueueKey, task: &TaskRef) {
+    let mut backoff = OFFER_RETRY_FIRST;
+    let give_up = tokio::time::Instant::now() + OFFER_RETRY_FOR;
+    loop {
+        match router.add_task(queue, task).await {
+            Ok(()) => return,
+            Err(e) if tokio::time::Instant::now() >= give_up => {
+                tracing::warn!(queue = %queue.name, run = %task.run.run_id, error = %e, "could not offer task to matching; giving up, the shard re-offers it when a leader changes");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(queue = %queue.name, run = %task.run.run_id, error = %e, "offer failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(OFFER_RETRY_MAX);
+            }
+        }
+    }
+}
+
 pub(super) fn timestamp(ms: u64) -> prost_wkt_types::Timestamp {
     prost_wkt_types::Timestamp { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
 }
@@ -263,56 +286,33 @@ impl Frontend {
         for effect in effects {
             let this = self.clone();
             let run = run.clone();
-            let offer = |kind: TaskKind,
-                         task_queue: String,
-                         sticky: Option<String>,
-                         scheduled_id: i64,
-                         ready_at_ms: u64| {
-                // A retry still in its backoff is offered by the shard leader's duties when the
-                // backoff ends (the run's due index holds it).
-                if ready_at_ms > self.router.now_ms() {
-                    return;
-                }
-                let sticky = sticky.map(|name| QueueKey {
-                    namespace_id: run.namespace_id.clone(),
-                    name,
-                    kind,
-                    normal: task_queue.clone(),
-                });
-                let queue = QueueKey::normal(run.namespace_id.clone(), task_queue, kind);
-                let task = TaskRef { shard, run: run.clone(), scheduled_id, query: None };
-                let router = self.router.clone();
-                tokio::spawn(async move {
-                    // The worker holding the run in its cache gets it if it polls; otherwise (or
-                    // if its queue's home cannot be reached) the normal queue does, at once.
-                    if let Some(sticky) = &sticky {
-                        if let Ok(true) = router.add_sticky_task(sticky, &task).await {
-                            return;
-                        }
+            let offer =
+                |kind: TaskKind, task_queue: String, sticky: Option<String>, scheduled_id: i64, ready_at_ms: u64| {
+                    // A retry still in its backoff is offered by the shard leader's duties when the
+                    // backoff ends (the run's due index holds it).
+                    if ready_at_ms > self.router.now_ms() {
+                        return;
                     }
-                    // A failed offer is retried with backoff: nothing else would offer the task
-                    // again unless the queue's home or the run's shard changes leader, and the
-                    // workflow would wait forever (found by norn-jepsen: a workflow stuck after a
-                    // partition healed). Matching drops duplicates; a task started twice is
-                    // refused by the engine.
-                    let mut backoff = OFFER_RETRY_FIRST;
-                    let give_up = tokio::time::Instant::now() + OFFER_RETRY_FOR;
-                    loop {
-                        match router.add_task(&queue, &task).await {
-                            Ok(()) => return,
-                            Err(e) if tokio::time::Instant::now() >= give_up => {
-                                tracing::warn!(queue = %queue.name, run = %task.run.run_id, error = %e, "could not offer task to matching; giving up, the shard re-offers it when a leader changes");
+                    let sticky = sticky.map(|name| QueueKey {
+                        namespace_id: run.namespace_id.clone(),
+                        name,
+                        kind,
+                        normal: task_queue.clone(),
+                    });
+                    let queue = QueueKey::normal(run.namespace_id.clone(), task_queue, kind);
+                    let task = TaskRef { shard, run: run.clone(), scheduled_id, query: None };
+                    let router = self.router.clone();
+                    tokio::spawn(async move {
+                        // The worker holding the run in its cache gets it if it polls; otherwise (or
+                        // if its queue's home cannot be reached) the normal queue does, at once.
+                        if let Some(sticky) = &sticky {
+                            if let Ok(true) = router.add_sticky_task(sticky, &task).await {
                                 return;
                             }
-                            Err(e) => {
-                                tracing::debug!(queue = %queue.name, run = %task.run.run_id, error = %e, "offer failed; retrying");
-                                tokio::time::sleep(backoff).await;
-                                backoff = (backoff * 2).min(OFFER_RETRY_MAX);
-                            }
                         }
-                    }
-                });
-            };
+                        offer_retrying(&router, &queue, &task).await;
+                    });
+                };
             match effect {
                 Effect::WorkflowTaskReady { task_queue, scheduled_id } => {
                     offer(TaskKind::Workflow, task_queue, None, scheduled_id, 0)
