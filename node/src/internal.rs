@@ -68,6 +68,7 @@ impl Internal for InternalService {
         match self.router.raft().propose(req.shard, req.payload).await {
             Ok(result) => {
                 self.router.metrics().observe_propose(started.elapsed());
+                let result = self.router.take_effects(req.shard, result);
                 Ok(Response::new(ProposeResponse { result, peer: self.peer() }))
             }
             Err(e) => Err(self.refusal(req.shard, miss_of(e, me))),

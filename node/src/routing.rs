@@ -199,7 +199,16 @@ struct Inner {
     down: Mutex<BTreeMap<NodeId, tokio::time::Instant>>,
     /// Home epochs of shards this node does not host, and when they were asked.
     epochs: Mutex<BTreeMap<GroupId, (Epoch, tokio::time::Instant)>>,
+    /// (run shard, home shard) -> the home epoch known to hold every ready task of that run
+    /// shard bound for that home. See [`Router::offered_epoch`].
+    offered: Mutex<BTreeMap<(GroupId, GroupId), Epoch>>,
+    /// Where the effects of commands proposed here by other nodes are run (see
+    /// [`Router::take_effects`]).
+    effects: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<LeaderEffects>>,
 }
+
+/// Effects of an applied workflow command, to run on the shard's leader: (shard, run, effects).
+pub type LeaderEffects = (GroupId, crate::history::store::RunKey, Vec<crate::history::engine::Effect>);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -231,6 +240,8 @@ impl Router {
                 hints: Mutex::default(),
                 down: Mutex::default(),
                 epochs: Mutex::default(),
+                offered: Mutex::default(),
+                effects: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -356,6 +367,66 @@ impl Router {
             Role::Failed => None,
             _ => s.leader.map(|l| (l, s.term)),
         }
+    }
+
+    /// Sets where [`Router::take_effects`] sends effects (once, when the node starts).
+    pub fn set_effects_sink(&self, sink: tokio::sync::mpsc::UnboundedSender<LeaderEffects>) {
+        let _ = self.inner.effects.set(sink);
+    }
+
+    /// For a command another node proposed through this leader: takes the effects out of the
+    /// encoded result and runs them here. Effects offer tasks, and only the run shard's leader
+    /// can tell when a task was taken by a home epoch other than the one holding the shard's
+    /// other ready tasks (see [`Router::offered_epoch`]); the proposer runs none.
+    pub fn take_effects(&self, shard: GroupId, result: Vec<u8>) -> Vec<u8> {
+        use crate::command::ShardResult;
+        use crate::history::store::WorkflowResult;
+        let Some(sink) = self.inner.effects.get() else { return result };
+        let mut decoded = ShardResult::decode(&result);
+        let ShardResult::Workflow(WorkflowResult::Applied { run, effects, next_run, .. }) = &mut decoded else {
+            return result;
+        };
+        if effects.is_empty() && next_run.as_ref().is_none_or(|(_, e)| e.is_empty()) {
+            return result;
+        }
+        let mut sent = sink.send((shard, run.clone(), std::mem::take(effects))).is_ok();
+        if let Some((next, next_effects)) = next_run {
+            sent &= sink.send((shard, next.clone(), std::mem::take(next_effects))).is_ok();
+        }
+        if !sent {
+            // The node is stopping: let the proposer run them.
+            return result;
+        }
+        postcard::to_stdvec(&decoded).unwrap_or(result)
+    }
+
+    /// The home epoch known to hold every ready task of run shard `shard` bound for home shard
+    /// `home`. Set by the shard leader's duties before they (re-)offer those tasks; cleared when
+    /// any offer of them is taken by another epoch (a deposed home leader that does not know it
+    /// yet, or a newer one), so the duties' epoch check offers them all again to whoever leads
+    /// the home then. A task held only by a deposed leader's matching is never run otherwise.
+    pub fn offered_epoch(&self, shard: GroupId, home: GroupId) -> Option<Epoch> {
+        lock(&self.inner.offered).get(&(shard, home)).copied()
+    }
+
+    /// Records (or with `None` forgets) the home epoch that `shard`'s ready tasks for `home`
+    /// were all offered to.
+    pub fn set_offered_epoch(&self, shard: GroupId, home: GroupId, epoch: Option<Epoch>) {
+        let mut o = lock(&self.inner.offered);
+        match epoch {
+            Some(e) => o.insert((shard, home), e),
+            None => o.remove(&(shard, home)),
+        };
+    }
+
+    /// Forgets what `shard`'s ready tasks were offered to (this node stopped or started leading it).
+    pub fn forget_offered(&self, shard: GroupId) {
+        lock(&self.inner.offered).retain(|(s, _), _| *s != shard);
+    }
+
+    /// Notes that `epoch` of home `home` took tasks of the run shards `shards`.
+    fn note_taken(&self, home: GroupId, shards: impl Iterator<Item = GroupId>, epoch: Epoch) {
+        note_taken(&mut lock(&self.inner.offered), home, shards, epoch);
     }
 
     fn is_down(&self, node: NodeId) -> bool {
@@ -672,27 +743,34 @@ impl Router {
         let me = self.me();
         let bytes =
             postcard::to_stdvec(&vec![(queue.clone(), task.clone())]).map_err(|e| Status::internal(e.to_string()))?;
-        self.route(home, |hop| {
-            let bytes = bytes.clone();
-            async move {
-                match hop {
-                    Hop::Local => match self.local_leader(home) {
-                        Some((l, _)) if l == me => Ok(self.inner.matching.add_sticky(queue.clone(), task.clone())),
-                        other => Err(Miss::NotLeader(other.map(|(l, _)| l))),
-                    },
-                    Hop::Remote(n, mut c) => {
-                        let r = c
-                            .add_task(ipb::AddTaskRequest { home, tasks: bytes, sticky: true })
-                            .await
-                            .map_err(|s| miss_of_status(s, n, false))?
-                            .into_inner();
-                        self.check_answer(n, r.peer.as_ref())?;
-                        Ok(!r.sticky_refused)
+        let taken = self
+            .route(home, |hop| {
+                let bytes = bytes.clone();
+                async move {
+                    match hop {
+                        Hop::Local => match self.local_leader(home) {
+                            Some((l, term)) if l == me => {
+                                Ok(self.inner.matching.add_sticky(queue.clone(), task.clone()).then_some((me, term)))
+                            }
+                            other => Err(Miss::NotLeader(other.map(|(l, _)| l))),
+                        },
+                        Hop::Remote(n, mut c) => {
+                            let r = c
+                                .add_task(ipb::AddTaskRequest { home, tasks: bytes, sticky: true })
+                                .await
+                                .map_err(|s| miss_of_status(s, n, false))?
+                                .into_inner();
+                            self.check_answer(n, r.peer.as_ref())?;
+                            Ok((!r.sticky_refused).then_some((n, r.term)))
+                        }
                     }
                 }
-            }
-        })
-        .await
+            })
+            .await?;
+        if let Some(epoch) = taken {
+            self.note_taken(home, std::iter::once(task.shard), epoch);
+        }
+        Ok(taken.is_some())
     }
 
     /// Offers ready tasks whose queues all have home shard `home` to that home's matching;
@@ -700,34 +778,38 @@ impl Router {
     pub async fn add_tasks(&self, home: GroupId, tasks: Vec<(QueueKey, TaskRef)>) -> Result<(NodeId, u64), Status> {
         let me = self.me();
         let bytes = postcard::to_stdvec(&tasks).map_err(|e| Status::internal(e.to_string()))?;
-        self.route(home, |hop| {
-            let (bytes, tasks) = (bytes.clone(), &tasks);
-            async move {
-                match hop {
-                    Hop::Local => match self.local_leader(home) {
-                        Some((l, term)) if l == me => {
-                            for (q, t) in tasks.iter().cloned() {
-                                self.inner.matching.add(q, t);
+        let epoch = self
+            .route(home, |hop| {
+                let (bytes, tasks) = (bytes.clone(), &tasks);
+                async move {
+                    match hop {
+                        Hop::Local => match self.local_leader(home) {
+                            Some((l, term)) if l == me => {
+                                for (q, t) in tasks.iter().cloned() {
+                                    self.inner.matching.add(q, t);
+                                }
+                                Ok((me, term))
                             }
-                            Ok((me, term))
+                            other => Err(Miss::NotLeader(other.map(|(l, _)| l))),
+                        },
+                        Hop::Remote(n, mut c) => {
+                            let r = c
+                                .add_task(ipb::AddTaskRequest { home, tasks: bytes, sticky: false })
+                                .await
+                                // Offering twice is harmless (matching drops duplicates, the shard
+                                // refuses a second start), so a broken call is simply retried.
+                                .map_err(|s| miss_of_status(s, n, false))?
+                                .into_inner();
+                            self.check_answer(n, r.peer.as_ref())?;
+                            Ok((n, r.term))
                         }
-                        other => Err(Miss::NotLeader(other.map(|(l, _)| l))),
-                    },
-                    Hop::Remote(n, mut c) => {
-                        let r = c
-                            .add_task(ipb::AddTaskRequest { home, tasks: bytes, sticky: false })
-                            .await
-                            // Offering twice is harmless (matching drops duplicates, the shard
-                            // refuses a second start), so a broken call is simply retried.
-                            .map_err(|s| miss_of_status(s, n, false))?
-                            .into_inner();
-                        self.check_answer(n, r.peer.as_ref())?;
-                        Ok((n, r.term))
                     }
                 }
-            }
-        })
-        .await
+            })
+            .await?;
+        // Query tasks are not in any shard's ready index: nothing to offer again for them.
+        self.note_taken(home, tasks.iter().filter(|(_, t)| t.query.is_none()).map(|(_, t)| t.shard), epoch);
+        Ok(epoch)
     }
 
     /// Who leads home shard `home` and in which term, as seen from here: this node's replica's
@@ -765,6 +847,28 @@ impl Router {
             .ok()?;
         lock(&self.inner.epochs).insert(home, (e, now));
         Some(e)
+    }
+}
+
+/// Forgets the offered epoch of each run shard in `shards` whose entry for `home` is not `epoch`:
+/// one of its tasks went to another epoch than the others, so the duties' next epoch check
+/// offers them all again to whoever leads `home` then.
+fn note_taken(
+    offered: &mut BTreeMap<(GroupId, GroupId), Epoch>,
+    home: GroupId,
+    shards: impl Iterator<Item = GroupId>,
+    epoch: Epoch,
+) {
+    for shard in shards {
+        if offered.get(&(shard, home)).is_some_and(|e| *e != epoch) {
+            tracing::debug!(
+                shard,
+                home,
+                ?epoch,
+                "a task went to another home epoch than its shard's others; offering them again"
+            );
+            offered.remove(&(shard, home));
+        }
     }
 }
 
@@ -810,5 +914,29 @@ pub fn storage_status(shard: GroupId, e: norn_storage::Error) -> Status {
     match e {
         norn_storage::Error::Corrupt { .. } => Status::data_loss(format!("shard {shard}: {e}")),
         other => Status::internal(format!("shard {shard}: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_taken_by_another_home_epoch_makes_its_shard_offer_again() {
+        let mut offered = BTreeMap::new();
+        // Shard 1's ready tasks for home 3 were all offered to node 2 in term 7.
+        offered.insert((1, 3), (2, 7));
+        offered.insert((2, 3), (2, 7));
+        // A task of shard 1 taken by the same epoch changes nothing.
+        note_taken(&mut offered, 3, [1].into_iter(), (2, 7));
+        assert_eq!(offered.get(&(1, 3)), Some(&(2, 7)));
+        // One taken by a deposed leader that did not know it yet (node 4, term 6): shard 1 must
+        // offer its tasks for home 3 again; shard 2 is untouched.
+        note_taken(&mut offered, 3, [1].into_iter(), (4, 6));
+        assert_eq!(offered.get(&(1, 3)), None);
+        assert_eq!(offered.get(&(2, 3)), Some(&(2, 7)));
+        // And one taken by a newer epoch than the shard's others too.
+        note_taken(&mut offered, 3, [2].into_iter(), (5, 8));
+        assert_eq!(offered.get(&(2, 3)), None);
     }
 }

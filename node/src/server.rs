@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use norn_raft::{GroupSpec, Identity, IncarnationSink, RaftNode, RaftService, SystemClock, TcpConnector, Transport};
-use norn_storage::{Cf, Engine, RocksEngine, RocksOptions, WriteBatch};
+use norn_storage::{Cf, Engine, WriteBatch};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -270,7 +270,7 @@ pub struct Platform {
     pub free_bytes: crate::disk::FreeBytes,
 }
 
-fn tcp_incoming(l: TcpListener) -> Incoming {
+pub(crate) fn tcp_incoming(l: TcpListener) -> Incoming {
     use futures::StreamExt;
     TcpListenerStream::new(l)
         .map(|r| {
@@ -297,11 +297,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("bind metrics address {a}"))?),
         None => None,
     };
-    let db_path = config.data_dir.join("db");
-    let engine: Arc<dyn Engine> = Arc::new(
-        RocksEngine::open(&db_path, &RocksOptions::default())
-            .with_context(|| format!("open store in {}", db_path.display()))?,
-    );
+    let engine = open_store(&config.data_dir.join("db"))?;
     let platform = Platform {
         engine,
         connector: Arc::new(TcpConnector),
@@ -311,6 +307,20 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         free_bytes: crate::disk::statvfs_free(config.data_dir.clone()),
     };
     start_on(config, platform, metrics_listener).await
+}
+
+/// Opens the node's RocksDB store.
+#[cfg(feature = "rocksdb")]
+fn open_store(db_path: &std::path::Path) -> anyhow::Result<Arc<dyn Engine>> {
+    let engine = norn_storage::RocksEngine::open(db_path, &norn_storage::RocksOptions::default())
+        .with_context(|| format!("open store in {}", db_path.display()))?;
+    Ok(Arc::new(engine))
+}
+
+/// A build without RocksDB (the libFuzzer targets) cannot open a store on disk.
+#[cfg(not(feature = "rocksdb"))]
+fn open_store(db_path: &std::path::Path) -> anyhow::Result<Arc<dyn Engine>> {
+    anyhow::bail!("this norn was built without RocksDB (cargo feature `rocksdb`) and cannot open {}", db_path.display())
 }
 
 /// Starts a node on a given platform (see [`Platform`]); `metrics` serves Prometheus metrics.
@@ -373,6 +383,9 @@ pub async fn start_on(
     let admin = AdminService::new(router.clone());
     let frontend = Frontend::new(router.clone(), watch, due);
     let duties = tokio::spawn(frontend.clone().run_duties());
+    let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
+    router.set_effects_sink(effects_tx);
+    tasks.push(tokio::spawn(frontend.clone().run_leader_effects(effects_rx)));
     let client_routes = tonic::service::Routes::new(health_service)
         .add_service(
             WorkflowServiceServer::new(frontend)

@@ -18,7 +18,7 @@
 //! nothing; every scan is bounded; proposals run with bounded concurrency.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use norn_raft::{NodeId, Role};
@@ -70,16 +70,10 @@ struct Duties {
     /// Shards this node leads, with their terms.
     led: BTreeMap<u32, u64>,
     due: BTreeMap<u32, ShardDue>,
-    /// (run shard, home shard) -> the home epoch its ready tasks were last all offered to.
-    offered: Arc<Mutex<BTreeMap<(u32, u32), Epoch>>>,
     permits: Arc<Semaphore>,
     last_epoch_check_ms: u64,
     last_tell_ms: u64,
     last_retention_ms: u64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Frontend {
@@ -89,7 +83,6 @@ impl Frontend {
             fe: self,
             led: BTreeMap::new(),
             due: BTreeMap::new(),
-            offered: Arc::default(),
             permits: Arc::new(Semaphore::new(DUTY_PROPOSALS_MAX)),
             last_epoch_check_ms: 0,
             last_tell_ms: 0,
@@ -163,7 +156,7 @@ impl Duties {
             if self.led.get(&shard) != Some(&term) {
                 tracing::info!(shard, term, "leading shard: reading its due index and re-offering its ready tasks");
                 self.due.insert(shard, ShardDue::default());
-                lock(&self.offered).retain(|(s, _), _| *s != shard);
+                self.fe.router.forget_offered(shard);
                 self.spawn_reoffer(shard, None);
             }
         }
@@ -171,7 +164,7 @@ impl Duties {
         for shard in lost {
             tracing::info!(shard, "no longer leading shard; handing its task queues to the new leader");
             self.due.remove(&shard);
-            lock(&self.offered).retain(|(s, _), _| *s != shard);
+            self.fe.router.forget_offered(shard);
             let tasks = self.fe.router.matching().drain_home(shard, self.fe.router.config().shards);
             if !tasks.is_empty() {
                 let router = self.fe.router.clone();
@@ -308,15 +301,12 @@ impl Duties {
     /// Re-offers `shard`'s ready tasks (those bound for `home`, or all), recording the home
     /// epochs they were offered to.
     fn spawn_reoffer(&self, shard: u32, home: Option<u32>) {
-        let (fe, offered) = (self.fe.clone(), self.offered.clone());
+        let fe = self.fe.clone();
         let shards = fe.router.config().shards;
         // The epochs before reading: a home that moves during the scan is offered again.
-        {
-            let mut o = lock(&offered);
-            for h in (0..shards).filter(|h| home.is_none_or(|x| x == *h)) {
-                if let Some(e) = fe.router.local_leader(h) {
-                    o.insert((shard, h), e);
-                }
+        for h in (0..shards).filter(|h| home.is_none_or(|x| x == *h)) {
+            if let Some(e) = fe.router.local_leader(h) {
+                fe.router.set_offered_epoch(shard, h, Some(e));
             }
         }
         tokio::spawn(async move {
@@ -340,7 +330,7 @@ impl Duties {
                     offered_count += tasks.len();
                     if let Err(e) = fe.router.add_tasks(h, tasks).await {
                         tracing::debug!(shard, home = h, error = %e, "re-offer failed; the next epoch check retries");
-                        lock(&offered).remove(&(shard, h));
+                        fe.router.set_offered_epoch(shard, h, None);
                     }
                 }
                 if !more || after.is_none() {
@@ -366,17 +356,17 @@ impl Duties {
         for shard in led {
             let view = self.fe.router.raft().view(shard);
             for (&h, &epoch) in &epochs {
-                let known = lock(&self.offered).get(&(shard, h)).copied();
+                let known = self.fe.router.offered_epoch(shard, h);
                 if known == Some(epoch) {
                     continue;
                 }
                 match store::ready_page(&view, Some(h), None, 1) {
                     Ok((page, _)) if page.is_empty() => {
-                        lock(&self.offered).insert((shard, h), epoch);
+                        self.fe.router.set_offered_epoch(shard, h, Some(epoch));
                     }
                     Ok(_) => {
                         tracing::debug!(shard, home = h, ?known, ?epoch, "task queue home moved: re-offering");
-                        lock(&self.offered).insert((shard, h), epoch);
+                        self.fe.router.set_offered_epoch(shard, h, Some(epoch));
                         self.spawn_reoffer(shard, Some(h));
                     }
                     Err(e) => self.fe.store_failed(shard, &e, "reading the ready index"),

@@ -282,6 +282,14 @@ impl Frontend {
         }
     }
 
+    /// Runs the effects of commands that other nodes proposed through this node while it led
+    /// the run's shard (see [`crate::routing::Router::take_effects`]), until the node stops.
+    pub async fn run_leader_effects(self, mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::routing::LeaderEffects>) {
+        while let Some((shard, run, effects)) = rx.recv().await {
+            self.run_effects(shard, &run, effects);
+        }
+    }
+
     pub(super) fn run_effects(&self, shard: u32, run: &RunKey, effects: Vec<Effect>) {
         for effect in effects {
             let this = self.clone();
