@@ -24,7 +24,8 @@ use crate::history::state::RunState;
 use crate::limits::EngineLimits;
 
 /// The fuzz targets.
-pub const TARGETS: &[&str] = &["list_filter", "task_token", "state_value", "raft_codec", "requests", "history_engine"];
+pub const TARGETS: &[&str] =
+    &["list_filter", "task_token", "state_value", "raft_codec", "requests", "history_engine", "node"];
 
 /// Runs target `name` on one input. Panics are the failures the harness looks for.
 pub fn run_one(name: &str, data: &[u8]) -> Result<(), String> {
@@ -35,6 +36,7 @@ pub fn run_one(name: &str, data: &[u8]) -> Result<(), String> {
         "raft_codec" => raft_codec(data),
         "requests" => requests(data),
         "history_engine" => history_engine(data),
+        "node" => crate::fuzz_node::target(data),
         // Shows the harness catches and reports a panic (its own tests use it).
         "_selftest" => assert!(!data.windows(4).any(|w| w == b"boom"), "selftest input"),
         other => return Err(format!("unknown fuzz target {other}; the targets are {}", TARGETS.join(", "))),
@@ -406,6 +408,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                 .collect()
         }
         "history_engine" => (0u8..32).map(|i| (0..200u32).map(|j| (j.wrapping_mul(31) as u8) ^ i).collect()).collect(),
+        "node" => crate::fuzz_node::seeds(),
         _ => Vec::new(),
     }
 }
@@ -521,6 +524,7 @@ pub fn run(name: &str, corpus: &Path, crashes: &Path, execs: u64, seed: u64) -> 
     // Panics are the findings: keep the default hook from printing each one.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|info| {
+        crate::fuzz_node::note_panic();
         if let Some(l) = info.location() {
             *LAST_PANIC_AT.lock().unwrap_or_else(|p| p.into_inner()) = format!("{}:{}", l.file(), l.line());
         }

@@ -28,6 +28,7 @@ pub mod config;
 pub mod disk;
 pub mod frontend;
 pub mod fuzz;
+pub mod fuzz_node;
 pub mod history;
 pub mod internal;
 pub mod kv;

@@ -68,7 +68,7 @@ enum DebugCmd {
     /// Fuzz a decoder, the list filter or the history engine in process: replay the corpus, then
     /// run mutated inputs; inputs that panic are saved and reported (docs/reliability.md).
     Fuzz {
-        /// A target, or `all`: list_filter, task_token, state_value, raft_codec, requests,
+        /// A target, or `all`: list_filter, task_token, state_value, raft_codec, requests, node,
         /// history_engine.
         #[arg(long, default_value = "all")]
         target: String,
@@ -579,6 +579,10 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
             let steps = norn_node::fuzz::STEPS_APPLIED.load(std::sync::atomic::Ordering::Relaxed);
             if steps > 0 {
                 println!("history_engine: {steps} engine steps applied");
+            }
+            let (calls, ok) = norn_node::fuzz_node::calls();
+            if calls > 0 {
+                println!("node: {calls} gRPC calls made, {ok} answered OK");
             }
             for (path, why) in &found {
                 println!("crash: {}: {why}", path.display());

@@ -23,9 +23,11 @@ fn the_corpus_replays_without_a_panic() {
 fn a_short_mutation_run_finds_nothing() {
     let crashes = tempfile::tempdir().unwrap();
     for t in norn_node::fuzz::TARGETS {
-        let r = norn_node::fuzz::run(t, &corpus_root().join(t), &crashes.path().join(t), 2_000, 7).unwrap();
+        // The whole-node target makes real gRPC calls (long polls cut off at their deadline).
+        let execs = if *t == "node" { 150 } else { 2_000 };
+        let r = norn_node::fuzz::run(t, &corpus_root().join(t), &crashes.path().join(t), execs, 7).unwrap();
         assert!(r.crashes.is_empty(), "{t}: {:?}", r.crashes);
-        assert!(r.execs >= 2_000);
+        assert!(r.execs >= execs);
     }
 }
 
