@@ -297,8 +297,10 @@ impl Frontend {
             let offer =
                 |kind: TaskKind, task_queue: String, sticky: Option<String>, scheduled_id: i64, ready_at_ms: u64| {
                     // A retry still in its backoff is offered by the shard leader's duties when the
-                    // backoff ends (the run's due index holds it).
-                    if ready_at_ms > self.router.now_ms() {
+                    // backoff ends (the run's due index holds it). Never judged by this node's
+                    // clock: one behind the entry's timestamp skipped ready tasks, and nothing
+                    // offered them again (found by norn-jepsen's clock-skew nemesis).
+                    if ready_at_ms > 0 {
                         return;
                     }
                     let sticky = sticky.map(|name| QueueKey {

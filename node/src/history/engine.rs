@@ -48,8 +48,11 @@ pub enum Effect {
     /// A workflow task is ready on the sticky queue of the worker that holds the run; if no
     /// worker has polled that queue lately it goes to `normal_queue` instead.
     StickyWorkflowTaskReady { sticky_queue: String, normal_queue: String, scheduled_id: i64 },
-    /// An activity task is ready for a poller of `task_queue` from `ready_at_ms` (a retry waits
-    /// out its backoff).
+    /// An activity task is ready for a poller of `task_queue`: now (`ready_at_ms` 0; it is in the
+    /// shard's ready index), or, for a retry waiting out its backoff, at `ready_at_ms` (the run's
+    /// due index holds it and the leader's duties offer it then). Readiness is judged at the
+    /// entry's timestamp, never by the clock of the node running the effect, which may be behind
+    /// the leader that stamped the entry.
     ActivityTaskReady { task_queue: String, scheduled_id: i64, ready_at_ms: u64 },
     /// A timer must fire at `fire_at_ms`.
     TimerArmed { timer_id: String, started_id: i64, fire_at_ms: u64 },
@@ -1284,7 +1287,7 @@ pub fn workflow_task_completed(
                         schedule_to_start_ms: duration_ms(&a.schedule_to_start_timeout)?.unwrap_or(0),
                     },
                 );
-                w.out.effects.push(Effect::ActivityTaskReady { task_queue: tq, scheduled_id: id, ready_at_ms: now_ms });
+                w.out.effects.push(Effect::ActivityTaskReady { task_queue: tq, scheduled_id: id, ready_at_ms: 0 });
             }
             Some(Cmd::StartTimerCommandAttributes(t)) => {
                 let fire_ms = duration_ms(&t.start_to_fire_timeout)?.unwrap_or(0);
@@ -1918,7 +1921,7 @@ pub fn activity_task_failed(
     started_activity(run, scheduled_id, attempt)?;
     let decoded = decode_or_default::<Failure>(&failure);
     match next_attempt_at(&run.activities[&scheduled_id], &decoded, now_ms) {
-        Ok(ready_at_ms) => Ok(retry_activity(run, scheduled_id, ready_at_ms, failure)),
+        Ok(ready_at_ms) => Ok(retry_activity(run, scheduled_id, ready_at_ms, failure, now_ms)),
         Err(retry_state) => Ok(activity_result(
             run,
             Buffered::ActivityFailed {
@@ -1997,7 +2000,7 @@ fn next_attempt_at(a: &ActivityInfo, failure: &Failure, now_ms: u64) -> Result<u
 }
 
 /// Schedules the next attempt of an activity; nothing is written to history.
-fn retry_activity(run: &mut RunState, scheduled_id: i64, ready_at_ms: u64, failure: Vec<u8>) -> Outcome {
+fn retry_activity(run: &mut RunState, scheduled_id: i64, ready_at_ms: u64, failure: Vec<u8>, now_ms: u64) -> Outcome {
     let mut out = Outcome::default();
     if let Some(a) = run.activities.get_mut(&scheduled_id) {
         a.attempt = a.attempt.saturating_add(1);
@@ -2005,6 +2008,8 @@ fn retry_activity(run: &mut RunState, scheduled_id: i64, ready_at_ms: u64, failu
         a.started_ms = 0;
         a.scheduled_ms = ready_at_ms;
         a.last_failure = failure;
+        // Ready at once (no backoff) or when the backoff ends (see `Effect::ActivityTaskReady`).
+        let ready_at_ms = if ready_at_ms > now_ms { ready_at_ms } else { 0 };
         out.effects.push(Effect::ActivityTaskReady { task_queue: a.task_queue.clone(), scheduled_id, ready_at_ms });
     }
     out
@@ -2211,7 +2216,7 @@ pub fn activity_timed_out(
     let failure = timeout_failure(timeout, &a.heartbeat_details);
     let next = if timeout.ends_activity() { Err(RetryState::Timeout) } else { next_attempt_at(a, &failure, now_ms) };
     match next {
-        Ok(ready_at_ms) => Ok(retry_activity(run, scheduled_id, ready_at_ms, failure.encode_to_vec())),
+        Ok(ready_at_ms) => Ok(retry_activity(run, scheduled_id, ready_at_ms, failure.encode_to_vec(), now_ms)),
         Err(retry_state) => Ok(activity_result(
             run,
             Buffered::ActivityTimedOut { scheduled_id, retry_state: retry_state as i32, timeout },

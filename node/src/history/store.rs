@@ -733,7 +733,7 @@ fn apply_inner(
                 out.effects.push(Effect::ActivityTaskReady {
                     task_queue: a.task_queue.clone(),
                     scheduled_id: a.scheduled_id,
-                    ready_at_ms: a.scheduled_ms,
+                    ready_at_ms: 0,
                 });
             }
             (state, out)
