@@ -20,6 +20,8 @@ pub struct Final {
     pub replicas: BTreeMap<String, BTreeMap<u64, Vec<(i64, u32)>>>,
     /// Per workflow id: the event types of its history (kept for the report).
     pub event_types: BTreeMap<String, Vec<String>>,
+    /// Per workflow id: each event's time (ms since the epoch), in history order.
+    pub event_times: BTreeMap<String, Vec<i64>>,
 }
 
 /// One violation: the checker, the workflow, what is wrong and the operations that show it.
@@ -54,6 +56,7 @@ pub const CHECKERS: &[&str] = &[
     "describe-monotonic",
     "every-workflow-finishes",
     "replicas-identical",
+    "event-times-monotonic",
 ];
 
 /// Runs every checker.
@@ -237,6 +240,18 @@ pub fn check(ops: &[Op], fin: &Final) -> Vec<Violation> {
             }
         }
     }
+    // Event times never go back within a history, whatever a leader's wall clock did (the log
+    // entry timestamps a leader assigns are kept monotonic per shard).
+    for (wf, times) in &fin.event_times {
+        if let Some(i) = times.windows(2).position(|w| w[1] < w[0]) {
+            out.push(v(
+                "event-times-monotonic",
+                wf,
+                format!("event {} is dated {} ms before event {}", i + 2, times[i] - times[i + 1], i + 1),
+                vec![],
+            ));
+        }
+    }
     // Replicas byte-identical.
     for (wf, by_node) in &fin.replicas {
         let mut it = by_node.iter();
@@ -318,5 +333,16 @@ mod tests {
         let found: Vec<String> = check(&[], &fin).into_iter().map(|x| x.checker).collect();
         assert!(found.contains(&"replicas-identical".to_string()), "{found:?}");
         assert!(found.contains(&"histories-gap-free-and-prefix-consistent".to_string()), "{found:?}");
+    }
+
+    #[test]
+    fn an_event_dated_before_the_one_it_follows_is_a_violation() {
+        let mut fin = Final::default();
+        fin.event_times.insert("fine".into(), vec![10, 10, 12]);
+        fin.event_times.insert("back".into(), vec![10, 30, 12]);
+        let found = check(&[], &fin);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].checker, "event-times-monotonic");
+        assert_eq!(found[0].wf, "back");
     }
 }

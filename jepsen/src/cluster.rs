@@ -46,6 +46,22 @@ pub struct Cluster {
     pub dir: PathBuf,
     /// A bug planted in every member (`NORN_PLANTED_BUG`), to show the checkers catch it.
     pub planted_bug: Option<String>,
+    /// libfaketime, when installed: every member runs under it so one node's wall clock can be
+    /// moved (the clock-skew nemesis).
+    pub faketime: Option<PathBuf>,
+}
+
+/// Where Debian's `faketime` package puts the library (its thread-safe build: a node is
+/// multi-threaded).
+const FAKETIME_LIBS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+    "/usr/lib/faketime/libfaketimeMT.so.1",
+];
+
+/// libfaketime, if installed.
+pub fn faketime_lib() -> Option<PathBuf> {
+    FAKETIME_LIBS.iter().map(PathBuf::from).find(|p| p.exists())
 }
 
 /// A free port for a node to listen on, below the kernel's ephemeral range (32768 and up on
@@ -122,7 +138,8 @@ impl Cluster {
                 shards,
                 replicas: 3,
                 members,
-                enable_fault_injection: planted_bug.is_some(),
+                // The disk nemeses inject through the node's admin service.
+                enable_fault_injection: true,
                 enable_test_map: true,
                 worker_threads: local_cluster::threads_per_node(n),
                 disk_reserve_bytes: 64 << 20,
@@ -130,6 +147,7 @@ impl Cluster {
             };
             let config = node_dir.join("norn.toml");
             std::fs::write(&config, cfg.to_toml()?)?;
+            std::fs::write(node_dir.join("faketime"), "+0\n")?;
             let entry = NodeEntry {
                 id: i,
                 pid: None,
@@ -149,6 +167,7 @@ impl Cluster {
             shards,
             dir: dir.to_path_buf(),
             planted_bug,
+            faketime: faketime_lib(),
         };
         for i in 1..=n as u64 {
             c.restart(i)?;
@@ -170,11 +189,23 @@ impl Cluster {
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
         let binary = self.binary.clone();
         let bug = self.planted_bug.clone();
-        let n = self.node(id);
-        if n.child.is_some() {
+        if self.node(id).child.is_some() {
             return Ok(());
         }
-        let env: Vec<(&str, &str)> = bug.as_deref().map(|b| vec![("NORN_PLANTED_BUG", b)]).unwrap_or_default();
+        let mut env: Vec<(&str, &str)> = bug.as_deref().map(|b| vec![("NORN_PLANTED_BUG", b)]).unwrap_or_default();
+        // Only the wall clock moves (log entry timestamps, timers, timeouts); the monotonic clock
+        // that Raft's elections and every timeout of the runtime use stays true.
+        let clock_file = self.node(id).entry.config.with_file_name("faketime").to_string_lossy().into_owned();
+        let lib = self.faketime.as_ref().map(|l| l.to_string_lossy().into_owned());
+        if let Some(lib) = &lib {
+            env.extend([
+                ("LD_PRELOAD", lib.as_str()),
+                ("FAKETIME_TIMESTAMP_FILE", clock_file.as_str()),
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+                ("FAKETIME_CACHE_DURATION", "1"),
+            ]);
+        }
+        let n = self.node(id);
         n.child = Some(local_cluster::spawn_with_env(&binary, &n.entry, &env)?);
         n.paused = false;
         n.starts += 1;
@@ -214,6 +245,26 @@ impl Cluster {
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
         Ok(AdminClient::new(ch).node_status(NodeStatusRequest {}).await?.into_inner())
+    }
+
+    /// Moves node `id`'s wall clock `offset_s` seconds from true time (0: back to true time);
+    /// libfaketime reads the file again within a second.
+    pub fn skew_clock(&self, id: u64, offset_s: i64) -> anyhow::Result<()> {
+        let file = self.nodes[(id - 1) as usize].entry.config.with_file_name("faketime");
+        std::fs::write(file, format!("{offset_s:+}\n"))?;
+        Ok(())
+    }
+
+    /// Injects a disk fault on node `id` through its admin service: its next fsync fails, and
+    /// its disk reads as full (or not).
+    pub async fn disk_fault(&self, id: u64, fail_next_sync: bool, full: bool) -> anyhow::Result<()> {
+        let addr = &self.nodes[(id - 1) as usize].entry.client_addr;
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        AdminClient::new(ch).inject_disk_fault(norn_node::pb::InjectDiskFaultRequest { fail_next_sync, full }).await?;
+        Ok(())
     }
 
     /// The leader of `shard` as the running nodes report it.
@@ -280,6 +331,13 @@ impl Cluster {
         std::fs::write(&config, cfg.to_toml()?)?;
         let entry = NodeEntry { config, log: dir.join("norn.log"), ..n.entry.clone() };
         local_cluster::spawn(&self.binary, &entry)
+    }
+}
+
+impl Drop for Cluster {
+    /// No node outlives the harness, whatever way it ends (an error, a panic).
+    fn drop(&mut self) {
+        self.stop_all();
     }
 }
 

@@ -62,6 +62,14 @@ impl Recorder {
         self.ops.lock().unwrap_or_else(|p| p.into_inner()).push(op);
     }
 
+    /// Merges records made elsewhere on this run's clock (the Python SDK workload), keeping the
+    /// whole history in time order.
+    pub fn merge(&self, more: Vec<Op>) {
+        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        ops.extend(more);
+        ops.sort_by_key(|o| o.time_ns);
+    }
+
     /// Every record so far.
     pub fn ops(&self) -> Vec<Op> {
         self.ops.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod history;
 pub mod nemesis;
 pub mod proxy;
+pub mod python;
 pub mod report;
 pub mod workload;
 
@@ -51,6 +52,9 @@ pub struct Options {
     pub processes: u64,
     /// A bug to plant in every node (`stale-follower-read`, `accept-any-cluster`, ...).
     pub planted_bug: Option<String>,
+    /// Also run the workload through Temporal's Python SDK (`python/workload.py`; needs
+    /// `python3` with `temporalio`).
+    pub python: bool,
 }
 
 /// Runs the harness; returns the summary (also written to `out`).
@@ -84,12 +88,16 @@ pub async fn run(o: &Options) -> anyhow::Result<report::Summary> {
             o.seed,
         )));
     }
+    let mut python = if o.python { Some(python::start(o, &addrs, rec.now_ns())?) } else { None };
     let nemesis =
         tokio::spawn(nemesis::run(shared_cluster.clone(), o.nemesis.clone(), rec.clone(), o.time_limit, o.seed));
     tokio::time::sleep(o.time_limit).await;
     let _ = stop_tx.send(true);
     for p in procs {
         let _ = tokio::time::timeout(Duration::from_secs(30), p).await;
+    }
+    if let Some(py) = python.as_mut() {
+        py.collect(&rec, &shared).await?;
     }
     let windows = nemesis.await??;
     nemesis::heal(&shared_cluster).await?;
@@ -101,6 +109,9 @@ pub async fn run(o: &Options) -> anyhow::Result<report::Summary> {
             Final::default()
         }
     };
+    if let Some(py) = python.take() {
+        py.stop().await;
+    }
     let _ = wstop_tx.send(true);
     for w in workers {
         let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
@@ -231,6 +242,13 @@ async fn finish(
                     })
                     .collect();
                 fin.event_types.insert(wf.clone(), types);
+                let times = events
+                    .iter()
+                    .map(|e| {
+                        e.event_time.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000).unwrap_or(0)
+                    })
+                    .collect();
+                fin.event_times.insert(wf.clone(), times);
             }
             let digest = events.iter().map(|e| (e.event_id, crc(&e.encode_to_vec()))).collect();
             fin.reads.entry(wf.clone()).or_default().insert(node, digest);

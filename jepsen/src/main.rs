@@ -19,7 +19,8 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
     /// `all`, `none`, or a comma-separated list of: kill, pause, partition-one, partition-halves,
-    /// partition-leader, partition-ring, one-way, delay, stale-copy, other-cluster.
+    /// partition-leader, partition-ring, one-way, delay, stale-copy, other-cluster, clock-skew
+    /// (needs libfaketime), disk-fail, disk-full.
     #[arg(long, default_value = "all")]
     nemesis: String,
     /// The `norn` binary (default: the one beside this program).
@@ -37,13 +38,26 @@ struct Args {
     /// accept-any-cluster, ack-before-fsync, uncommitted-activity-start.
     #[arg(long)]
     planted_bug: Option<String>,
+    /// Also drive the workload through Temporal's Python SDK (needs python3 with temporalio).
+    #[arg(long)]
+    python: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let nemesis: Vec<String> = match a.nemesis.as_str() {
-        "all" => norn_jepsen::nemesis::ALL.iter().map(|s| s.to_string()).collect(),
+        "all" => norn_jepsen::nemesis::ALL
+            .iter()
+            .filter(|n| match norn_jepsen::nemesis::unavailable(n) {
+                Some(why) => {
+                    eprintln!("norn-jepsen: leaving out the {n} nemesis: {why}");
+                    false
+                }
+                None => true,
+            })
+            .map(|s| s.to_string())
+            .collect(),
         "none" | "" => Vec::new(),
         list => list.split(',').map(|s| s.trim().to_string()).collect(),
     };
@@ -53,6 +67,9 @@ async fn main() -> anyhow::Result<()> {
             "unknown nemesis {n}; the nemeses are {}",
             norn_jepsen::nemesis::ALL.join(", ")
         );
+        if let Some(why) = norn_jepsen::nemesis::unavailable(n) {
+            anyhow::bail!("the {n} nemesis cannot run here: {why}");
+        }
     }
     let binary = match a.norn {
         Some(b) => b,
@@ -76,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         seed: a.seed,
         processes: a.processes.unwrap_or(2 * a.nodes as u64),
         planted_bug: a.planted_bug,
+        python: a.python,
     };
     let summary = norn_jepsen::run(&opts).await?;
     print!("{}", std::fs::read_to_string(out.join("summary.txt")).unwrap_or_default());

@@ -22,7 +22,21 @@ pub const ALL: &[&str] = &[
     "delay",
     "stale-copy",
     "other-cluster",
+    "clock-skew",
+    "disk-fail",
+    "disk-full",
 ];
+
+/// The nemeses that need something this machine may lack, and why it is missing (`None`: all
+/// there).
+pub fn unavailable(name: &str) -> Option<&'static str> {
+    match name {
+        "clock-skew" if crate::cluster::faketime_lib().is_none() => {
+            Some("libfaketime is not installed (apt-get install faketime)")
+        }
+        _ => None,
+    }
+}
 
 /// One fault window.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -169,6 +183,35 @@ pub async fn run(
                 let _ = imp.wait();
                 cluster.lock().await.restart(pick)?;
             }
+            "clock-skew" => {
+                // A jump of 5 s to 2 min either way, held, then back to true time.
+                let secs = rng.gen_range(5..=120i64) * if rng.gen_bool(0.5) { 1 } else { -1 };
+                cluster.lock().await.skew_clock(pick, secs)?;
+                detail = format!("node {pick}'s wall clock {secs:+} s for {hold:?}");
+                tokio::time::sleep(hold).await;
+                cluster.lock().await.skew_clock(pick, 0)?;
+            }
+            "disk-fail" => {
+                // The node's next fsync fails: its store is poisoned, its shards fail there, and
+                // it recovers from what is on disk only when restarted.
+                if cluster.lock().await.disk_fault(pick, true, false).await.is_err() {
+                    continue;
+                }
+                detail = format!("node {pick}'s next fsync fails; restarted after {hold:?}");
+                tokio::time::sleep(hold).await;
+                let mut c = cluster.lock().await;
+                c.kill(pick);
+                c.restart(pick)?;
+            }
+            "disk-full" => {
+                if cluster.lock().await.disk_fault(pick, false, true).await.is_err() {
+                    continue;
+                }
+                detail = format!("node {pick}'s disk full for {hold:?}");
+                tokio::time::sleep(hold).await;
+                // A node restarted meanwhile forgot the fault already.
+                let _ = cluster.lock().await.disk_fault(pick, false, false).await;
+            }
             other => anyhow::bail!("unknown nemesis {other}; the nemeses are {}", ALL.join(", ")),
         }
         windows.push(Window { name, detail, start_ns, end_ns: rec.now_ns() });
@@ -185,6 +228,11 @@ pub async fn heal(cluster: &Shared) -> anyhow::Result<()> {
     for id in 1..=c.nodes.len() as u64 {
         c.pause(id, false);
         c.restart(id)?;
+        c.skew_clock(id, 0)?;
+    }
+    for id in 1..=c.nodes.len() as u64 {
+        // The node may still be starting; a restarted node has no injected fault anyway.
+        let _ = c.disk_fault(id, false, false).await;
     }
     Ok(())
 }

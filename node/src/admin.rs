@@ -222,6 +222,28 @@ impl Admin for AdminService {
         Ok(Response::new(SetPartitionResponse {}))
     }
 
+    async fn inject_disk_fault(
+        &self,
+        request: Request<InjectDiskFaultRequest>,
+    ) -> Result<Response<InjectDiskFaultResponse>, Status> {
+        let Some(seam) = self.router.fault_seam() else {
+            return Err(Status::failed_precondition(
+                "fault injection is disabled on this node; start it with --enable-fault-injection (tests only)",
+            ));
+        };
+        let req = request.into_inner();
+        if req.fail_next_sync {
+            seam.fail_next_sync();
+        }
+        tracing::warn!(
+            full = req.full,
+            "fault injection: the disk reads as {}",
+            if req.full { "full" } else { "it is" }
+        );
+        self.router.disk().force_full(req.full);
+        Ok(Response::new(InjectDiskFaultResponse {}))
+    }
+
     async fn trigger_snapshot(
         &self,
         request: Request<TriggerSnapshotRequest>,

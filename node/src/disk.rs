@@ -36,6 +36,8 @@ pub struct DiskGuard {
     free: FreeBytes,
     low: AtomicBool,
     last_free: AtomicU64,
+    /// Fault injection: report the disk full whatever the file system says.
+    forced_full: AtomicBool,
 }
 
 impl DiskGuard {
@@ -48,6 +50,7 @@ impl DiskGuard {
             free,
             low: AtomicBool::new(false),
             last_free: AtomicU64::new(u64::MAX),
+            forced_full: AtomicBool::new(false),
         });
         g.check();
         g
@@ -55,7 +58,8 @@ impl DiskGuard {
 
     /// Measures free space now and updates the state; returns whether writes are refused.
     pub fn check(&self) -> bool {
-        let Some(free) = (self.free)() else { return self.low.load(Ordering::Relaxed) };
+        let free = if self.forced_full.load(Ordering::Relaxed) { Some(0) } else { (self.free)() };
+        let Some(free) = free else { return self.low.load(Ordering::Relaxed) };
         self.last_free.store(free, Ordering::Relaxed);
         let was_low = self.low.load(Ordering::Relaxed);
         let low = if was_low { free < self.reserve.saturating_add(self.reserve / 10) } else { free < self.reserve };
@@ -69,6 +73,13 @@ impl DiskGuard {
             }
         }
         low
+    }
+
+    /// Fault injection (`--enable-fault-injection` only): with `on`, the disk reads as full until
+    /// this is called again with `on` false. Takes effect at once.
+    pub fn force_full(&self, on: bool) {
+        self.forced_full.store(on, Ordering::Relaxed);
+        self.check();
     }
 
     /// Free bytes at the last check.
@@ -125,5 +136,10 @@ mod tests {
         free.store(111, Ordering::Relaxed);
         assert!(!g.check(), "resumes once space is back");
         assert!(g.refusal().is_none());
+        g.force_full(true);
+        assert!(g.refusal().is_some(), "an injected full disk refuses at once");
+        assert_eq!(g.free_bytes(), 0);
+        g.force_full(false);
+        assert!(g.refusal().is_none(), "and writes resume once it is lifted");
     }
 }

@@ -26,6 +26,7 @@ pub mod bench_snapshot;
 pub mod command;
 pub mod config;
 pub mod disk;
+pub mod fault;
 pub mod frontend;
 pub mod fuzz;
 pub mod fuzz_node;

@@ -205,6 +205,8 @@ struct Inner {
     /// Where the effects of commands proposed here by other nodes are run (see
     /// [`Router::take_effects`]).
     effects: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<LeaderEffects>>,
+    /// The engine's fault seam, with fault injection on.
+    fault_seam: std::sync::OnceLock<Arc<crate::fault::FaultSeam>>,
 }
 
 /// Effects of an applied workflow command, to run on the shard's leader: (shard, run, effects).
@@ -242,6 +244,7 @@ impl Router {
                 epochs: Mutex::default(),
                 offered: Mutex::default(),
                 effects: std::sync::OnceLock::new(),
+                fault_seam: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -367,6 +370,16 @@ impl Router {
             Role::Failed => None,
             _ => s.leader.map(|l| (l, s.term)),
         }
+    }
+
+    /// Sets the engine's fault seam (fault injection only).
+    pub fn set_fault_seam(&self, seam: Arc<crate::fault::FaultSeam>) {
+        let _ = self.inner.fault_seam.set(seam);
+    }
+
+    /// The engine's fault seam, when fault injection is on.
+    pub fn fault_seam(&self) -> Option<&crate::fault::FaultSeam> {
+        self.inner.fault_seam.get().map(|s| &**s)
     }
 
     /// Sets where [`Router::take_effects`] sends effects (once, when the node starts).

@@ -332,6 +332,13 @@ pub async fn start_on(
     config.validate()?;
     let config = Arc::new(config);
     let Platform { engine, connector, clock, raft_incoming, client_incoming, free_bytes } = platform;
+    // Chaos tests may fail this node's fsyncs (norn-jepsen's disk-fail nemesis).
+    let (engine, fault_seam) = if config.enable_fault_injection {
+        let seam = crate::fault::FaultSeam::new(engine);
+        (seam.clone() as Arc<dyn Engine>, Some(seam))
+    } else {
+        (engine, None)
+    };
     let stored = check_identity(&*engine, &config)?;
 
     let transport = Transport::new(stored.identity, connector.clone());
@@ -374,6 +381,9 @@ pub async fn start_on(
         }));
     }
     let router = Router::new(raft.clone(), config.clone(), stored.cluster_id.clone(), metrics, connector, clock, disk);
+    if let Some(seam) = fault_seam {
+        router.set_fault_seam(seam);
+    }
     let peer_server = crate::serve::serve(
         tonic::service::Routes::new(RaftService::server(raft.clone()))
             .add_service(crate::internal::InternalService::server(router.clone())),
