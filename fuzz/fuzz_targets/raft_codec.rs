@@ -1,0 +1,7 @@
+#![no_main]
+//! libFuzzer entry for the `raft_codec` target of `norn_node::fuzz` (see its docs).
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    // A panic is the finding; `run_one` only errs for an unknown target name.
+    norn_node::fuzz::run_one("raft_codec", data).expect("a known target");
+});
