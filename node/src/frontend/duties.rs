@@ -310,6 +310,17 @@ impl Duties {
             }
         }
         tokio::spawn(async move {
+            // A new leader may not yet have applied what its predecessor committed (those entries
+            // commit with its first entry): a task written by such an entry after the scan would
+            // be offered by nobody (found by norn-jepsen: a workflow stuck at a task scheduled as
+            // its shard's leader was killed). Scan once everything committed is applied here.
+            if let Err(e) = fe.router.raft().read_index(shard).await {
+                tracing::debug!(shard, error = %e, "cannot re-offer before reading the shard's commit; the epoch check retries");
+                for h in (0..shards).filter(|h| home.is_none_or(|x| x == *h)) {
+                    fe.router.set_offered_epoch(shard, h, None);
+                }
+                return;
+            }
             let view = fe.router.raft().view(shard);
             let mut after: Option<Vec<u8>> = None;
             let mut offered_count = 0usize;
