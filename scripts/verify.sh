@@ -25,4 +25,4 @@ NORN_BIN="$target/debug/norn" CARGO_TARGET_DIR="$target" python3 -m pytest compa
 # A short chaos run on real processes (docs/jepsen.md): 3 nodes, 45 s of faults; any violation fails.
 cargo build -p norn-jepsen --locked
 rm -rf "$target/jepsen-ci"
-"$target/debug/norn-jepsen" --nodes 3 --time-limit 45 --norn "$target/debug/norn" --out "$target/jepsen-ci" --seed 7
+"$target/debug/norn-jepsen" --nodes 3 --time-limit 45 --python --norn "$target/debug/norn" --out "$target/jepsen-ci" --seed 7
