@@ -753,24 +753,53 @@ impl Router {
     /// and the task belongs on the normal queue.
     pub async fn add_sticky_task(&self, queue: &QueueKey, task: &TaskRef) -> Result<bool, Status> {
         let home = queue.home_shard(self.inner.config.shards);
+        Ok(self.offer(home, vec![(queue.clone(), task.clone())], true).await?.is_some())
+    }
+
+    /// Offers ready tasks whose queues all have home shard `home` to that home's matching;
+    /// returns the epoch (leader, term) of the matching that took them.
+    pub async fn add_tasks(&self, home: GroupId, tasks: Vec<(QueueKey, TaskRef)>) -> Result<(NodeId, u64), Status> {
+        self.offer(home, tasks, false)
+            .await?
+            .ok_or_else(|| Status::internal("matching refused tasks that were not for a sticky queue"))
+    }
+
+    /// Offers `tasks` to the matching of home `home`, wherever it leads; `sticky`: one task for
+    /// a sticky queue, refused (`None`) when that queue's worker is gone. Returns the epoch
+    /// (leader, term) that took them, and notes it (see [`Router::offered_epoch`]).
+    async fn offer(
+        &self,
+        home: GroupId,
+        tasks: Vec<(QueueKey, TaskRef)>,
+        sticky: bool,
+    ) -> Result<Option<(NodeId, u64)>, Status> {
         let me = self.me();
-        let bytes =
-            postcard::to_stdvec(&vec![(queue.clone(), task.clone())]).map_err(|e| Status::internal(e.to_string()))?;
+        let bytes = postcard::to_stdvec(&tasks).map_err(|e| Status::internal(e.to_string()))?;
         let taken = self
             .route(home, |hop| {
-                let bytes = bytes.clone();
+                let (bytes, tasks) = (bytes.clone(), &tasks);
                 async move {
                     match hop {
                         Hop::Local => match self.local_leader(home) {
                             Some((l, term)) if l == me => {
-                                Ok(self.inner.matching.add_sticky(queue.clone(), task.clone()).then_some((me, term)))
+                                let mut taken = true;
+                                for (q, t) in tasks.iter().cloned() {
+                                    if sticky {
+                                        taken &= self.inner.matching.add_sticky(q, t);
+                                    } else {
+                                        self.inner.matching.add(q, t);
+                                    }
+                                }
+                                Ok(taken.then_some((me, term)))
                             }
                             other => Err(Miss::NotLeader(other.map(|(l, _)| l))),
                         },
                         Hop::Remote(n, mut c) => {
                             let r = c
-                                .add_task(ipb::AddTaskRequest { home, tasks: bytes, sticky: true })
+                                .add_task(ipb::AddTaskRequest { home, tasks: bytes, sticky })
                                 .await
+                                // Offering twice is harmless (matching drops duplicates, the shard
+                                // refuses a second start), so a broken call is simply retried.
                                 .map_err(|s| miss_of_status(s, n, false))?
                                 .into_inner();
                             self.check_answer(n, r.peer.as_ref())?;
@@ -781,48 +810,10 @@ impl Router {
             })
             .await?;
         if let Some(epoch) = taken {
-            self.note_taken(home, std::iter::once(task.shard), epoch);
+            // Query tasks are not in any shard's ready index: nothing to offer again for them.
+            self.note_taken(home, tasks.iter().filter(|(_, t)| t.query.is_none()).map(|(_, t)| t.shard), epoch);
         }
-        Ok(taken.is_some())
-    }
-
-    /// Offers ready tasks whose queues all have home shard `home` to that home's matching;
-    /// returns the epoch (leader, term) of the matching that took them.
-    pub async fn add_tasks(&self, home: GroupId, tasks: Vec<(QueueKey, TaskRef)>) -> Result<(NodeId, u64), Status> {
-        let me = self.me();
-        let bytes = postcard::to_stdvec(&tasks).map_err(|e| Status::internal(e.to_string()))?;
-        let epoch = self
-            .route(home, |hop| {
-                let (bytes, tasks) = (bytes.clone(), &tasks);
-                async move {
-                    match hop {
-                        Hop::Local => match self.local_leader(home) {
-                            Some((l, term)) if l == me => {
-                                for (q, t) in tasks.iter().cloned() {
-                                    self.inner.matching.add(q, t);
-                                }
-                                Ok((me, term))
-                            }
-                            other => Err(Miss::NotLeader(other.map(|(l, _)| l))),
-                        },
-                        Hop::Remote(n, mut c) => {
-                            let r = c
-                                .add_task(ipb::AddTaskRequest { home, tasks: bytes, sticky: false })
-                                .await
-                                // Offering twice is harmless (matching drops duplicates, the shard
-                                // refuses a second start), so a broken call is simply retried.
-                                .map_err(|s| miss_of_status(s, n, false))?
-                                .into_inner();
-                            self.check_answer(n, r.peer.as_ref())?;
-                            Ok((n, r.term))
-                        }
-                    }
-                }
-            })
-            .await?;
-        // Query tasks are not in any shard's ready index: nothing to offer again for them.
-        self.note_taken(home, tasks.iter().filter(|(_, t)| t.query.is_none()).map(|(_, t)| t.shard), epoch);
-        Ok(epoch)
+        Ok(taken)
     }
 
     /// Who leads home shard `home` and in which term, as seen from here: this node's replica's
