@@ -48,8 +48,11 @@ const REDIRECTS_MAX: usize = 8;
 pub const INTERNAL_MESSAGE_BYTES_MAX: usize = 64 << 20;
 /// Bytes of values one read page carries at most (the page ends after the pair that crosses it).
 pub const READ_PAGE_BYTES_MAX: usize = 4 << 20;
-/// Who leads a shard and in which term.
-pub type Epoch = (NodeId, u64);
+/// Who holds a home shard's matching: its leader, the term, and the leader process's
+/// incarnation. A leader killed and restarted before anyone else is elected leads again in the
+/// same term, but with an empty matching: without the incarnation its epoch would look unchanged
+/// and the tasks its predecessor process held would be offered by nobody (found by norn-jepsen).
+pub type Epoch = (NodeId, u64, u64);
 
 /// How long the epoch of a home shard not hosted here is trusted.
 const EPOCH_CACHE_FOR: Duration = Duration::from_secs(1);
@@ -354,6 +357,11 @@ impl Router {
             .transport()
             .admit(p.node, p.cluster, p.incarnation)
             .map_err(|why| Miss::Down(Status::failed_precondition(format!("refused: {why}"))))
+    }
+
+    /// The home epoch of `shard` as this node's replica knows it (see [`Epoch`]).
+    pub fn local_epoch(&self, shard: GroupId) -> Option<Epoch> {
+        self.local_leader(shard).map(|(l, term)| (l, term, self.inner.raft.transport().incarnation_of(l)))
     }
 
     /// Whether this node hosts a replica of `shard`.
@@ -757,8 +765,8 @@ impl Router {
     }
 
     /// Offers ready tasks whose queues all have home shard `home` to that home's matching;
-    /// returns the epoch (leader, term) of the matching that took them.
-    pub async fn add_tasks(&self, home: GroupId, tasks: Vec<(QueueKey, TaskRef)>) -> Result<(NodeId, u64), Status> {
+    /// returns the epoch of the matching that took them.
+    pub async fn add_tasks(&self, home: GroupId, tasks: Vec<(QueueKey, TaskRef)>) -> Result<Epoch, Status> {
         self.offer(home, tasks, false)
             .await?
             .ok_or_else(|| Status::internal("matching refused tasks that were not for a sticky queue"))
@@ -766,13 +774,13 @@ impl Router {
 
     /// Offers `tasks` to the matching of home `home`, wherever it leads; `sticky`: one task for
     /// a sticky queue, refused (`None`) when that queue's worker is gone. Returns the epoch
-    /// (leader, term) that took them, and notes it (see [`Router::offered_epoch`]).
+    /// that took them, and notes it (see [`Router::offered_epoch`]).
     async fn offer(
         &self,
         home: GroupId,
         tasks: Vec<(QueueKey, TaskRef)>,
         sticky: bool,
-    ) -> Result<Option<(NodeId, u64)>, Status> {
+    ) -> Result<Option<Epoch>, Status> {
         let me = self.me();
         let bytes = postcard::to_stdvec(&tasks).map_err(|e| Status::internal(e.to_string()))?;
         let taken = self
@@ -790,7 +798,7 @@ impl Router {
                                         self.inner.matching.add(q, t);
                                     }
                                 }
-                                Ok(taken.then_some((me, term)))
+                                Ok(taken.then_some((me, term, self.identity().incarnation)))
                             }
                             other => Err(Miss::NotLeader(other.map(|(l, _)| l))),
                         },
@@ -803,7 +811,8 @@ impl Router {
                                 .map_err(|s| miss_of_status(s, n, false))?
                                 .into_inner();
                             self.check_answer(n, r.peer.as_ref())?;
-                            Ok((!r.sticky_refused).then_some((n, r.term)))
+                            let incarnation = r.peer.as_ref().map_or(0, |p| p.incarnation);
+                            Ok((!r.sticky_refused).then_some((n, r.term, incarnation)))
                         }
                     }
                 }
@@ -816,11 +825,11 @@ impl Router {
         Ok(taken)
     }
 
-    /// Who leads home shard `home` and in which term, as seen from here: this node's replica's
-    /// view when it hosts one, otherwise asked of the shard's replicas (cached for a second).
-    pub async fn home_epoch(&self, home: GroupId) -> Option<(NodeId, u64)> {
+    /// The epoch of home shard `home` as seen from here: this node's replica's view when it hosts
+    /// one, otherwise asked of the shard's leader (cached for a second).
+    pub async fn home_epoch(&self, home: GroupId) -> Option<Epoch> {
         if self.hosts(home) {
-            return self.local_leader(home);
+            return self.local_epoch(home);
         }
         let now = tokio::time::Instant::now();
         if let Some((e, at)) = lock(&self.inner.epochs).get(&home) {
@@ -840,7 +849,7 @@ impl Router {
                             .into_inner();
                         self.check_answer(n, r.peer.as_ref())?;
                         match r.leader {
-                            l if l == n => Ok((n, r.term)),
+                            l if l == n => Ok((n, r.term, r.peer.as_ref().map_or(0, |p| p.incarnation))),
                             0 => Err(Miss::NotLeader(None)),
                             l => Err(Miss::NotLeader(Some(l))),
                         }
@@ -929,18 +938,23 @@ mod tests {
     fn a_task_taken_by_another_home_epoch_makes_its_shard_offer_again() {
         let mut offered = BTreeMap::new();
         // Shard 1's ready tasks for home 3 were all offered to node 2 in term 7.
-        offered.insert((1, 3), (2, 7));
-        offered.insert((2, 3), (2, 7));
+        offered.insert((1, 3), (2, 7, 1));
+        offered.insert((2, 3), (2, 7, 1));
         // A task of shard 1 taken by the same epoch changes nothing.
-        note_taken(&mut offered, 3, [1].into_iter(), (2, 7));
-        assert_eq!(offered.get(&(1, 3)), Some(&(2, 7)));
+        note_taken(&mut offered, 3, [1].into_iter(), (2, 7, 1));
+        assert_eq!(offered.get(&(1, 3)), Some(&(2, 7, 1)));
         // One taken by a deposed leader that did not know it yet (node 4, term 6): shard 1 must
         // offer its tasks for home 3 again; shard 2 is untouched.
-        note_taken(&mut offered, 3, [1].into_iter(), (4, 6));
+        note_taken(&mut offered, 3, [1].into_iter(), (4, 6, 1));
         assert_eq!(offered.get(&(1, 3)), None);
-        assert_eq!(offered.get(&(2, 3)), Some(&(2, 7)));
+        assert_eq!(offered.get(&(2, 3)), Some(&(2, 7, 1)));
         // And one taken by a newer epoch than the shard's others too.
-        note_taken(&mut offered, 3, [2].into_iter(), (5, 8));
+        note_taken(&mut offered, 3, [2].into_iter(), (5, 8, 1));
         assert_eq!(offered.get(&(2, 3)), None);
+        // And one taken by the same leader in the same term but a new process (killed and
+        // restarted before anyone else was elected): its matching began empty.
+        offered.insert((1, 3), (2, 7, 1));
+        note_taken(&mut offered, 3, [1].into_iter(), (2, 7, 2));
+        assert_eq!(offered.get(&(1, 3)), None);
     }
 }

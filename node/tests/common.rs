@@ -45,8 +45,18 @@ impl Cluster {
 
     /// Lays out `spec` (in `dir`) and starts it with `local_cluster::up`, as `norn cluster up` does.
     pub async fn start_spec(dir: tempfile::TempDir, spec: ClusterSpec) -> Cluster {
+        Self::start_edited(dir, spec, |_| {}).await
+    }
+
+    /// [`Cluster::start_spec`], with `edit` applied to every node's config file text first.
+    pub async fn start_edited(dir: tempfile::TempDir, spec: ClusterSpec, edit: impl Fn(&mut String)) -> Cluster {
         let shards = spec.shards;
         let mut file = local_cluster::lay_out(&spec).expect("lay out");
+        for n in &file.nodes {
+            let mut text = std::fs::read_to_string(&n.config).expect("read config");
+            edit(&mut text);
+            std::fs::write(&n.config, text).expect("write config");
+        }
         match local_cluster::up(env!("CARGO_BIN_EXE_norn").as_ref(), &mut file, Duration::from_secs(60)).await {
             Ok((children, _)) => Cluster { dir, file, children: children.into_iter().map(Some).collect(), shards },
             Err(e) => {

@@ -205,6 +205,91 @@ async fn five_nodes_with_one_dead_serve_every_task_queue_through_every_survivor(
     }
 }
 
+/// A home shard's leader killed and restarted before anyone else is elected leads again in the
+/// same term, with an empty matching: the tasks other shards' leaders had offered to its previous
+/// process must be offered again (found by norn-jepsen: a workflow task never started after the
+/// home leader's SIGKILL). Single-replica shards make every restart keep its term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_leader_restarted_in_its_own_term_is_offered_its_tasks_again() {
+    use norn_proto::protos::temporal::api::workflowservice::v1::PollWorkflowTaskQueueRequest;
+    let shards = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ClusterSpec {
+        nodes: 2,
+        data_dir: dir.path().to_path_buf(),
+        ports: Ports::Free,
+        shards,
+        raft: fast_raft(),
+        fault_injection: true,
+        cluster_id: String::new(),
+    };
+    let mut c = Cluster::start_edited(dir, spec, |t| *t = t.replace("replicas = 3", "replicas = 1")).await;
+    let queues = queue_per_home_shard(&c.addr(1), shards).await;
+    let ns = namespace_id(&c.addr(1)).await;
+    // A task queue homed on a shard of one node, and a workflow whose run lives on the other's.
+    let mut leaders = Vec::new();
+    for s in 0..shards {
+        leaders.push(c.leader_of(s).await);
+    }
+    let (home_node, run_node) = (leaders[0], 3 - leaders[0]);
+    assert!(leaders.contains(&run_node), "both nodes lead shards: {leaders:?}");
+    let home = 0;
+    let wid = (0..)
+        .map(|i| format!("restart-{i}"))
+        .find(|id| {
+            let s = norn_node::placement::shard_of(&[ns.as_bytes(), id.as_bytes()], shards);
+            leaders[s as usize] == run_node
+        })
+        .unwrap();
+    let term_before = shard_term(&c, home_node, home).await;
+    let mut req = start_request(&wid, "wf");
+    req.task_queue = Some(TaskQueue { name: queues[home as usize].clone(), ..Default::default() });
+    wf_client(&c.addr(run_node)).start_workflow_execution(req).await.expect("start");
+    // Let the offer reach the home's matching and the run shard's leader record the home's epoch
+    // (its duties check every second), then restart the home's node.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    c.kill(home_node);
+    c.restart(home_node);
+    c.wait_leaders().await;
+    assert_eq!(shard_term(&c, home_node, home).await, term_before, "the restarted node leads in its own term");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let poll = PollWorkflowTaskQueueRequest {
+            namespace: "default".into(),
+            task_queue: Some(TaskQueue { name: queues[home as usize].clone(), ..Default::default() }),
+            identity: "test".into(),
+            ..Default::default()
+        };
+        if let Ok(r) = wf_client(&c.addr(home_node)).poll_workflow_task_queue(poll).await {
+            let r = r.into_inner();
+            if r.workflow_execution.as_ref().is_some_and(|e| e.workflow_id == wid) {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workflow task of {wid} was never offered to the restarted home leader\n{}",
+            c.logs()
+        );
+    }
+}
+
+async fn namespace_id(addr: &str) -> String {
+    use norn_proto::protos::temporal::api::workflowservice::v1::DescribeNamespaceRequest;
+    wf_client(addr)
+        .describe_namespace(DescribeNamespaceRequest { namespace: "default".into(), ..Default::default() })
+        .await
+        .expect("describe default")
+        .into_inner()
+        .namespace_info
+        .unwrap()
+        .id
+}
+
+async fn shard_term(c: &Cluster, node: u64, shard: u32) -> u64 {
+    c.status(node).await.shards.iter().find(|s| s.shard == shard).map(|s| s.term).expect("shard hosted")
+}
+
 fn wf_client(addr: &str) -> norn_proto::WorkflowServiceClient<tonic::transport::Channel> {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()

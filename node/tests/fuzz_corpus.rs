@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 
 fn corpus_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus")
+    // The directory cargo runs the test in, not the one it was built in: a test binary built in
+    // another checkout sharing the target directory must read this checkout's corpus.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    PathBuf::from(manifest).join("../fuzz/corpus")
 }
 
 #[test]

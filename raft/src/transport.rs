@@ -186,6 +186,15 @@ impl Transport {
         *self.seen_sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink);
     }
 
+    /// The incarnation of `node` as far as this node knows: its own, or the highest seen from
+    /// that peer (0 when none was seen yet).
+    pub fn incarnation_of(&self, node: NodeId) -> u64 {
+        if node == self.me {
+            return self.identity.incarnation;
+        }
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).get(&node).copied().unwrap_or(0)
+    }
+
     /// The highest incarnation seen from each peer.
     pub fn incarnations(&self) -> BTreeMap<NodeId, u64> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use norn_raft::{NodeId, Role};
+use norn_raft::Role;
 use tokio::sync::Semaphore;
 
 use super::Frontend;
@@ -49,9 +49,9 @@ const RETENTION_BATCH: usize = 500;
 /// Duty proposals in flight per node.
 const DUTY_PROPOSALS_MAX: usize = 256;
 
-/// Who leads a home shard: its leader and term. Ready tasks offered while one epoch held are lost
-/// to matching when the next begins.
-type Epoch = (NodeId, u64);
+/// Ready tasks offered while one epoch of a home shard held are lost to matching when the next
+/// begins.
+use crate::routing::Epoch;
 
 /// The due-index reading position and retries of one led shard.
 #[derive(Default)]
@@ -305,7 +305,7 @@ impl Duties {
         let shards = fe.router.config().shards;
         // The epochs before reading: a home that moves during the scan is offered again.
         for h in (0..shards).filter(|h| home.is_none_or(|x| x == *h)) {
-            if let Some(e) = fe.router.local_leader(h) {
+            if let Some(e) = fe.router.local_epoch(h) {
                 fe.router.set_offered_epoch(shard, h, Some(e));
             }
         }
