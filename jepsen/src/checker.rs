@@ -22,6 +22,9 @@ pub struct Final {
     pub event_types: BTreeMap<String, Vec<String>>,
     /// Per workflow id: each event's time (ms since the epoch), in history order.
     pub event_times: BTreeMap<String, Vec<i64>>,
+    /// Per workflow id: the values of the `set` updates its history accepted, in history order.
+    #[serde(default)]
+    pub updates: BTreeMap<String, Vec<i64>>,
 }
 
 /// One violation: the checker, the workflow, what is wrong and the operations that show it.
@@ -57,7 +60,12 @@ pub const CHECKERS: &[&str] = &[
     "every-workflow-finishes",
     "replicas-identical",
     "event-times-monotonic",
+    "register-linearizable",
+    "updates-exactly-once",
 ];
+
+/// Steps the linearizability search may take per workflow before it gives up (no verdict).
+const WGL_BUDGET: u64 = 2_000_000;
 
 /// Runs every checker.
 pub fn check(ops: &[Op], fin: &Final) -> Vec<Violation> {
@@ -252,6 +260,7 @@ pub fn check(ops: &[Op], fin: &Final) -> Vec<Violation> {
             ));
         }
     }
+    register_checks(&ps, fin, &mut out);
     // Replicas byte-identical.
     for (wf, by_node) in &fin.replicas {
         let mut it = by_node.iter();
@@ -275,10 +284,96 @@ pub fn check(ops: &[Op], fin: &Final) -> Vec<Violation> {
     out
 }
 
+/// Each workflow's register (written by `set` updates, read by `get` queries) is linearizable,
+/// and every acknowledged write was applied exactly once (a failed one never).
+fn register_checks(ps: &[crate::history::Pair], fin: &Final, out: &mut Vec<Violation>) {
+    use crate::linearizable::{check as wgl, Action, RegOp, Verdict};
+    let mut by_wf: BTreeMap<&str, Vec<&crate::history::Pair>> = BTreeMap::new();
+    for p in ps.iter().filter(|p| p.invoke.f == "write" || p.invoke.f == "read") {
+        by_wf.entry(p.invoke.wf.as_str()).or_default().push(p);
+    }
+    for (wf, list) in by_wf {
+        let mut ops: Vec<RegOp> = Vec::new();
+        let mut source: Vec<Op> = Vec::new();
+        for p in &list {
+            let kind = p.done.as_ref().map(|d| d.kind).unwrap_or(Kind::Info);
+            let ret = p.done.as_ref().filter(|d| d.kind == Kind::Ok).map(|d| d.time_ns);
+            let action = match (p.invoke.f.as_str(), kind) {
+                (_, Kind::Fail) | ("read", Kind::Info | Kind::Invoke) => continue,
+                ("write", _) => Action::Write(p.invoke.value.as_i64().unwrap_or(-1) as u32),
+                _ => Action::Read(p.done.as_ref().and_then(|d| d.value.as_i64()).map(|v| v as u32)),
+            };
+            ops.push(RegOp { call: p.invoke.time_ns, ret, action });
+            source.push(p.done.clone().unwrap_or_else(|| p.invoke.clone()));
+        }
+        match wgl(&ops, None, WGL_BUDGET) {
+            Verdict::Linearizable => {}
+            Verdict::NotLinearizable { linearized, stuck_at } => out.push(v(
+                "register-linearizable",
+                wf,
+                format!(
+                    "no linearization of {} register operations: after {linearized} of them, none of the \
+                     operations shown fits (a read of a value overwritten or never written)",
+                    ops.len()
+                ),
+                stuck_at.iter().map(|i| source[*i].clone()).collect(),
+            )),
+            Verdict::Unknown(steps) => {
+                eprintln!("norn-jepsen: the linearizability search for {wf} gave up after {steps} steps ({} operations): no verdict", ops.len())
+            }
+        }
+        let Some(applied) = fin.updates.get(wf) else { continue };
+        let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+        for u in applied {
+            *counts.entry(*u).or_default() += 1;
+        }
+        for p in list.iter().filter(|p| p.invoke.f == "write") {
+            let value = p.invoke.value.as_i64().unwrap_or(-1);
+            let n = counts.get(&value).copied().unwrap_or(0);
+            let kind = p.done.as_ref().map(|d| d.kind).unwrap_or(Kind::Info);
+            let bad = match kind {
+                Kind::Ok if n != 1 => Some(format!("acknowledged update set({value}) applied {n} times")),
+                Kind::Fail if n > 0 => Some(format!("update set({value}) failed definitely but was applied")),
+                _ if n > 1 => Some(format!("update set({value}) applied {n} times")),
+                _ => None,
+            };
+            if let Some(detail) = bad {
+                out.push(v("updates-exactly-once", wf, detail, p.done.iter().cloned().collect()));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_stale_register_read_and_a_twice_applied_update_are_violations() {
+        let ops = vec![
+            op(1, Kind::Invoke, "write", "w", 1, json!(1)),
+            op(1, Kind::Ok, "write", "w", 2, json!(1)),
+            op(1, Kind::Invoke, "write", "w", 3, json!(2)),
+            op(1, Kind::Ok, "write", "w", 4, json!(2)),
+            op(2, Kind::Invoke, "read", "w", 5, json!(null)),
+            op(2, Kind::Ok, "read", "w", 6, json!(1)),
+        ];
+        let mut fin = Final::default();
+        fin.updates.insert("w".into(), vec![1, 2, 2]);
+        let found = check(&ops, &fin);
+        assert!(found.iter().any(|x| x.checker == "register-linearizable"), "{found:?}");
+        assert!(found.iter().any(|x| x.checker == "updates-exactly-once"), "{found:?}");
+        // The same with a fresh read and each update once: clean.
+        let mut ops = ops;
+        ops[5].value = json!(2);
+        fin.updates.insert("w".into(), vec![1, 2]);
+        let found = check(&ops, &fin);
+        assert!(
+            !found.iter().any(|x| x.checker.starts_with("register") || x.checker.starts_with("updates")),
+            "{found:?}"
+        );
+    }
 
     fn op(process: u64, kind: Kind, f: &str, wf: &str, t: u64, value: serde_json::Value) -> Op {
         Op { process, kind, f: f.into(), wf: wf.into(), node: 1, time_ns: t, value }

@@ -8,7 +8,9 @@
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod linearizable;
 pub mod nemesis;
+pub mod plot;
 pub mod proxy;
 pub mod python;
 pub mod report;
@@ -55,6 +57,8 @@ pub struct Options {
     /// Also run the workload through Temporal's Python SDK (`python/workload.py`; needs
     /// `python3` with `temporalio`).
     pub python: bool,
+    /// At most this many faults at once (see `nemesis::run`).
+    pub mix: usize,
 }
 
 /// Runs the harness; returns the summary (also written to `out`).
@@ -90,7 +94,7 @@ pub async fn run(o: &Options) -> anyhow::Result<report::Summary> {
     }
     let mut python = if o.python { Some(python::start(o, &addrs, rec.now_ns())?) } else { None };
     let nemesis =
-        tokio::spawn(nemesis::run(shared_cluster.clone(), o.nemesis.clone(), rec.clone(), o.time_limit, o.seed));
+        tokio::spawn(nemesis::run(shared_cluster.clone(), o.nemesis.clone(), rec.clone(), o.time_limit, o.seed, o.mix));
     tokio::time::sleep(o.time_limit).await;
     let _ = stop_tx.send(true);
     for p in procs {
@@ -233,6 +237,7 @@ async fn finish(
         if let Some(events) = events {
             if node == 1 {
                 fin.signals.insert(wf.clone(), signals(&events));
+                fin.updates.insert(wf.clone(), updates(&events));
                 let types = events
                     .iter()
                     .map(|e| {
@@ -298,6 +303,24 @@ fn signals(events: &[HistoryEvent]) -> Vec<i64> {
                 .and_then(|p| p.payloads.first())
                 .and_then(|p| serde_json::from_slice::<i64>(&p.data).ok())
                 .filter(|v| *v >= 0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The values of the `set` updates a history accepted, in order.
+fn updates(events: &[HistoryEvent]) -> Vec<i64> {
+    events
+        .iter()
+        .filter_map(|e| match &e.attributes {
+            Some(Attributes::WorkflowExecutionUpdateAcceptedEventAttributes(a)) => a
+                .accepted_request
+                .as_ref()
+                .and_then(|r| r.input.as_ref())
+                .filter(|i| i.name == "set")
+                .and_then(|i| i.args.as_ref())
+                .and_then(|p| p.payloads.first())
+                .and_then(|p| serde_json::from_slice::<i64>(&p.data).ok()),
             _ => None,
         })
         .collect()

@@ -19,10 +19,14 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     time_limit: u64,
     /// `all`, `none`, or a comma-separated list of: kill, pause, partition-one, partition-halves,
-    /// partition-leader, partition-ring, one-way, delay, stale-copy, other-cluster, clock-skew
-    /// (needs libfaketime), disk-fail, disk-full.
+    /// partition-leader, partition-ring, one-way, delay, loss, stale-copy, other-cluster,
+    /// clock-skew (needs libfaketime), disk-fail, disk-full.
     #[arg(long, default_value = "all")]
     nemesis: String,
+    /// Faults at once: each round begins 1 to this many different nemeses (never two network
+    /// layouts, nor two faults on one node's process or disk).
+    #[arg(long, default_value_t = 1)]
+    mix: usize,
     /// The `norn` binary (default: the one beside this program).
     #[arg(long)]
     norn: Option<PathBuf>,
@@ -94,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
         processes: a.processes.unwrap_or(2 * a.nodes as u64),
         planted_bug: a.planted_bug,
         python: a.python,
+        mix: a.mix,
     };
     let summary = norn_jepsen::run(&opts).await?;
     print!("{}", std::fs::read_to_string(out.join("summary.txt")).unwrap_or_default());

@@ -1,6 +1,9 @@
-//! Nemeses: faults applied to the cluster over time, one after another, each recorded with its
-//! start and end.
+//! Nemeses: faults applied to the cluster over time, each recorded with its start and end. A
+//! round begins one fault, or with `--mix N` up to N different ones at once (a kill during a
+//! partition, loss on a paused node's neighbours), holds them, then ends them in reverse order.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -20,6 +23,7 @@ pub const ALL: &[&str] = &[
     "partition-ring",
     "one-way",
     "delay",
+    "loss",
     "stale-copy",
     "other-cluster",
     "clock-skew",
@@ -51,174 +55,256 @@ pub struct Window {
     pub end_ns: u64,
 }
 
-/// Runs nemeses from `names` until `until` (run time), then heals everything.
+/// How a fault that began is undone.
+enum Undo {
+    /// Restart a killed node.
+    Restart(u64),
+    /// SIGCONT a paused node.
+    Continue(u64),
+    /// Every link back to normal (ends every network fault of the round).
+    Heal,
+    /// Stop the impostor on a member's addresses and restart the member.
+    Impostor(std::process::Child, u64),
+    /// The node's wall clock back to true time.
+    Unskew(u64),
+    /// SIGKILL and restart a node whose store a failed fsync poisoned.
+    Recover(u64),
+    /// Tell the node its disk has room again.
+    Unfill(u64),
+}
+
+/// What the nemesis remembers between rounds.
+struct State {
+    rng: SmallRng,
+    /// A copy of each killed node's data dir, taken the first time it was down (for stale-copy).
+    stale_copies: BTreeMap<u64, PathBuf>,
+    impostors: u32,
+}
+
+/// Whether two faults can hold at once: not two on the same node's process or disk, not two
+/// network layouts (each network fault is undone by healing every link).
+fn compatible(a: &str, b: &str) -> bool {
+    const NET: &[&str] =
+        &["partition-one", "partition-halves", "partition-leader", "partition-ring", "one-way", "delay", "loss"];
+    const PROCESS: &[&str] = &["kill", "pause", "stale-copy", "other-cluster", "disk-fail"];
+    let both = |set: &[&str]| set.contains(&a) && set.contains(&b);
+    a != b && !both(NET) && !both(PROCESS)
+}
+
+/// Runs nemeses from `names` until `until` (run time), `mix` at most at once, then heals
+/// everything.
 pub async fn run(
     cluster: Shared,
     names: Vec<String>,
     rec: Recorder,
     until: Duration,
     seed: u64,
+    mix: usize,
 ) -> anyhow::Result<Vec<Window>> {
-    let mut rng = SmallRng::seed_from_u64(seed ^ 0x6e656d);
+    let mut st = State { rng: SmallRng::seed_from_u64(seed ^ 0x6e656d), stale_copies: BTreeMap::new(), impostors: 0 };
     let mut windows = Vec::new();
-    let mut stale_copies: std::collections::BTreeMap<u64, std::path::PathBuf> = Default::default();
-    let mut impostors = 0u32;
     // A quiet start, so the workload has something to lose.
     tokio::time::sleep(Duration::from_secs(5)).await;
     while !names.is_empty() && Duration::from_nanos(rec.now_ns()) + Duration::from_secs(12) < until {
-        let name = names[rng.gen_range(0..names.len())].clone();
-        let hold = Duration::from_millis(rng.gen_range(3_000..8_000));
-        let start_ns = rec.now_ns();
-        let n = cluster.lock().await.nodes.len() as u64;
-        let pick = rng.gen_range(1..=n);
-        let all: Vec<u64> = (1..=n).collect();
-        let detail;
-        match name.as_str() {
-            "kill" => {
-                let mut c = cluster.lock().await;
-                c.kill(pick);
-                // The first time a node is down, keep a copy of its data: the stale-copy nemesis
-                // later starts it on the node's address.
-                if let std::collections::btree_map::Entry::Vacant(e) = stale_copies.entry(pick) {
-                    let to = c.dir.join(format!("stale-copy-{pick}"));
-                    if c.copy_data(pick, &to).is_ok() {
-                        e.insert(to);
-                    }
-                }
-                drop(c);
-                detail = format!("SIGKILL node {pick}, restart after {hold:?}");
-                tokio::time::sleep(hold).await;
-                cluster.lock().await.restart(pick)?;
+        let want = st.rng.gen_range(1..=mix.max(1));
+        let mut chosen: Vec<String> = Vec::new();
+        for _ in 0..want * 4 {
+            let name = &names[st.rng.gen_range(0..names.len())];
+            if chosen.len() < want && chosen.iter().all(|c| compatible(c, name)) {
+                chosen.push(name.clone());
             }
-            "pause" => {
-                cluster.lock().await.pause(pick, true);
-                detail = format!("SIGSTOP node {pick} for {hold:?}");
-                tokio::time::sleep(hold).await;
-                cluster.lock().await.pause(pick, false);
-            }
-            "partition-one" | "partition-leader" => {
-                let target = if name == "partition-leader" {
-                    let shard = rng.gen_range(0..cluster.lock().await.shards);
-                    cluster.lock().await.leader(shard).await.unwrap_or(pick)
-                } else {
-                    pick
-                };
-                let rest: Vec<u64> = all.iter().copied().filter(|x| *x != target).collect();
-                cluster.lock().await.net.between(&[target], &rest, false, |s| s.cut = true);
-                detail = format!("node {target} cut off from {rest:?}");
-                tokio::time::sleep(hold).await;
-                cluster.lock().await.net.heal();
-            }
-            "partition-halves" => {
-                let mut shuffled = all.clone();
-                for i in (1..shuffled.len()).rev() {
-                    shuffled.swap(i, rng.gen_range(0..=i));
-                }
-                let (a, b) = shuffled.split_at(shuffled.len() / 2);
-                cluster.lock().await.net.between(a, b, false, |s| s.cut = true);
-                detail = format!("minority {a:?} | majority {b:?}");
-                tokio::time::sleep(hold).await;
-                cluster.lock().await.net.heal();
-            }
-            "partition-ring" => {
-                // Each node reaches only its two neighbours on a ring.
-                let c = cluster.lock().await;
-                for i in 1..=n {
-                    for j in 1..=n {
-                        let d = (i + n - j) % n;
-                        if i != j && d != 1 && d != n - 1 {
-                            c.net.between(&[i], &[j], true, |s| s.cut = true);
-                        }
-                    }
-                }
-                drop(c);
-                detail = "ring: each node reaches only its neighbours".into();
-                tokio::time::sleep(hold).await;
-                cluster.lock().await.net.heal();
-            }
-            "one-way" => {
-                let rest: Vec<u64> = all.iter().copied().filter(|x| *x != pick).collect();
-                cluster.lock().await.net.between(&[pick], &rest, true, |s| s.cut = true);
-                detail = format!("node {pick} cannot open connections to {rest:?} (they can to it)");
-                tokio::time::sleep(hold).await;
-                cluster.lock().await.net.heal();
-            }
-            "delay" => {
-                let ms = rng.gen_range(20..200);
-                let rest: Vec<u64> = all.iter().copied().filter(|x| *x != pick).collect();
-                cluster.lock().await.net.between(&[pick], &rest, false, |s| s.delay_ms = ms);
-                detail = format!("{ms} ms on every link of node {pick}");
-                tokio::time::sleep(hold).await;
-                cluster.lock().await.net.heal();
-            }
-            "stale-copy" | "other-cluster" => {
-                let copy = stale_copies.get(&pick).cloned();
-                if name == "stale-copy" && copy.is_none() {
-                    // No copy of this node's data yet (it was never killed): nothing to replay.
-                    continue;
-                }
-                impostors += 1;
-                let mut c = cluster.lock().await;
-                c.kill(pick);
-                let data = c.dir.join(format!("impostor-{impostors}-data"));
-                let imp = if let Some(copy) = copy.filter(|_| name == "stale-copy") {
-                    crate::cluster::copy_dir_pub(&copy, &data)?;
-                    c.spawn_impostor(pick, &format!("impostor-{impostors}"), |cfg| cfg.data_dir = data.clone())?
-                } else {
-                    let id = norn_node::local_cluster::new_cluster_id();
-                    c.spawn_impostor(pick, &format!("impostor-{impostors}"), |cfg| {
-                        cfg.data_dir = data.clone();
-                        cfg.cluster_id = id;
-                    })?
-                };
-                drop(c);
-                detail = if name == "stale-copy" {
-                    format!("node {pick} replaced by a process on an older copy of its data dir")
-                } else {
-                    format!("node {pick} replaced by a node of another cluster on its addresses")
-                };
-                tokio::time::sleep(hold).await;
-                let mut imp = imp;
-                let _ = imp.kill();
-                let _ = imp.wait();
-                cluster.lock().await.restart(pick)?;
-            }
-            "clock-skew" => {
-                // A jump of 5 s to 2 min either way, held, then back to true time.
-                let secs = rng.gen_range(5..=120i64) * if rng.gen_bool(0.5) { 1 } else { -1 };
-                cluster.lock().await.skew_clock(pick, secs)?;
-                detail = format!("node {pick}'s wall clock {secs:+} s for {hold:?}");
-                tokio::time::sleep(hold).await;
-                cluster.lock().await.skew_clock(pick, 0)?;
-            }
-            "disk-fail" => {
-                // The node's next fsync fails: its store is poisoned, its shards fail there, and
-                // it recovers from what is on disk only when restarted.
-                if cluster.lock().await.disk_fault(pick, true, false).await.is_err() {
-                    continue;
-                }
-                detail = format!("node {pick}'s next fsync fails; restarted after {hold:?}");
-                tokio::time::sleep(hold).await;
-                let mut c = cluster.lock().await;
-                c.kill(pick);
-                c.restart(pick)?;
-            }
-            "disk-full" => {
-                if cluster.lock().await.disk_fault(pick, false, true).await.is_err() {
-                    continue;
-                }
-                detail = format!("node {pick}'s disk full for {hold:?}");
-                tokio::time::sleep(hold).await;
-                // A node restarted meanwhile forgot the fault already.
-                let _ = cluster.lock().await.disk_fault(pick, false, false).await;
-            }
-            other => anyhow::bail!("unknown nemesis {other}; the nemeses are {}", ALL.join(", ")),
         }
-        windows.push(Window { name, detail, start_ns, end_ns: rec.now_ns() });
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(2_000..5_000))).await;
+        let hold = Duration::from_millis(st.rng.gen_range(3_000..8_000));
+        // (window index, how to undo), in the order begun.
+        let mut begun: Vec<(usize, Undo)> = Vec::new();
+        let mut busy: Vec<u64> = Vec::new();
+        for (i, name) in chosen.iter().enumerate() {
+            if i > 0 {
+                // Staggered, so the faults overlap without starting in lockstep.
+                tokio::time::sleep(Duration::from_millis(st.rng.gen_range(0..1_500))).await;
+            }
+            let start_ns = rec.now_ns();
+            if let Some((detail, undo, node)) = begin(&cluster, name, &mut st, &busy).await? {
+                busy.extend(node);
+                windows.push(Window { name: name.clone(), detail, start_ns, end_ns: 0 });
+                begun.push((windows.len() - 1, undo));
+            }
+        }
+        tokio::time::sleep(hold).await;
+        while let Some((w, undo)) = begun.pop() {
+            end(&cluster, undo).await?;
+            windows[w].end_ns = rec.now_ns();
+        }
+        tokio::time::sleep(Duration::from_millis(st.rng.gen_range(2_000..5_000))).await;
     }
     heal(&cluster).await?;
     Ok(windows)
+}
+
+/// Begins fault `name`, avoiding the nodes in `busy` (another fault of the round holds them).
+/// Returns what it did, how to undo it, and the node it took; `None` when it cannot run now.
+async fn begin(
+    cluster: &Shared,
+    name: &str,
+    st: &mut State,
+    busy: &[u64],
+) -> anyhow::Result<Option<(String, Undo, Option<u64>)>> {
+    let n = cluster.lock().await.nodes.len() as u64;
+    let all: Vec<u64> = (1..=n).collect();
+    let free: Vec<u64> = all.iter().copied().filter(|x| !busy.contains(x)).collect();
+    if free.is_empty() {
+        return Ok(None);
+    }
+    let pick = free[st.rng.gen_range(0..free.len())];
+    let others = |x: u64| all.iter().copied().filter(|y| *y != x).collect::<Vec<u64>>();
+    Ok(Some(match name {
+        "kill" => {
+            let mut c = cluster.lock().await;
+            c.kill(pick);
+            // The first time a node is down, keep a copy of its data: the stale-copy nemesis
+            // later starts it on the node's address.
+            if let std::collections::btree_map::Entry::Vacant(e) = st.stale_copies.entry(pick) {
+                let to = c.dir.join(format!("stale-copy-{pick}"));
+                if c.copy_data(pick, &to).is_ok() {
+                    e.insert(to);
+                }
+            }
+            (format!("SIGKILL node {pick}, then restart"), Undo::Restart(pick), Some(pick))
+        }
+        "pause" => {
+            cluster.lock().await.pause(pick, true);
+            (format!("SIGSTOP node {pick}, then SIGCONT"), Undo::Continue(pick), Some(pick))
+        }
+        "partition-one" | "partition-leader" => {
+            let target = if name == "partition-leader" {
+                let shard = st.rng.gen_range(0..cluster.lock().await.shards);
+                cluster.lock().await.leader(shard).await.unwrap_or(pick)
+            } else {
+                pick
+            };
+            let rest = others(target);
+            cluster.lock().await.net.between(&[target], &rest, false, |s| s.cut = true);
+            (format!("node {target} cut off from {rest:?}"), Undo::Heal, None)
+        }
+        "partition-halves" => {
+            let mut shuffled = all.clone();
+            for i in (1..shuffled.len()).rev() {
+                shuffled.swap(i, st.rng.gen_range(0..=i));
+            }
+            let (a, b) = shuffled.split_at(shuffled.len() / 2);
+            cluster.lock().await.net.between(a, b, false, |s| s.cut = true);
+            (format!("minority {a:?} | majority {b:?}"), Undo::Heal, None)
+        }
+        "partition-ring" => {
+            // Each node reaches only its two neighbours on a ring.
+            let c = cluster.lock().await;
+            for i in 1..=n {
+                for j in 1..=n {
+                    let d = (i + n - j) % n;
+                    if i != j && d != 1 && d != n - 1 {
+                        c.net.between(&[i], &[j], true, |s| s.cut = true);
+                    }
+                }
+            }
+            ("ring: each node reaches only its neighbours".into(), Undo::Heal, None)
+        }
+        "one-way" => {
+            let rest = others(pick);
+            cluster.lock().await.net.between(&[pick], &rest, true, |s| s.cut = true);
+            (format!("node {pick} cannot open connections to {rest:?} (they can to it)"), Undo::Heal, None)
+        }
+        "delay" => {
+            let ms = st.rng.gen_range(20..200);
+            cluster.lock().await.net.between(&[pick], &others(pick), false, |s| s.delay_ms = ms);
+            (format!("{ms} ms on every link of node {pick}"), Undo::Heal, None)
+        }
+        "loss" => {
+            // Either one node's links or every link of the cluster.
+            let pct = st.rng.gen_range(5..=40u8);
+            let c = cluster.lock().await;
+            if st.rng.gen_bool(0.5) {
+                c.net.between(&[pick], &others(pick), false, |s| s.loss_pct = pct);
+                (format!("{pct}% of segments lost on every link of node {pick}"), Undo::Heal, None)
+            } else {
+                c.net.between(&all, &all, false, |s| s.loss_pct = pct);
+                (format!("{pct}% of segments lost on every link"), Undo::Heal, None)
+            }
+        }
+        "stale-copy" | "other-cluster" => {
+            let copy = st.stale_copies.get(&pick).cloned();
+            if name == "stale-copy" && copy.is_none() {
+                // No copy of this node's data yet (it was never killed): nothing to replay.
+                return Ok(None);
+            }
+            st.impostors += 1;
+            let k = st.impostors;
+            let mut c = cluster.lock().await;
+            c.kill(pick);
+            let data = c.dir.join(format!("impostor-{k}-data"));
+            let imp = if let Some(copy) = copy.filter(|_| name == "stale-copy") {
+                crate::cluster::copy_dir_pub(&copy, &data)?;
+                c.spawn_impostor(pick, &format!("impostor-{k}"), |cfg| cfg.data_dir = data.clone())?
+            } else {
+                let id = norn_node::local_cluster::new_cluster_id();
+                c.spawn_impostor(pick, &format!("impostor-{k}"), |cfg| {
+                    cfg.data_dir = data.clone();
+                    cfg.cluster_id = id;
+                })?
+            };
+            let detail = if name == "stale-copy" {
+                format!("node {pick} replaced by a process on an older copy of its data dir")
+            } else {
+                format!("node {pick} replaced by a node of another cluster on its addresses")
+            };
+            (detail, Undo::Impostor(imp, pick), Some(pick))
+        }
+        "clock-skew" => {
+            // A jump of 5 s to 2 min either way, held, then back to true time.
+            let secs = st.rng.gen_range(5..=120i64) * if st.rng.gen_bool(0.5) { 1 } else { -1 };
+            cluster.lock().await.skew_clock(pick, secs)?;
+            (format!("node {pick}'s wall clock {secs:+} s"), Undo::Unskew(pick), Some(pick))
+        }
+        "disk-fail" => {
+            // The node's next fsync fails: its store is poisoned, its shards fail there, and
+            // it recovers from what is on disk only when restarted.
+            if cluster.lock().await.disk_fault(pick, true, false).await.is_err() {
+                return Ok(None);
+            }
+            (format!("node {pick}'s next fsync fails; then restarted"), Undo::Recover(pick), Some(pick))
+        }
+        "disk-full" => {
+            if cluster.lock().await.disk_fault(pick, false, true).await.is_err() {
+                return Ok(None);
+            }
+            (format!("node {pick}'s disk full"), Undo::Unfill(pick), Some(pick))
+        }
+        other => anyhow::bail!("unknown nemesis {other}; the nemeses are {}", ALL.join(", ")),
+    }))
+}
+
+/// Undoes one fault.
+async fn end(cluster: &Shared, undo: Undo) -> anyhow::Result<()> {
+    let mut c = cluster.lock().await;
+    match undo {
+        Undo::Restart(id) => c.restart(id)?,
+        Undo::Continue(id) => c.pause(id, false),
+        Undo::Heal => c.net.heal(),
+        Undo::Impostor(mut imp, id) => {
+            let _ = imp.kill();
+            let _ = imp.wait();
+            c.restart(id)?;
+        }
+        Undo::Unskew(id) => c.skew_clock(id, 0)?,
+        Undo::Recover(id) => {
+            c.kill(id);
+            c.restart(id)?;
+        }
+        // A node restarted meanwhile forgot the fault already.
+        Undo::Unfill(id) => {
+            let _ = c.disk_fault(id, false, false).await;
+        }
+    }
+    Ok(())
 }
 
 /// Everything back: links healed, paused nodes continued, killed nodes restarted.
@@ -235,4 +321,19 @@ pub async fn heal(cluster: &Shared) -> anyhow::Result<()> {
         let _ = c.disk_fault(id, false, false).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixed_faults_never_pair_two_network_layouts_or_two_process_faults() {
+        assert!(compatible("kill", "partition-halves"));
+        assert!(compatible("loss", "pause"));
+        assert!(compatible("clock-skew", "kill"));
+        assert!(!compatible("kill", "kill"));
+        assert!(!compatible("partition-ring", "loss"));
+        assert!(!compatible("kill", "pause"));
+    }
 }

@@ -5,7 +5,8 @@
 //! A link is directed: the link `i -> j` carries the connections node `i` opens to node `j` (both
 //! ways of their bytes). Cutting it closes those connections and refuses new ones; a one-way cut
 //! cuts `i -> j` and leaves `j -> i`. Delay holds each chunk of bytes for the link's delay in both
-//! directions of its connections.
+//! directions of its connections. Loss stalls a connection's bytes as TCP retransmission would
+//! (a proxy cannot drop segments of a TCP stream; netem in a network namespace could, as root).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,6 +23,10 @@ pub struct LinkState {
     pub cut: bool,
     /// Added to every chunk of bytes, in milliseconds.
     pub delay_ms: u64,
+    /// Percent of segments lost. TCP retransmits a lost segment after its retransmission
+    /// timeout, so the application sees the stream stall: a lost chunk is held 200 ms (Linux's
+    /// minimum RTO), doubling with each further loss in a row up to 3.2 s.
+    pub loss_pct: u8,
 }
 
 /// One proxy: a listening address that forwards to `upstream` under a link's state.
@@ -86,6 +91,9 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut state: watch::Receiver<LinkState>,
 ) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::SmallRng::from_entropy();
+    let mut lost_in_a_row = 0u32;
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = tokio::select! {
@@ -107,10 +115,20 @@ async fn pump(
         if s.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(s.delay_ms)).await;
         }
+        while s.loss_pct > 0 && rng.gen_range(0..100u8) < s.loss_pct {
+            tokio::time::sleep(retransmit_after(lost_in_a_row)).await;
+            lost_in_a_row += 1;
+        }
+        lost_in_a_row = 0;
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
     }
+}
+
+/// How long TCP waits before resending a segment lost `lost_before` times in a row already.
+fn retransmit_after(lost_before: u32) -> Duration {
+    Duration::from_millis(200u64 << lost_before.min(4))
 }
 
 /// Which service a link reaches.
@@ -158,6 +176,13 @@ impl Net {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_lost_segment_stalls_for_a_retransmission_timeout_that_backs_off() {
+        assert_eq!(retransmit_after(0), Duration::from_millis(200));
+        assert_eq!(retransmit_after(1), Duration::from_millis(400));
+        assert_eq!(retransmit_after(9), Duration::from_millis(3_200));
+    }
+
     #[tokio::test]
     async fn a_cut_closes_open_connections_and_refuses_new_ones_until_healed() {
         let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -181,7 +206,7 @@ mod tests {
         let mut b = [0u8; 2];
         c.read_exact(&mut b).await.unwrap();
         assert_eq!(&b, b"hi");
-        p.set(LinkState { cut: true, delay_ms: 0 });
+        p.set(LinkState { cut: true, ..Default::default() });
         let n = tokio::time::timeout(Duration::from_secs(2), c.read(&mut b)).await.unwrap().unwrap_or(0);
         assert_eq!(n, 0, "the open connection was not closed");
         let mut d = TcpStream::connect(&p.listen).await.unwrap();

@@ -1,6 +1,6 @@
 //! The report: a folder per run with the history, the nemesis schedule, node logs, a summary and
-//! an HTML page (SVG charts of throughput and latency over time with fault windows shaded) that
-//! opens offline.
+//! an HTML page (SVG charts of throughput and latency over time with fault windows shaded, and the
+//! same charts as PNG files) that opens offline.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -99,6 +99,14 @@ pub fn write(
     std::fs::write(dir.join("nemesis.jsonl"), n)?;
     std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(summary)?)?;
     std::fs::write(dir.join("summary.txt"), text(summary, windows))?;
+    let secs = summary.seconds.ceil().max(1.0) as usize;
+    let (ok, bad, p50, p99) = series(ops, secs);
+    let throughput = crate::plot::chart_png(&[(&ok, [34, 170, 34]), (&bad, [204, 34, 34])], windows, secs, "ops/s");
+    std::fs::write(dir.join("throughput.png"), throughput)?;
+    std::fs::write(
+        dir.join("latency.png"),
+        crate::plot::chart_png(&[(&p50, [34, 68, 204]), (&p99, [238, 136, 0])], windows, secs, "ms"),
+    )?;
     std::fs::write(dir.join("index.html"), html(ops, windows, summary))?;
     let logs_dir = dir.join("logs");
     std::fs::create_dir_all(&logs_dir)?;
@@ -143,9 +151,12 @@ pub fn text(s: &Summary, windows: &[Window]) -> String {
     t
 }
 
-fn html(ops: &[Op], windows: &[Window], s: &Summary) -> String {
+/// Per second of the run: operations ok, operations failed or indeterminate, p50 and p99 latency
+/// (ms) of the operations that completed in it.
+type Series = (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+
+fn series(ops: &[Op], secs: usize) -> Series {
     let ps = pairs(ops);
-    let secs = s.seconds.ceil().max(1.0) as usize;
     let mut ok = vec![0f64; secs + 1];
     let mut bad = vec![0f64; secs + 1];
     let mut lat: Vec<Vec<f64>> = vec![Vec::new(); secs + 1];
@@ -168,6 +179,12 @@ fn html(ops: &[Op], windows: &[Window], s: &Summary) -> String {
     };
     let p50: Vec<f64> = lat.iter().map(|v| pct(&mut v.clone(), 0.5)).collect();
     let p99: Vec<f64> = lat.iter().map(|v| pct(&mut v.clone(), 0.99)).collect();
+    (ok, bad, p50, p99)
+}
+
+fn html(ops: &[Op], windows: &[Window], s: &Summary) -> String {
+    let secs = s.seconds.ceil().max(1.0) as usize;
+    let (ok, bad, p50, p99) = series(ops, secs);
     let mut page = String::from(
         "<!doctype html><meta charset=utf-8><title>norn-jepsen run</title>\
          <style>body{font:14px sans-serif;margin:2em}pre{background:#f6f6f6;padding:1em}</style>",
@@ -189,7 +206,11 @@ fn html(ops: &[Op], windows: &[Window], s: &Summary) -> String {
             escape(&w.detail)
         );
     }
-    page.push_str("</ul><p>Shaded: fault windows. Files: history.jsonl, nemesis.jsonl, summary.json, logs/.</p>");
+    page.push_str(
+        "</ul><h2>The same charts as PNG files</h2><p><img src='throughput.png' alt='throughput'><br>\
+         <img src='latency.png' alt='latency'></p><p>Shaded: fault windows. Files: history.jsonl, nemesis.jsonl, \
+         summary.json, throughput.png, latency.png, logs/.</p>",
+    );
     page
 }
 

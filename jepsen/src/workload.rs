@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use norn_client::workflow::{ActivityOptions, WfContext, WfResult};
-use norn_client::{Client, ClientOptions, Error, RetryOptions, StartOptions, Worker, WorkerOptions};
+use norn_client::{Client, ClientOptions, Error, RetryOptions, StartOptions, UpdateWait, Worker, WorkerOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -18,8 +18,17 @@ use crate::history::{Kind, Recorder};
 pub const QUEUE: &str = "jepsen";
 
 /// The workflow: an activity and a timer, then signals until the finish signal (-1); returns the
-/// signals it saw, in order.
+/// signals it saw, in order. It also holds a register: the update `set` writes it, the query
+/// `get` reads it (the linearizability checker's per-workflow register).
 pub async fn jepsen_wf(ctx: WfContext, _: ()) -> WfResult<Vec<i64>> {
+    let reg: std::rc::Rc<std::cell::Cell<Option<i64>>> = Default::default();
+    let r = reg.clone();
+    ctx.query_handler("get", move |_: ()| r.get());
+    let r = reg.clone();
+    ctx.update_handler("set", move |_ctx, v: i64| {
+        r.set(Some(v));
+        async { Ok(()) }
+    });
     let ops = ctx.signal_channel::<i64>("op");
     let _: u64 = ctx.activity("touch", &1u64, ActivityOptions::start_to_close(Duration::from_secs(10))).await?;
     ctx.sleep(Duration::from_millis(100)).await?;
@@ -85,6 +94,8 @@ pub struct Shared {
     pub maybe: BTreeMap<String, u64>,
     /// Next sequence number per workflow.
     pub next_seq: BTreeMap<String, i64>,
+    /// Next register value per workflow.
+    pub next_value: BTreeMap<String, i64>,
 }
 
 /// One logical client: operations against node `node` until `stop`.
@@ -146,7 +157,34 @@ pub async fn process(
                 }
             };
             let Some((wf, run)) = target else { continue };
-            if roll < 80 {
+            if roll < 68 {
+                // Write the workflow's register: an update with a value never written before.
+                let value = {
+                    let mut s = shared.lock().await;
+                    let n = s.next_value.entry(wf.clone()).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                rec.push(p, Kind::Invoke, "write", &wf, node, json!(value));
+                let id = format!("set-{wf}-{value}");
+                let r = match c.start_update(&wf, Some(&run), "set", &value, UpdateWait::Completed, Some(id)).await {
+                    Ok(u) => u.result::<()>().await,
+                    Err(e) => Err(e),
+                };
+                match r {
+                    Ok(()) => rec.push(p, Kind::Ok, "write", &wf, node, json!(value)),
+                    Err(e) => {
+                        rec.push(p, outcome(&e), "write", &wf, node, json!({"value": value, "error": e.to_string()}))
+                    }
+                }
+            } else if roll < 72 {
+                // Read it: a query.
+                rec.push(p, Kind::Invoke, "read", &wf, node, json!(null));
+                match c.workflow_handle(wf.clone(), Some(run.clone())).query::<_, Option<i64>>("get", &()).await {
+                    Ok(v) => rec.push(p, Kind::Ok, "read", &wf, node, json!(v)),
+                    Err(e) => rec.push(p, outcome(&e), "read", &wf, node, json!(e.to_string())),
+                }
+            } else if roll < 84 {
                 rec.push(p, Kind::Invoke, "describe", &wf, node, json!(null));
                 match c.describe(&wf, Some(&run)).await {
                     Ok(d) => rec.push(

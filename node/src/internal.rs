@@ -65,13 +65,22 @@ impl Internal for InternalService {
             return Err(refused);
         }
         let started = tokio::time::Instant::now();
-        match self.router.raft().propose(req.shard, req.payload).await {
+        // Detached from this call: if the proposer's connection breaks mid-proposal (dropping
+        // this future), the command may still commit, and its effects must still run here.
+        let router = self.router.clone();
+        let shard = req.shard;
+        let proposed = tokio::spawn(async move {
+            let r = router.raft().propose(shard, req.payload).await;
+            r.map(|result| router.take_effects(shard, result))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("proposal task failed: {e}")))?;
+        match proposed {
             Ok(result) => {
                 self.router.metrics().observe_propose(started.elapsed());
-                let result = self.router.take_effects(req.shard, result);
                 Ok(Response::new(ProposeResponse { result, peer: self.peer() }))
             }
-            Err(e) => Err(self.refusal(req.shard, miss_of(e, me))),
+            Err(e) => Err(self.refusal(shard, miss_of(e, me))),
         }
     }
 

@@ -274,6 +274,83 @@ async fn a_home_leader_restarted_in_its_own_term_is_offered_its_tasks_again() {
     }
 }
 
+/// A command whose caller went away mid-proposal (the client's connection broke, dropping the
+/// request on the node) may still commit; what it sets off must still happen. Found by
+/// norn-jepsen: a signal sent as a partition began scheduled a workflow task nobody offered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_whose_caller_went_away_mid_proposal_still_has_its_task_offered() {
+    use norn_proto::protos::temporal::api::workflowservice::v1::{
+        PollWorkflowTaskQueueRequest, RespondWorkflowTaskCompletedRequest,
+    };
+    // Elections slow enough that a 1 s cut does not depose the leader: its entry then commits.
+    let raft = norn_raft::RaftOptions {
+        election_timeout_ms_min: 4_000,
+        election_timeout_ms_max: 5_000,
+        heartbeat_interval_ms: 100,
+        propose_timeout_ms: 10_000,
+        ..Default::default()
+    };
+    let c = Cluster::start(3, 1, raft).await;
+    let leader = c.leader_of(0).await;
+    let others: Vec<u64> = (1..=3).filter(|n| *n != leader).collect();
+    let addr = c.addr(leader);
+    let mut req = start_request("gone", "wf");
+    req.task_queue = Some(TaskQueue { name: "q-gone".into(), ..Default::default() });
+    wf_client(&addr).start_workflow_execution(req).await.expect("start");
+    let poll = || PollWorkflowTaskQueueRequest {
+        namespace: "default".into(),
+        task_queue: Some(TaskQueue { name: "q-gone".into(), ..Default::default() }),
+        identity: "test".into(),
+        ..Default::default()
+    };
+    // The first workflow task, completed with no commands: the run waits, no task pending.
+    let first = wf_client(&addr).poll_workflow_task_queue(poll()).await.expect("poll").into_inner();
+    assert!(!first.task_token.is_empty(), "no first workflow task");
+    wf_client(&addr)
+        .respond_workflow_task_completed(RespondWorkflowTaskCompletedRequest {
+            namespace: "default".into(),
+            task_token: first.task_token,
+            identity: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("complete the first task");
+    // The leader cut off from its followers: the signal's entry cannot commit yet, and its
+    // caller gives up after 300 ms (the stream is reset, the node drops the request).
+    c.partition(leader, others.clone()).await;
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .timeout(Duration::from_millis(300))
+        .connect_lazy();
+    let signal = SignalWorkflowExecutionRequest {
+        namespace: "default".into(),
+        workflow_execution: Some(WorkflowExecution { workflow_id: "gone".into(), run_id: String::new() }),
+        signal_name: "s".into(),
+        request_id: "gone-signal".into(),
+        ..Default::default()
+    };
+    let r = norn_proto::WorkflowServiceClient::new(ch).signal_workflow_execution(signal).await;
+    assert!(r.is_err(), "the signal was answered while its shard's leader was cut off: {r:?}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    c.partition(leader, vec![]).await;
+    // The entry commits; the workflow task it scheduled must reach a poller.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = wf_client(&addr).poll_workflow_task_queue(poll()).await.map(|r| r.into_inner());
+        if let Ok(t) = t {
+            if t.workflow_execution.as_ref().is_some_and(|e| e.workflow_id == "gone") {
+                assert_eq!(c.leader_of(0).await, leader, "the leader changed: the test proves nothing");
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workflow task the signal scheduled was never offered\n{}",
+            c.logs()
+        );
+    }
+}
+
 async fn namespace_id(addr: &str) -> String {
     use norn_proto::protos::temporal::api::workflowservice::v1::DescribeNamespaceRequest;
     wf_client(addr)

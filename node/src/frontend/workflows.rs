@@ -254,14 +254,33 @@ impl Frontend {
         Ok(limits)
     }
 
+    /// Proposes `cmd` to its shard; the caller runs the effects of what it returns. The proposal
+    /// runs detached from the caller: a caller that goes away mid-proposal (its client's
+    /// connection broke, dropping the request's future) leaves a command that may well commit,
+    /// and the detached proposal then runs its effects itself. Otherwise nobody would offer the
+    /// tasks it scheduled (found by norn-jepsen: a signal sent as a partition began scheduled a
+    /// workflow task nobody ever offered).
     pub(super) async fn propose(&self, shard: u32, cmd: WorkflowCommand) -> Result<WorkflowResult, Status> {
-        match self.router.propose_command(shard, &ShardCommand::Workflow(cmd)).await? {
-            ShardResult::Workflow(WorkflowResult::StorageFailed(e)) => {
-                Err(Status::internal(format!("shard {shard} storage failure: {e}")))
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let r = match this.router.propose_command(shard, &ShardCommand::Workflow(cmd)).await {
+                Ok(ShardResult::Workflow(WorkflowResult::StorageFailed(e))) => {
+                    Err(Status::internal(format!("shard {shard} storage failure: {e}")))
+                }
+                Ok(ShardResult::Workflow(r)) => Ok(r),
+                Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
+                Err(e) => Err(e),
+            };
+            if let Err(Ok(WorkflowResult::Applied { run, effects, next_run, .. })) = tx.send(r) {
+                tracing::debug!(shard, workflow_id = %run.workflow_id, "the proposer went away; running the effects of its command");
+                this.run_effects(shard, &run, effects);
+                if let Some((next, next_effects)) = next_run {
+                    this.run_effects(shard, &next, next_effects);
+                }
             }
-            ShardResult::Workflow(r) => Ok(r),
-            other => Err(Status::internal(format!("unexpected result {other:?}"))),
-        }
+        });
+        rx.await.map_err(|_| Status::internal("the proposal's task ended without an answer"))?
     }
 
     /// Proposes and runs the effects; returns the applied run and last event id.
