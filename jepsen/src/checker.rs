@@ -25,6 +25,9 @@ pub struct Final {
     /// Per workflow id: the values of the `set` updates its history accepted, in history order.
     #[serde(default)]
     pub updates: BTreeMap<String, Vec<i64>>,
+    /// Per workflow id: the scheduled event id of each event that closed an activity, in order.
+    #[serde(default)]
+    pub activity_closes: BTreeMap<String, Vec<i64>>,
 }
 
 /// One violation: the checker, the workflow, what is wrong and the operations that show it.
@@ -62,6 +65,9 @@ pub const CHECKERS: &[&str] = &[
     "event-times-monotonic",
     "register-linearizable",
     "updates-exactly-once",
+    "activities-closed-once",
+    "cancels-applied",
+    "nodes-never-panic",
 ];
 
 /// Steps the linearizability search may take per workflow before it gives up (no verdict).
@@ -232,10 +238,67 @@ pub fn check(ops: &[Op], fin: &Final) -> Vec<Violation> {
             }
         }
     }
-    // Every workflow whose start was acknowledged finished after the heal.
+    // Cancels: an acknowledged cancel ends the run canceled (the workflow never ends by itself
+    // before its finish signal, which is sent after every cancel); a run nobody may have
+    // canceled is never canceled. Cancels never wait on anything, so an indeterminate one may
+    // or may not have happened.
+    let mut cancels: BTreeMap<String, Vec<(Kind, Op)>> = BTreeMap::new();
+    for p in ps.iter().filter(|p| p.invoke.f == "cancel") {
+        let kind = p.done.as_ref().map(|d| d.kind).unwrap_or(Kind::Info);
+        let op = p.done.clone().unwrap_or_else(|| p.invoke.clone());
+        cancels.entry(p.invoke.wf.clone()).or_default().push((kind, op));
+    }
+    let canceled = "WORKFLOW_EXECUTION_STATUS_CANCELED";
+    for (wf, (_, status)) in &fin.runs {
+        let list = cancels.get(wf).map(Vec::as_slice).unwrap_or_default();
+        let acked = list.iter().any(|c| c.0 == Kind::Ok);
+        let maybe = list.iter().any(|c| c.0 != Kind::Fail);
+        let ops: Vec<Op> = list.iter().map(|c| c.1.clone()).collect();
+        if acked && status != canceled {
+            out.push(v("cancels-applied", wf, format!("an acknowledged cancel, but the run ended {status}"), ops));
+        } else if !maybe && status == canceled {
+            out.push(v("cancels-applied", wf, "the run ended canceled, but no cancel may have happened".into(), ops));
+        }
+        let requested =
+            fin.event_types.get(wf).map(|t| t.iter().filter(|t| *t == "WORKFLOW_EXECUTION_CANCEL_REQUESTED").count());
+        if let Some(n) = requested.filter(|n| *n > 1) {
+            out.push(v("cancels-applied", wf, format!("{n} cancel requests recorded in one run"), vec![]));
+        }
+    }
+    // Activities: no activity closed twice (a result applied twice), none closed that was not
+    // scheduled.
+    for (wf, closes) in &fin.activity_closes {
+        let mut seen = std::collections::BTreeSet::new();
+        for id in closes {
+            if !seen.insert(*id) {
+                out.push(v(
+                    "activities-closed-once",
+                    wf,
+                    format!("the activity scheduled by event {id} was closed twice"),
+                    vec![],
+                ));
+            }
+            let scheduled = fin
+                .event_types
+                .get(wf)
+                .and_then(|t| t.get((*id as usize).wrapping_sub(1)))
+                .is_some_and(|t| t == "ACTIVITY_TASK_SCHEDULED");
+            if !scheduled {
+                out.push(v(
+                    "activities-closed-once",
+                    wf,
+                    format!("an activity closed for event {id}, which is not an ACTIVITY_TASK_SCHEDULED"),
+                    vec![],
+                ));
+            }
+        }
+    }
+    // Every workflow whose start was acknowledged finished after the heal (canceled, where a
+    // cancel may have happened).
     for wf in ok_runs.keys() {
         if let Some((_, status)) = fin.runs.get(wf) {
-            if status != "WORKFLOW_EXECUTION_STATUS_COMPLETED" {
+            let may_cancel = cancels.get(wf).is_some_and(|l| l.iter().any(|c| c.0 != Kind::Fail));
+            if status != "WORKFLOW_EXECUTION_STATUS_COMPLETED" && !(may_cancel && status == canceled) {
                 let tail: Vec<&String> =
                     fin.event_types.get(wf).map(|t| t.iter().rev().take(12).rev().collect()).unwrap_or_default();
                 let ops = ops.iter().filter(|o| &o.wf == wf).cloned().collect();
@@ -279,6 +342,30 @@ pub fn check(ops: &[Op], fin: &Final) -> Vec<Violation> {
                     ));
                 }
             }
+        }
+    }
+    out
+}
+
+/// Nodes never panic: any panic in a node's log (a request, bytes from a peer or the disk, an
+/// assertion of the Raft library) is a violation, with its message.
+pub fn panics(logs: &[(u64, std::path::PathBuf)]) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for (id, path) in logs {
+        let Ok(text) = std::fs::read_to_string(path) else { continue };
+        let mut lines = text.lines();
+        let mut n = 0usize;
+        let mut first = None;
+        while let Some(l) = lines.next() {
+            if l.contains("panicked at ") {
+                n += 1;
+                if first.is_none() {
+                    first = Some(format!("{} {}", l.trim(), lines.next().unwrap_or_default().trim()));
+                }
+            }
+        }
+        if let Some(first) = first {
+            out.push(v("nodes-never-panic", "", format!("node {id} panicked {n} times; the first: {first}"), vec![]));
         }
     }
     out
@@ -439,5 +526,49 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].checker, "event-times-monotonic");
         assert_eq!(found[0].wf, "back");
+    }
+
+    #[test]
+    fn a_lost_cancel_an_unasked_cancel_and_a_twice_closed_activity_are_violations() {
+        let canceled = "WORKFLOW_EXECUTION_STATUS_CANCELED";
+        let ops = vec![
+            op(1, Kind::Invoke, "start", "x", 1, json!(null)),
+            op(1, Kind::Ok, "start", "x", 2, json!("r1")),
+            op(1, Kind::Invoke, "cancel", "x", 3, json!(null)),
+            op(1, Kind::Ok, "cancel", "x", 4, json!(null)),
+            op(1, Kind::Invoke, "start", "y", 5, json!(null)),
+            op(1, Kind::Ok, "start", "y", 6, json!("r2")),
+        ];
+        let mut fin = Final::default();
+        fin.runs.insert("x".into(), ("r1".into(), canceled.into()));
+        fin.runs.insert("y".into(), ("r2".into(), "WORKFLOW_EXECUTION_STATUS_COMPLETED".into()));
+        let types = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        fin.event_types.insert("y".into(), types(&["WORKFLOW_EXECUTION_STARTED", "ACTIVITY_TASK_SCHEDULED"]));
+        fin.activity_closes.insert("y".into(), vec![2]);
+        assert!(check(&ops, &fin).is_empty(), "{:?}", check(&ops, &fin));
+        // The acknowledged cancel lost, the other run canceled by nobody, an activity closed twice.
+        fin.runs.insert("x".into(), ("r1".into(), "WORKFLOW_EXECUTION_STATUS_COMPLETED".into()));
+        fin.runs.insert("y".into(), ("r2".into(), canceled.into()));
+        fin.activity_closes.insert("y".into(), vec![2, 2]);
+        let found = check(&ops, &fin);
+        assert!(found.iter().any(|x| x.checker == "cancels-applied" && x.wf == "x"), "{found:?}");
+        assert!(found.iter().any(|x| x.checker == "cancels-applied" && x.wf == "y"), "{found:?}");
+        assert!(found.iter().any(|x| x.checker == "activities-closed-once" && x.wf == "y"), "{found:?}");
+    }
+
+    #[test]
+    fn a_panic_in_a_node_log_is_a_violation() {
+        let dir = std::env::temp_dir().join(format!("norn-jepsen-panic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (calm, bad) = (dir.join("1.log"), dir.join("2.log"));
+        std::fs::write(&calm, "INFO started\n").unwrap();
+        std::fs::write(&bad, "INFO started\nthread 'main' panicked at src/x.rs:1:2:\nboom\n").unwrap();
+        let found = panics(&[(1, calm), (2, bad)]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].detail.starts_with("node 2 panicked 1 times") && found[0].detail.contains("boom"),
+            "{found:?}"
+        );
     }
 }

@@ -143,6 +143,8 @@ impl Cluster {
                 enable_test_map: true,
                 worker_threads: local_cluster::threads_per_node(n),
                 disk_reserve_bytes: 64 << 20,
+                // Every kill is a power loss: what a node did not sync is gone.
+                lose_unsynced_on_kill: true,
                 raft: norn_raft::RaftOptions::default(),
             };
             let config = node_dir.join("norn.toml");

@@ -123,6 +123,7 @@ pub async fn run(o: &Options) -> anyhow::Result<report::Summary> {
     shared_cluster.lock().await.stop_all();
     let ops = rec.ops();
     let mut violations = checker::check(&ops, &fin);
+    violations.extend(checker::panics(&logs));
     if ready_failed(&fin, &shared).await {
         violations.push(checker::Violation {
             checker: "every-workflow-finishes".into(),
@@ -173,8 +174,8 @@ async fn finish(
             async move {
                 loop {
                     match c.signal_with_request_id(&wf, None, "op", &-1i64, &format!("finish-{wf}")).await {
-                        Ok(()) => break,
-                        Err(norn_client::Error::NotFound(_)) => return (wf, None),
+                        // NotFound: never started, or already closed (canceled); describe says which.
+                        Ok(()) | Err(norn_client::Error::NotFound(_)) => break,
                         Err(_) if tokio::time::Instant::now() < deadline => {
                             tokio::time::sleep(Duration::from_millis(200)).await
                         }
@@ -220,13 +221,21 @@ async fn finish(
         .iter()
         .flat_map(|(wf, (run, _))| (1..=direct.len() as u64).map(move |n| (wf.clone(), run.clone(), n)))
         .collect();
+    // Bounded: a cluster that cannot answer (a shard with no leader) must not hold the report
+    // back for hours; what was not read in time is missing from the comparison, and the
+    // workflows' own checkers already say they did not finish.
+    let reads_deadline = tokio::time::Instant::now() + Duration::from_secs(240);
     let results: Vec<Reads> = futures::stream::iter(jobs)
         .map(|(wf, run, node)| {
             let cl = clients[(node - 1) as usize].clone();
             let addr = direct[(node - 1) as usize].clone();
             async move {
-                let events = cl.fetch_history(&wf, Some(&run)).await.ok();
-                let local = local_history(&addr, &wf, &run).await;
+                let events = tokio::time::timeout_at(reads_deadline, cl.fetch_history(&wf, Some(&run)))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok());
+                let local =
+                    tokio::time::timeout_at(reads_deadline, local_history(&addr, &wf, &run)).await.ok().flatten();
                 (wf, node, events, local)
             }
         })
@@ -238,6 +247,7 @@ async fn finish(
             if node == 1 {
                 fin.signals.insert(wf.clone(), signals(&events));
                 fin.updates.insert(wf.clone(), updates(&events));
+                fin.activity_closes.insert(wf.clone(), activity_closes(&events));
                 let types = events
                     .iter()
                     .map(|e| {
@@ -303,6 +313,21 @@ fn signals(events: &[HistoryEvent]) -> Vec<i64> {
                 .and_then(|p| p.payloads.first())
                 .and_then(|p| serde_json::from_slice::<i64>(&p.data).ok())
                 .filter(|v| *v >= 0),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The scheduled event id of every event that closes an activity (completed, failed, timed out,
+/// canceled), in history order.
+fn activity_closes(events: &[HistoryEvent]) -> Vec<i64> {
+    events
+        .iter()
+        .filter_map(|e| match &e.attributes {
+            Some(Attributes::ActivityTaskCompletedEventAttributes(a)) => Some(a.scheduled_event_id),
+            Some(Attributes::ActivityTaskFailedEventAttributes(a)) => Some(a.scheduled_event_id),
+            Some(Attributes::ActivityTaskTimedOutEventAttributes(a)) => Some(a.scheduled_event_id),
+            Some(Attributes::ActivityTaskCanceledEventAttributes(a)) => Some(a.scheduled_event_id),
             _ => None,
         })
         .collect()

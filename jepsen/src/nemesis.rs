@@ -16,6 +16,7 @@ use crate::history::Recorder;
 /// Every nemesis `--nemesis all` runs.
 pub const ALL: &[&str] = &[
     "kill",
+    "power-outage",
     "pause",
     "partition-one",
     "partition-halves",
@@ -59,6 +60,8 @@ pub struct Window {
 enum Undo {
     /// Restart a killed node.
     Restart(u64),
+    /// Restart killed nodes.
+    RestartAll(Vec<u64>),
     /// SIGCONT a paused node.
     Continue(u64),
     /// Every link back to normal (ends every network fault of the round).
@@ -86,7 +89,7 @@ struct State {
 fn compatible(a: &str, b: &str) -> bool {
     const NET: &[&str] =
         &["partition-one", "partition-halves", "partition-leader", "partition-ring", "one-way", "delay", "loss"];
-    const PROCESS: &[&str] = &["kill", "pause", "stale-copy", "other-cluster", "disk-fail"];
+    const PROCESS: &[&str] = &["kill", "power-outage", "pause", "stale-copy", "other-cluster", "disk-fail"];
     let both = |set: &[&str]| set.contains(&a) && set.contains(&b);
     a != b && !both(NET) && !both(PROCESS)
 }
@@ -170,6 +173,28 @@ async fn begin(
                 }
             }
             (format!("SIGKILL node {pick}, then restart"), Undo::Restart(pick), Some(pick))
+        }
+        "power-outage" => {
+            // A majority loses power at once: every node runs with `lose_unsynced_on_kill`, so
+            // what each had not synced is gone. Nothing acknowledged may be lost with it.
+            let mut down = free.clone();
+            for i in (1..down.len()).rev() {
+                down.swap(i, st.rng.gen_range(0..=i));
+            }
+            down.truncate(n as usize / 2 + 1);
+            if down.len() < n as usize / 2 + 1 {
+                return Ok(None);
+            }
+            down.sort_unstable();
+            let mut c = cluster.lock().await;
+            for id in &down {
+                c.kill(*id);
+            }
+            (
+                format!("power lost on nodes {down:?} at once (unsynced writes gone), then restart"),
+                Undo::RestartAll(down),
+                None,
+            )
         }
         "pause" => {
             cluster.lock().await.pause(pick, true);
@@ -287,6 +312,11 @@ async fn end(cluster: &Shared, undo: Undo) -> anyhow::Result<()> {
     let mut c = cluster.lock().await;
     match undo {
         Undo::Restart(id) => c.restart(id)?,
+        Undo::RestartAll(ids) => {
+            for id in ids {
+                c.restart(id)?;
+            }
+        }
         Undo::Continue(id) => c.pause(id, false),
         Undo::Heal => c.net.heal(),
         Undo::Impostor(mut imp, id) => {

@@ -1,6 +1,7 @@
 //! The workload, driven by Norn's Rust SDK: workflows started with unique and with colliding ids,
-//! signals carrying sequence numbers, describes and history reads through every node, and
-//! workers on every node running a workflow with an activity and a timer.
+//! signals carrying sequence numbers, updates and queries of a per-workflow register, cancels,
+//! describes and history reads through every node, and workers on every node running a workflow
+//! with an activity and a timer.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -122,11 +123,40 @@ pub async fn process(
             // Two processes race for the same id.
             let wf = format!("c-{}", k / 4 % 50 + 1000 * (p % 2));
             start(&c, &rec, &shared, p, node, &wf, "start-collide").await;
-        } else if roll < 60 {
-            // A signal with the next sequence number to a workflow this process started.
+        } else if roll < 14 {
+            // A workflow this process will cancel.
+            let wf = format!("x-{p}-{k}");
+            start(&c, &rec, &shared, p, node, &wf, "start").await;
+        } else if roll < 17 {
             let target = {
                 let s = shared.lock().await;
-                let mine: Vec<&String> = s.started.iter().filter(|(_, (q, _))| *q == p).map(|(w, _)| w).collect();
+                let mine: Vec<(&String, &String)> = s
+                    .started
+                    .iter()
+                    .filter(|(w, (q, _))| *q == p && w.starts_with("x-"))
+                    .map(|(w, (_, r))| (w, r))
+                    .collect();
+                (!mine.is_empty()).then(|| {
+                    let (w, r) = mine[rng.gen_range(0..mine.len())];
+                    (w.clone(), r.clone())
+                })
+            };
+            let Some((wf, run)) = target else { continue };
+            rec.push(p, Kind::Invoke, "cancel", &wf, node, json!(null));
+            match c.cancel(&wf, Some(&run), "jepsen").await {
+                Ok(()) => rec.push(p, Kind::Ok, "cancel", &wf, node, json!(null)),
+                // NotFound: the run is closed, perhaps by an earlier attempt of this very call
+                // (the SDK retries), so it may have happened.
+                Err(e @ Error::NotFound(_)) => rec.push(p, Kind::Info, "cancel", &wf, node, json!(e.to_string())),
+                Err(e) => rec.push(p, outcome(&e), "cancel", &wf, node, json!(e.to_string())),
+            }
+        } else if roll < 60 {
+            // A signal with the next sequence number to a workflow this process started (not one
+            // it may cancel).
+            let target = {
+                let s = shared.lock().await;
+                let mine: Vec<&String> =
+                    s.started.iter().filter(|(w, (q, _))| *q == p && !w.starts_with("x-")).map(|(w, _)| w).collect();
                 if mine.is_empty() {
                     None
                 } else {

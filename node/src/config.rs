@@ -62,6 +62,10 @@ pub struct NodeConfig {
     /// Accept fault-injection calls (tests and chaos runs only).
     #[serde(default)]
     pub enable_fault_injection: bool,
+    /// Chaos tests only (needs `enable_fault_injection`): writes not yet synced stay inside the
+    /// process, so a SIGKILL loses them the way a power loss loses the page cache.
+    #[serde(default)]
+    pub lose_unsynced_on_kill: bool,
     /// Accept writes of the replicated test map (`norn kv put`) on the client port. Off in
     /// `norn server` by default: the client port then writes no state but through the Temporal
     /// API. `norn dev` and `norn cluster up` turn it on.
@@ -154,6 +158,11 @@ impl NodeConfig {
         if self.replicas == 0 {
             return Err(ConfigError("replicas must be at least 1".into()));
         }
+        if self.lose_unsynced_on_kill && !self.enable_fault_injection {
+            return Err(ConfigError(
+                "lose_unsynced_on_kill is for chaos tests: it needs enable_fault_injection".into(),
+            ));
+        }
         if self.worker_threads > WORKER_THREADS_MAX {
             return Err(ConfigError(format!(
                 "worker_threads must be 0 (one per core) to {WORKER_THREADS_MAX}, got {}",
@@ -214,6 +223,7 @@ mod tests {
             enable_fault_injection: false,
             enable_test_map: false,
             disk_reserve_bytes: 256 << 20,
+            lose_unsynced_on_kill: false,
             raft: RaftOptions::default(),
         }
     }
@@ -241,6 +251,12 @@ mod tests {
         let mut c = cfg();
         c.worker_threads = WORKER_THREADS_MAX + 1;
         assert!(c.validate().is_err());
+        // Losing unsynced writes on a kill is for chaos runs only.
+        let mut c = cfg();
+        c.lose_unsynced_on_kill = true;
+        assert!(c.validate().unwrap_err().to_string().contains("enable_fault_injection"));
+        c.enable_fault_injection = true;
+        c.validate().unwrap();
     }
 
     #[test]

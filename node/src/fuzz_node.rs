@@ -177,6 +177,7 @@ async fn start_node() -> Result<(crate::server::RunningNode, tonic::transport::C
         enable_test_map: false,
         worker_threads: 0,
         disk_reserve_bytes: 0,
+        lose_unsynced_on_kill: false,
         raft: norn_raft::RaftOptions {
             election_timeout_ms_min: 150,
             election_timeout_ms_max: 300,

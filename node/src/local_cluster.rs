@@ -154,6 +154,7 @@ pub fn lay_out(spec: &ClusterSpec) -> anyhow::Result<ClusterFile> {
             enable_test_map: true,
             worker_threads: threads_per_node(spec.nodes),
             disk_reserve_bytes: 256 << 20,
+            lose_unsynced_on_kill: false,
             raft: spec.raft.clone(),
         };
         let config = dir.join("norn.toml");

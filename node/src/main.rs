@@ -293,6 +293,7 @@ fn server_config(a: ServerArgs) -> anyhow::Result<NodeConfig> {
             enable_test_map: false,
             worker_threads: 0,
             disk_reserve_bytes: 256 << 20,
+            lose_unsynced_on_kill: false,
             raft: RaftOptions::default(),
         },
     };
@@ -448,6 +449,7 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
                 enable_test_map: true,
                 worker_threads: 0,
                 disk_reserve_bytes: 256 << 20,
+                lose_unsynced_on_kill: false,
                 raft: RaftOptions {
                     election_timeout_ms_min: 150,
                     election_timeout_ms_max: 300,

@@ -297,7 +297,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         Some(a) => Some(TcpListener::bind(a).await.with_context(|| format!("bind metrics address {a}"))?),
         None => None,
     };
-    let engine = open_store(&config.data_dir.join("db"))?;
+    let engine = open_store(&config.data_dir.join("db"), config.lose_unsynced_on_kill)?;
     let platform = Platform {
         engine,
         connector: Arc::new(TcpConnector),
@@ -311,15 +311,16 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
 
 /// Opens the node's RocksDB store.
 #[cfg(feature = "rocksdb")]
-fn open_store(db_path: &std::path::Path) -> anyhow::Result<Arc<dyn Engine>> {
-    let engine = norn_storage::RocksEngine::open(db_path, &norn_storage::RocksOptions::default())
+fn open_store(db_path: &std::path::Path, lose_unsynced_on_kill: bool) -> anyhow::Result<Arc<dyn Engine>> {
+    let options = norn_storage::RocksOptions { lose_unsynced_on_kill, ..Default::default() };
+    let engine = norn_storage::RocksEngine::open(db_path, &options)
         .with_context(|| format!("open store in {}", db_path.display()))?;
     Ok(Arc::new(engine))
 }
 
 /// A build without RocksDB (the libFuzzer targets) cannot open a store on disk.
 #[cfg(not(feature = "rocksdb"))]
-fn open_store(db_path: &std::path::Path) -> anyhow::Result<Arc<dyn Engine>> {
+fn open_store(db_path: &std::path::Path, _lose_unsynced_on_kill: bool) -> anyhow::Result<Arc<dyn Engine>> {
     anyhow::bail!("this norn was built without RocksDB (cargo feature `rocksdb`) and cannot open {}", db_path.display())
 }
 

@@ -108,6 +108,7 @@ pub fn node_config(cfg: &SimConfig, id: u64) -> NodeConfig {
         // Every simulated host is one thread under turmoil; the setting is not used.
         worker_threads: 1,
         disk_reserve_bytes: 256 << 20,
+        lose_unsynced_on_kill: false,
         raft: RaftOptions {
             election_timeout_ms_min: 500,
             election_timeout_ms_max: 1000,

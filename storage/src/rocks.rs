@@ -15,11 +15,15 @@ pub struct RocksOptions {
     pub write_buffer_bytes: usize,
     /// Background compaction and flush threads.
     pub background_jobs: i32,
+    /// Tests only: keep written but unsynced WAL records inside the process until the next
+    /// sync (RocksDB's manual WAL flush), so a killed process loses them as a machine that loses
+    /// power loses its page cache. Anything acknowledged before its sync then shows as lost.
+    pub lose_unsynced_on_kill: bool,
 }
 
 impl Default for RocksOptions {
     fn default() -> Self {
-        Self { write_buffer_bytes: 64 << 20, background_jobs: 2 }
+        Self { write_buffer_bytes: 64 << 20, background_jobs: 2, lose_unsynced_on_kill: false }
     }
 }
 
@@ -42,8 +46,9 @@ impl RocksEngine {
         db_opts.create_missing_column_families(true);
         db_opts.set_max_background_jobs(options.background_jobs);
         db_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        // Keep the WAL ours to sync: every durable write is an explicit sync.
-        db_opts.set_manual_wal_flush(false);
+        // Keep the WAL ours to sync: every durable write is an explicit sync. Unsynced records
+        // go to the OS at once (a killed process keeps them), unless a test asks to lose them.
+        db_opts.set_manual_wal_flush(options.lose_unsynced_on_kill);
         // Recovery tolerates only a torn last record of a log (a crash while writing it, never
         // synced, never acknowledged). Corruption anywhere else refuses to open: RocksDB's
         // default (point in time) would silently drop every synced record after it, votes and

@@ -74,6 +74,48 @@ mod rocks {
         run_all(|| Rocks { dir: tempfile::tempdir().expect("tempdir") });
     }
 
+    /// A killed process keeps the writes it handed to the OS, synced or not (the page cache
+    /// outlives it); with `lose_unsynced_on_kill` (chaos runs) the unsynced ones die with it, as
+    /// with a power loss. The test runs itself as a child process that writes and aborts.
+    #[test]
+    fn a_killed_process_loses_unsynced_writes_only_with_lose_unsynced_on_kill() {
+        use norn_storage::{Cf, WriteBatch};
+        let put = |e: &RocksEngine, k: &[u8], sync: bool| {
+            let mut b = WriteBatch::new();
+            b.put(Cf::State, k.to_vec(), b"v".to_vec());
+            e.write(b, sync).unwrap();
+        };
+        if let Ok(path) = std::env::var("NORN_STORAGE_TEST_CHILD_DB") {
+            let lose_unsynced_on_kill = std::env::var("NORN_STORAGE_TEST_CHILD_LOSE").is_ok();
+            let options = RocksOptions { lose_unsynced_on_kill, ..Default::default() };
+            let e = RocksEngine::open(Path::new(&path), &options).unwrap();
+            put(&e, b"synced", true);
+            put(&e, b"unsynced", false);
+            // Dies without running a destructor, as a SIGKILL would.
+            std::process::abort();
+        }
+        for lose in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("db");
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+            child
+                .args(["--exact", "rocks::a_killed_process_loses_unsynced_writes_only_with_lose_unsynced_on_kill"])
+                .args(["--nocapture", "--test-threads=1"])
+                .env("NORN_STORAGE_TEST_CHILD_DB", &path)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            if lose {
+                child.env("NORN_STORAGE_TEST_CHILD_LOSE", "1");
+            }
+            let status = child.status().unwrap();
+            assert!(!status.success(), "the child must die in the middle");
+            let e = RocksEngine::open(&path, &RocksOptions::default()).unwrap();
+            assert!(e.get(Cf::State, b"synced").unwrap().is_some(), "a synced write is lost (lose={lose})");
+            let unsynced = e.get(Cf::State, b"unsynced").unwrap().is_some();
+            assert_eq!(unsynced, !lose, "unsynced write kept: {unsynced}, with lose_unsynced_on_kill = {lose}");
+        }
+    }
+
     #[test]
     fn rocksdb_reports_a_corrupt_directory_instead_of_panicking() {
         let dir = tempfile::tempdir().unwrap();
