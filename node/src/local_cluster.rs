@@ -407,10 +407,21 @@ pub fn write_file(dir: &Path, file: &ClusterFile) -> anyhow::Result<()> {
     std::fs::write(&path, serde_json::to_vec_pretty(file)?).with_context(|| format!("write {}", path.display()))
 }
 
-/// Stops every recorded node: SIGTERM, then SIGKILL after `grace`.
+/// Stops every node of the cluster: the processes `cluster up` recorded, and any process of this
+/// cluster answering on a node's address (a node restarted by hand); SIGTERM, then SIGKILL after
+/// `grace`. Another cluster's process on an address is left alone.
 pub async fn down(dir: &Path, grace: Duration) -> anyhow::Result<usize> {
     let mut file = read_file(dir)?;
-    let pids: Vec<u32> = file.nodes.iter().filter_map(|n| n.pid).filter(|p| alive(*p)).collect();
+    let mut pids: Vec<u32> = file.nodes.iter().filter_map(|n| n.pid).filter(|p| alive(*p)).collect();
+    for n in &file.nodes {
+        let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(3), status(&n.client_addr)).await else { continue };
+        let own = s.nodes.iter().filter_map(|h| h.status.as_ref()).find(|st| st.node_id == n.id);
+        if let Some(st) = own.filter(|st| st.cluster_id == file.cluster_id) {
+            if !pids.contains(&st.pid) && alive(st.pid) {
+                pids.push(st.pid);
+            }
+        }
+    }
     for p in &pids {
         signal(*p, Signal::SIGTERM);
     }

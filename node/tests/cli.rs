@@ -56,9 +56,43 @@ fn cluster_up_status_kv_and_down_work_as_documented() {
         norn(&["kv", "get", "greeting", "--address", &format!("127.0.0.1:{}", base.parse::<u16>().unwrap() + 2)]);
     assert!(ok && out.trim() == "hello", "{out}");
 
+    // A node killed and restarted by hand is still this cluster's: `cluster down` stops it too.
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{data}/cluster.json")).unwrap()).unwrap();
+    let pid = file["nodes"][1]["pid"].as_u64().expect("node 2's pid").to_string();
+    assert!(Command::new("kill").args(["-9", &pid]).status().unwrap().success());
+    let mut by_hand = Command::new(env!("CARGO_BIN_EXE_norn"))
+        .args(["server", "--config", &format!("{data}/node-2/norn.toml")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut up = 0;
+    for _ in 0..150 {
+        let (_, out) = norn(&["cluster", "status", "--address", &addr]);
+        up = out.lines().filter(|l| l.contains(" up ")).count();
+        if up == 3 && by_hand.try_wait().unwrap().is_none() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(up, 3, "node 2 restarted by hand answers");
+
     drop(cleanup);
     let (ok, out) = norn(&["cluster", "status", "--address", &addr]);
     assert!(!ok, "status after down should fail to connect: {out}");
+    let mut stopped = None;
+    for _ in 0..100 {
+        stopped = by_hand.try_wait().unwrap();
+        if stopped.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if stopped.is_none() {
+        let _ = by_hand.kill();
+        panic!("cluster down left the node restarted by hand running");
+    }
 }
 
 struct Down(String);
