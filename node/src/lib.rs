@@ -23,6 +23,7 @@ pub mod admin;
 pub mod bench;
 pub mod bench_idle;
 pub mod bench_snapshot;
+pub mod bench_workflows;
 pub mod command;
 pub mod config;
 pub mod disk;

@@ -174,6 +174,27 @@ enum ClusterCmd {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Workflow throughput under an SDK worker: N workflows of K sequential activities, C in
+    /// flight, against any Temporal-API address (and `--compare` another), with one worker of
+    /// Norn's Rust SDK at its default settings; prints wf/s and latency percentiles.
+    Workflows {
+        /// The server to measure.
+        #[arg(long, default_value = "127.0.0.1:7233")]
+        address: String,
+        /// A second server to run the same load against afterwards (say `temporal server
+        /// start-dev` on another port); the ratio is printed.
+        #[arg(long)]
+        compare: Option<String>,
+        /// Workflows in all.
+        #[arg(long, default_value_t = 500)]
+        workflows: usize,
+        /// Sequential activities per workflow.
+        #[arg(long, default_value_t = 1)]
+        activities: u32,
+        /// Workflows in flight.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+    },
     /// What idle workflows cost: start workflows no worker polls, batch by batch, on a local
     /// cluster of processes, and print each batch's start rate and the nodes' idle CPU and RSS.
     Idle {
@@ -530,6 +551,10 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
                 idle_window: Duration::from_secs(idle_seconds),
             };
             norn_node::bench_idle::run(&std::env::current_exe()?, &opts).await
+        }
+        Cmd::Bench(BenchCmd::Workflows { address, compare, workflows, activities, concurrency }) => {
+            let opts = norn_node::bench_workflows::WorkflowsOptions { workflows, activities, concurrency };
+            norn_node::bench_workflows::run(&address, compare.as_deref(), &opts).await
         }
         Cmd::Bench(BenchCmd::Snapshot { mib, value_bytes, concurrency }) => {
             let opts = norn_node::bench_snapshot::SnapshotOptions { size_bytes: mib << 20, value_bytes, concurrency };
