@@ -98,7 +98,7 @@ pub async fn run_one(address: &str, o: &WorkflowsOptions) -> anyhow::Result<Row>
     let mut ms: Vec<f64> = results.iter().filter_map(|r| r.as_ref().ok()).map(|d| d.as_secs_f64() * 1000.0).collect();
     ms.sort_by(f64::total_cmp);
     let pct = |q: f64| if ms.is_empty() { 0.0 } else { ms[((ms.len() - 1) as f64 * q).round() as usize] };
-    let share = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64;
+    let share = busy1.saturating_sub(busy0) as f64 / total1.saturating_sub(total0).max(1) as f64;
     Ok(Row {
         address: address.to_string(),
         per_second: ms.len() as f64 / elapsed.max(1e-9),
