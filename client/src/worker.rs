@@ -12,8 +12,7 @@ use serde::Serialize;
 use temporalio_protos::temporal::api::common::v1::Payloads;
 use temporalio_protos::temporal::api::enums::v1::{QueryResultType, TaskQueueKind, WorkflowTaskFailedCause};
 use temporalio_protos::temporal::api::history::v1::HistoryEvent;
-use temporalio_protos::temporal::api::query::v1::WorkflowQueryResult;
-use temporalio_protos::temporal::api::taskqueue::v1::TaskQueue;
+use temporalio_protos::temporal::api::taskqueue::v1::{StickyExecutionAttributes, TaskQueue};
 use temporalio_protos::temporal::api::workflowservice::v1 as ws;
 use tokio::sync::{watch, Semaphore};
 
@@ -22,7 +21,9 @@ use crate::error::Error;
 use crate::failure::{ApplicationError, Failure, FailureKind};
 use crate::payload::{from_payloads, to_payloads};
 use crate::workflow::machine::WorkflowFn;
-use crate::workflow::{WfContext, WfResult, WorkflowMachine};
+use crate::workflow::{WfContext, WfResult};
+
+mod cache;
 
 /// The registered workflows and activities (shared by the worker and the replayer).
 #[derive(Clone, Default)]
@@ -87,15 +88,33 @@ impl Registry {
     }
 }
 
-/// Worker settings.
+/// Worker settings. The defaults are those of Temporal's SDKs.
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
     /// The task queue to poll.
     pub task_queue: String,
-    /// Workflow tasks processed at once.
+    /// Workflow tasks processed at once (polled and not yet answered).
     pub max_concurrent_workflow_tasks: usize,
     /// Activities run at once.
     pub max_concurrent_activities: usize,
+    /// Workflow task long polls kept open at once (split between the normal and the sticky
+    /// queue by [`WorkerOptions::nonsticky_to_sticky_poll_ratio`]).
+    pub max_concurrent_workflow_task_polls: usize,
+    /// Activity task long polls kept open at once.
+    pub max_concurrent_activity_task_polls: usize,
+    /// Runs whose workflow state the worker keeps between tasks, so that the next task of a run
+    /// comes to this worker's sticky queue with only the new events and replays nothing (0
+    /// turns the cache and the sticky queue off: every task then replays the whole history).
+    pub max_cached_workflows: usize,
+    /// The share of workflow polls on the normal queue; the others poll the sticky queue.
+    pub nonsticky_to_sticky_poll_ratio: f32,
+    /// How long the server keeps a run's task on this worker's sticky queue before giving it to
+    /// the normal queue (for a worker that went away).
+    pub sticky_queue_schedule_to_start_timeout: Duration,
+    /// Never ask for activities to start with the workflow task's completion. By default an
+    /// activity on the worker's own task queue is asked for eagerly when an activity slot is
+    /// free (up to 3 per workflow task), sparing a poll round trip.
+    pub disable_eager_activity_execution: bool,
     /// How long shutdown waits for in-flight tasks (activities are then canceled).
     pub graceful_shutdown_timeout: Duration,
     /// Called with each activity attempt just before it runs (tracing, metrics, tests).
@@ -116,16 +135,36 @@ impl std::fmt::Debug for AttemptHook {
     }
 }
 
+/// Activities asked for eagerly per workflow task at most (as Temporal's SDKs do).
+const EAGER_ACTIVITIES_PER_TASK: usize = 3;
+
 impl WorkerOptions {
     /// Defaults for a task queue.
     pub fn new(task_queue: impl Into<String>) -> WorkerOptions {
         WorkerOptions {
             task_queue: task_queue.into(),
-            max_concurrent_workflow_tasks: 8,
-            max_concurrent_activities: 32,
+            max_concurrent_workflow_tasks: 100,
+            max_concurrent_activities: 100,
+            max_concurrent_workflow_task_polls: 5,
+            max_concurrent_activity_task_polls: 5,
+            max_cached_workflows: 1000,
+            nonsticky_to_sticky_poll_ratio: 0.2,
+            sticky_queue_schedule_to_start_timeout: Duration::from_secs(10),
+            disable_eager_activity_execution: false,
             graceful_shutdown_timeout: Duration::from_secs(10),
             on_activity_attempt: AttemptHook::default(),
         }
+    }
+
+    /// How many workflow polls go to the normal queue and how many to the sticky queue (none
+    /// without a cache, or with a single poll).
+    fn poll_split(&self) -> (usize, usize) {
+        let total = self.max_concurrent_workflow_task_polls.max(1);
+        if self.max_cached_workflows == 0 || total < 2 {
+            return (total, 0);
+        }
+        let normal = ((total as f32 * self.nonsticky_to_sticky_poll_ratio).round() as usize).clamp(1, total - 1);
+        (normal, total - normal)
     }
 }
 
@@ -274,27 +313,73 @@ impl Worker {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (cancel_all_tx, cancel_all_rx) = watch::channel(false);
         let registry = Arc::new(self.registry.clone());
+        let (normal_polls, sticky_polls) = self.options.poll_split();
+        let sticky_queue = (sticky_polls > 0).then(|| {
+            // From the client's seeded source: the simulator replays a seed exactly.
+            let id = self.client.new_request_id();
+            format!("{}:{}-sticky-{id}", self.client.identity(), self.options.task_queue)
+        });
+        let executor = cache::Executor::start(
+            registry.clone(),
+            self.client.namespace().to_string(),
+            if sticky_queue.is_some() { self.options.max_cached_workflows } else { 0 },
+        )
+        .map_err(|e| {
+            Error::Rpc(Box::new(tonic::Status::internal(format!("could not start the worker's workflow thread: {e}"))))
+        })?;
+        let shared = Arc::new(Shared {
+            client: self.client.clone(),
+            registry: registry.clone(),
+            executor,
+            task_queue: self.options.task_queue.clone(),
+            sticky_queue: sticky_queue.clone(),
+            sticky_timeout: self.options.sticky_queue_schedule_to_start_timeout,
+            eager: !self.options.disable_eager_activity_execution && !registry.activities.is_empty(),
+            act_sem: act_sem.clone(),
+            cancel_all: cancel_all_rx.clone(),
+            hook: self.options.on_activity_attempt.clone(),
+        });
         let mut pollers = Vec::new();
         if !registry.workflows.is_empty() {
-            pollers.push(tokio::spawn(poll_workflows(
-                self.client.clone(),
-                self.options.task_queue.clone(),
-                registry.clone(),
-                wf_sem.clone(),
-                stop_rx.clone(),
-            )));
+            let normal = task_queue_of(&self.options.task_queue);
+            for _ in 0..normal_polls {
+                pollers.push(tokio::spawn(poll_workflows(
+                    shared.clone(),
+                    normal.clone(),
+                    wf_sem.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+            if let Some(name) = &sticky_queue {
+                let sticky = Some(TaskQueue {
+                    name: name.clone(),
+                    kind: TaskQueueKind::Sticky as i32,
+                    normal_name: self.options.task_queue.clone(),
+                });
+                for _ in 0..sticky_polls {
+                    pollers.push(tokio::spawn(poll_workflows(
+                        shared.clone(),
+                        sticky.clone(),
+                        wf_sem.clone(),
+                        stop_rx.clone(),
+                    )));
+                }
+            }
         }
         if !registry.activities.is_empty() {
-            pollers.push(tokio::spawn(poll_activities(
-                self.client.clone(),
-                self.options.task_queue.clone(),
-                registry.clone(),
-                act_sem.clone(),
-                stop_rx.clone(),
-                cancel_all_rx,
-                self.options.on_activity_attempt.clone(),
-            )));
+            for _ in 0..self.options.max_concurrent_activity_task_polls.max(1) {
+                pollers.push(tokio::spawn(poll_activities(
+                    self.client.clone(),
+                    self.options.task_queue.clone(),
+                    registry.clone(),
+                    act_sem.clone(),
+                    stop_rx.clone(),
+                    cancel_all_rx.clone(),
+                    self.options.on_activity_attempt.clone(),
+                )));
+            }
         }
+        drop(shared);
         shutdown.await;
         tracing::info!(task_queue = %self.options.task_queue, "worker shutting down");
         let _ = stop_tx.send(true);
@@ -314,6 +399,22 @@ impl Worker {
         }
         Ok(())
     }
+}
+
+/// What every workflow poller and task of a running worker shares.
+struct Shared {
+    client: Client,
+    registry: Arc<Registry>,
+    executor: cache::Executor,
+    task_queue: String,
+    /// This worker's sticky queue, when it caches runs.
+    sticky_queue: Option<String>,
+    sticky_timeout: Duration,
+    /// Whether to ask for eager activities.
+    eager: bool,
+    act_sem: Arc<Semaphore>,
+    cancel_all: watch::Receiver<bool>,
+    hook: AttemptHook,
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
@@ -368,20 +469,21 @@ fn task_queue_of(name: &str) -> Option<TaskQueue> {
 }
 
 async fn poll_workflows(
-    client: Client,
-    task_queue: String,
-    registry: Arc<Registry>,
+    shared: Arc<Shared>,
+    queue: Option<TaskQueue>,
     sem: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
 ) {
+    let kind =
+        if queue.as_ref().is_some_and(|q| q.kind == TaskQueueKind::Sticky as i32) { "sticky" } else { "workflow" };
     let poll = || {
         let req = ws::PollWorkflowTaskQueueRequest {
-            namespace: client.namespace().into(),
-            task_queue: task_queue_of(&task_queue),
-            identity: client.identity().into(),
+            namespace: shared.client.namespace().into(),
+            task_queue: queue.clone(),
+            identity: shared.client.identity().into(),
             ..Default::default()
         };
-        let client = client.clone();
+        let client = shared.client.clone();
         async move {
             let t = client
                 .call(Route::Any, true, req, |mut c, r| async move { c.poll_workflow_task_queue(r).await })
@@ -390,100 +492,34 @@ async fn poll_workflows(
         }
     };
     let handle = |task| {
-        let (client, registry) = (client.clone(), registry.clone());
-        async move { handle_workflow_task(&client, &registry, task).await }
+        let shared = shared.clone();
+        async move { handle_workflow_task(&shared, task).await }
     };
-    poll_loop("workflow", sem, stop, poll, handle).await;
+    poll_loop(kind, sem, stop, poll, handle).await;
 }
 
-enum WftResult {
-    Completed(
-        Vec<temporalio_protos::temporal::api::command::v1::Command>,
-        Vec<temporalio_protos::temporal::api::protocol::v1::Message>,
-        HashMap<String, WorkflowQueryResult>,
-    ),
-    Failed(WorkflowTaskFailedCause, Failure),
-    Query(Result<Payloads, Failure>),
-}
-
-/// Runs a workflow task synchronously (the workflow's futures never cross an await).
-fn run_workflow_task(
-    registry: &Registry,
-    namespace: &str,
-    task: &ws::PollWorkflowTaskQueueResponse,
-    history: &[HistoryEvent],
-) -> WftResult {
-    let wf_type = task.workflow_type.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+/// The rest of a task's history: the pages after the task's first one.
+async fn full_history(
+    client: &Client,
+    task: &mut ws::PollWorkflowTaskQueueResponse,
+) -> Result<Vec<HistoryEvent>, Error> {
+    let events = task.history.take().map(|h| h.events).unwrap_or_default();
+    let token = std::mem::take(&mut task.next_page_token);
     let exec = task.workflow_execution.clone().unwrap_or_default();
-    let Some(f) = registry.workflow(&wf_type) else {
-        let mut known: Vec<&String> = registry.workflows.keys().collect();
-        known.sort();
-        return WftResult::Failed(
-            WorkflowTaskFailedCause::WorkflowWorkerUnhandledFailure,
-            Failure::application(
-                format!("workflow type {wf_type:?} is not registered on this worker (registered: {known:?})"),
-                "NotFoundError",
-            ),
-        );
-    };
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut m = WorkflowMachine::new(f, namespace, &exec.workflow_id, &exec.run_id);
-        if let Some(q) = &task.query {
-            return match m.run(history, false) {
-                Ok(_) => WftResult::Query(m.query(&q.query_type, q.query_args.clone())),
-                Err(nd) => WftResult::Query(Err(Failure::application(nd.to_string(), "NondeterminismError"))),
-            };
-        }
-        match m.run_with_messages(history, true, &task.messages) {
-            Ok(out) => {
-                let mut answers = HashMap::new();
-                for (id, q) in &task.queries {
-                    let r = m.query(&q.query_type, q.query_args.clone());
-                    answers.insert(id.clone(), query_result(r));
-                }
-                WftResult::Completed(out.commands, out.messages, answers)
-            }
-            Err(nd) => WftResult::Failed(
-                WorkflowTaskFailedCause::NonDeterministicError,
-                Failure::application(nd.to_string(), "NondeterminismError"),
-            ),
-        }
-    }));
-    match outcome {
-        Ok(r) => r,
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "workflow code panicked".into());
-            WftResult::Failed(
-                WorkflowTaskFailedCause::WorkflowWorkerUnhandledFailure,
-                Failure::application(format!("workflow code panicked: {msg}"), "Panic"),
-            )
-        }
-    }
+    read_history(client, &exec, events, token).await
 }
 
-fn query_result(r: Result<Payloads, Failure>) -> WorkflowQueryResult {
-    match r {
-        Ok(p) => {
-            WorkflowQueryResult { result_type: QueryResultType::Answered as i32, answer: Some(p), ..Default::default() }
-        }
-        Err(f) => WorkflowQueryResult {
-            result_type: QueryResultType::Failed as i32,
-            error_message: f.message.clone(),
-            failure: Some(f.to_proto()),
-            ..Default::default()
-        },
-    }
-}
-
-async fn full_history(client: &Client, task: &ws::PollWorkflowTaskQueueResponse) -> Result<Vec<HistoryEvent>, Error> {
-    let mut events = task.history.clone().map(|h| h.events).unwrap_or_default();
-    let mut token = task.next_page_token.clone();
-    let exec = task.workflow_execution.clone().unwrap_or_default();
-    while !token.is_empty() {
+/// Reads history pages from `token` on (from the start if empty and `events` is empty).
+async fn read_history(
+    client: &Client,
+    exec: &temporalio_protos::temporal::api::common::v1::WorkflowExecution,
+    mut events: Vec<HistoryEvent>,
+    mut token: Vec<u8>,
+) -> Result<Vec<HistoryEvent>, Error> {
+    let from_start = events.is_empty() && token.is_empty();
+    let mut first = from_start;
+    while first || !token.is_empty() {
+        first = false;
         let req = ws::GetWorkflowExecutionHistoryRequest {
             namespace: client.namespace().into(),
             execution: Some(exec.clone()),
@@ -501,23 +537,64 @@ async fn full_history(client: &Client, task: &ws::PollWorkflowTaskQueueResponse)
     Ok(events)
 }
 
-async fn handle_workflow_task(client: &Client, registry: &Registry, task: ws::PollWorkflowTaskQueueResponse) {
+async fn handle_workflow_task(shared: &Shared, task: ws::PollWorkflowTaskQueueResponse) {
+    use tracing::Instrument;
     let exec = task.workflow_execution.clone().unwrap_or_default();
-    let span = tracing::info_span!("workflow_task", namespace = client.namespace(), workflow_id = %exec.workflow_id, run_id = %exec.run_id);
-    let _g = span.enter();
-    let history = match full_history(client, &task).await {
+    // Instrumented, never entered across an await: a guard held over awaits corrupts the span
+    // stack of whatever else the thread polls meanwhile (tracing-subscriber then panicked with
+    // "tried to clone a span that already closed", taking the poller down).
+    let span = tracing::info_span!("workflow_task", namespace = shared.client.namespace(), workflow_id = %exec.workflow_id, run_id = %exec.run_id);
+    run_workflow_task(shared, task, exec).instrument(span).await
+}
+
+async fn run_workflow_task(
+    shared: &Shared,
+    mut task: ws::PollWorkflowTaskQueueResponse,
+    exec: temporalio_protos::temporal::api::common::v1::WorkflowExecution,
+) {
+    let client = &shared.client;
+    let history = match full_history(client, &mut task).await {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(error = %e, "could not load the history; the task will time out and be retried");
             return;
         }
     };
+    let task = Arc::new(task);
+    let result = match shared.executor.run(task.clone(), history) {
+        cache::Activation::Done(r) => r,
+        // A sticky task whose run is no longer cached here: replay the whole history.
+        cache::Activation::NeedFullHistory => {
+            let whole = match read_history(client, &exec, Vec::new(), Vec::new()).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not load the whole history; the task will time out and be retried");
+                    return;
+                }
+            };
+            match shared.executor.run(task.clone(), whole) {
+                cache::Activation::Done(r) => r,
+                cache::Activation::NeedFullHistory => cache::WftResult::Failed(
+                    WorkflowTaskFailedCause::WorkflowWorkerUnhandledFailure,
+                    Failure::application("the whole history did not start at event 1", "WorkerError"),
+                ),
+            }
+        }
+    };
     let token = task.task_token.clone();
-    let result = run_workflow_task(registry, client.namespace(), &task, &history);
     let identity = client.identity().to_string();
     let namespace = client.namespace().to_string();
     let sent = match result {
-        WftResult::Completed(commands, messages, query_results) => {
+        cache::WftResult::Completed(mut commands, messages, query_results) => {
+            let reserved = if shared.eager { reserve_eager(shared, &mut commands) } else { Vec::new() };
+            let sticky_attributes = shared.sticky_queue.as_ref().map(|name| StickyExecutionAttributes {
+                worker_task_queue: Some(TaskQueue {
+                    name: name.clone(),
+                    kind: TaskQueueKind::Sticky as i32,
+                    normal_name: shared.task_queue.clone(),
+                }),
+                schedule_to_start_timeout: prost_wkt_types::Duration::try_from(shared.sticky_timeout).ok(),
+            });
             let req = ws::RespondWorkflowTaskCompletedRequest {
                 task_token: token,
                 commands,
@@ -525,14 +602,18 @@ async fn handle_workflow_task(client: &Client, registry: &Registry, task: ws::Po
                 identity,
                 namespace,
                 query_results,
+                sticky_attributes,
                 ..Default::default()
             };
-            client
+            let r = client
                 .call(Route::Any, false, req, |mut c, r| async move { c.respond_workflow_task_completed(r).await })
-                .await
-                .map(|_| ())
+                .await;
+            if let Ok(resp) = &r {
+                run_eager(shared, resp.activity_tasks.clone(), reserved);
+            }
+            r.map(|_| ())
         }
-        WftResult::Failed(cause, failure) => {
+        cache::WftResult::Failed(cause, failure) => {
             tracing::warn!(cause = cause.as_str_name(), %failure, "failing workflow task");
             let req = ws::RespondWorkflowTaskFailedRequest {
                 task_token: token,
@@ -547,7 +628,7 @@ async fn handle_workflow_task(client: &Client, registry: &Registry, task: ws::Po
                 .await
                 .map(|_| ())
         }
-        WftResult::Query(r) => {
+        cache::WftResult::Query(r) => {
             let (completed_type, query_result, error_message, failure) = match r {
                 Ok(p) => (QueryResultType::Answered, Some(p), String::new(), None),
                 Err(f) => (QueryResultType::Failed, None, f.message.clone(), Some(f.to_proto())),
@@ -568,7 +649,52 @@ async fn handle_workflow_task(client: &Client, registry: &Registry, task: ws::Po
         }
     };
     if let Err(e) = sent {
+        // The cached state may be ahead of what the server recorded: replay from the server next.
+        shared.executor.evict(&exec.run_id);
         tracing::warn!(error = %e, "could not answer the workflow task (it will time out and be retried)");
+    }
+}
+
+/// Asks for the first activities of the worker's own task queue to start eagerly, each holding
+/// a free activity slot.
+fn reserve_eager(
+    shared: &Shared,
+    commands: &mut [temporalio_protos::temporal::api::command::v1::Command],
+) -> Vec<tokio::sync::OwnedSemaphorePermit> {
+    use temporalio_protos::temporal::api::command::v1::command::Attributes;
+    let mut reserved = Vec::new();
+    for c in commands.iter_mut() {
+        if reserved.len() >= EAGER_ACTIVITIES_PER_TASK {
+            break;
+        }
+        let Some(Attributes::ScheduleActivityTaskCommandAttributes(a)) = c.attributes.as_mut() else { continue };
+        let own_queue = a.task_queue.as_ref().is_none_or(|q| q.name.is_empty() || q.name == shared.task_queue);
+        let known = a.activity_type.as_ref().is_some_and(|t| shared.registry.activities.contains_key(&t.name));
+        if !own_queue || !known {
+            continue;
+        }
+        let Ok(permit) = shared.act_sem.clone().try_acquire_owned() else { break };
+        a.request_eager_execution = true;
+        reserved.push(permit);
+    }
+    reserved
+}
+
+/// Runs the activities the server started with the completion, each on a reserved slot; slots
+/// left over are freed.
+fn run_eager(
+    shared: &Shared,
+    tasks: Vec<ws::PollActivityTaskQueueResponse>,
+    mut reserved: Vec<tokio::sync::OwnedSemaphorePermit>,
+) {
+    for task in tasks {
+        let permit = reserved.pop();
+        let (client, registry, cancel_all, hook) =
+            (shared.client.clone(), shared.registry.clone(), shared.cancel_all.clone(), shared.hook.clone());
+        tokio::spawn(async move {
+            run_activity(&client, &registry, task, cancel_all, &hook).await;
+            drop(permit);
+        });
     }
 }
 

@@ -194,6 +194,13 @@ enum BenchCmd {
         /// Workflows in flight.
         #[arg(long, default_value_t = 50)]
         concurrency: usize,
+        /// Workflows run first and not measured.
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+        /// Run the standard matrix instead (K=1 at C=1, 50 and 200; K=10 at C=50), the rows
+        /// docs/performance.md reports.
+        #[arg(long)]
+        matrix: bool,
     },
     /// What idle workflows cost: start workflows no worker polls, batch by batch, on a local
     /// cluster of processes, and print each batch's start rate and the nodes' idle CPU and RSS.
@@ -552,9 +559,22 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
             };
             norn_node::bench_idle::run(&std::env::current_exe()?, &opts).await
         }
-        Cmd::Bench(BenchCmd::Workflows { address, compare, workflows, activities, concurrency }) => {
-            let opts = norn_node::bench_workflows::WorkflowsOptions { workflows, activities, concurrency };
-            norn_node::bench_workflows::run(&address, compare.as_deref(), &opts).await
+        Cmd::Bench(BenchCmd::Workflows { address, compare, workflows, activities, concurrency, warmup, matrix }) => {
+            use norn_node::bench_workflows::{WorkflowsOptions, MATRIX};
+            let workloads: Vec<WorkflowsOptions> = if matrix {
+                MATRIX
+                    .iter()
+                    .map(|&(activities, workflows, concurrency)| WorkflowsOptions {
+                        workflows,
+                        activities,
+                        concurrency,
+                        warmup,
+                    })
+                    .collect()
+            } else {
+                vec![WorkflowsOptions { workflows, activities, concurrency, warmup }]
+            };
+            norn_node::bench_workflows::run(&address, compare.as_deref(), &workloads).await
         }
         Cmd::Bench(BenchCmd::Snapshot { mib, value_bytes, concurrency }) => {
             let opts = norn_node::bench_snapshot::SnapshotOptions { size_bytes: mib << 20, value_bytes, concurrency };

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub poll_answer_seconds: HistogramVec,
     /// Polls from workers being served by this node now (long polls waiting included), by kind.
     polls_in_flight: IntGaugeVec,
+    eager_activities: prometheus::IntCounter,
     wal_syncs: IntGauge,
     durable_writes: IntGauge,
     shard_leader: IntGaugeVec,
@@ -53,6 +54,11 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(polls_in_flight.clone()))?;
+        let eager_activities = prometheus::IntCounter::new(
+            "eager_activities_total",
+            "Activity tasks started with their workflow task's completion and returned in its answer",
+        )?;
+        registry.register(Box::new(eager_activities.clone()))?;
         let wal_syncs = IntGauge::new("wal_syncs_total", "WAL syncs performed by group commit")?;
         let durable_writes = IntGauge::new("durable_writes_total", "Log appends and votes made durable")?;
         let shard = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["shard"]);
@@ -78,6 +84,7 @@ impl Metrics {
             task_wait_seconds,
             poll_answer_seconds,
             polls_in_flight,
+            eager_activities,
             wal_syncs,
             durable_writes,
             shard_leader,
@@ -98,6 +105,11 @@ impl Metrics {
     /// Records how long answering a poll took once it had a task.
     pub fn observe_poll_answer(&self, kind: &str, d: Duration) {
         self.poll_answer_seconds.with_label_values(&[kind]).observe(d.as_secs_f64());
+    }
+
+    /// Counts activity tasks handed out eagerly with a workflow task's completion.
+    pub fn eager_activities(&self, n: usize) {
+        self.eager_activities.inc_by(n as u64);
     }
 
     /// Counts a poll in flight until the returned guard drops.

@@ -398,7 +398,8 @@ impl Router {
     /// For a command another node proposed through this leader: takes the effects out of the
     /// encoded result and runs them here. Effects offer tasks, and only the run shard's leader
     /// can tell when a task was taken by a home epoch other than the one holding the shard's
-    /// other ready tasks (see [`Router::offered_epoch`]); the proposer runs none.
+    /// other ready tasks (see [`Router::offered_epoch`]); the proposer runs none (it only gets
+    /// the activities started eagerly, which its answer to the worker carries).
     pub fn take_effects(&self, shard: GroupId, result: Vec<u8>) -> Vec<u8> {
         use crate::command::ShardResult;
         use crate::history::store::WorkflowResult;
@@ -410,7 +411,12 @@ impl Router {
         if effects.is_empty() && next_run.as_ref().is_none_or(|(_, e)| e.is_empty()) {
             return result;
         }
-        let mut sent = sink.send((shard, run.clone(), std::mem::take(effects))).is_ok();
+        // Activities started eagerly go back to the proposer, whose answer carries them.
+        let (eager, here): (Vec<_>, Vec<_>) = std::mem::take(effects)
+            .into_iter()
+            .partition(|e| matches!(e, crate::history::engine::Effect::ActivityStartedEagerly { .. }));
+        *effects = eager;
+        let mut sent = sink.send((shard, run.clone(), here)).is_ok();
         if let Some((next, next_effects)) = next_run {
             sent &= sink.send((shard, next.clone(), std::mem::take(next_effects))).is_ok();
         }

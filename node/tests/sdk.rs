@@ -519,3 +519,64 @@ async fn cancels_at_any_point_end_the_workflow_canceled() {
     let _ = stop_tx.send(());
     run.await.expect("join").expect("run");
 }
+
+/// How many times each workflow id's function body began (each replay from the start begins it).
+static BODY_STARTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+async fn steps(ctx: WfContext, n: u32) -> WfResult<u32> {
+    BODY_STARTS.lock().unwrap_or_else(|p| p.into_inner()).push(ctx.info().workflow_id);
+    let mut v = 0u32;
+    for _ in 0..n {
+        v = ctx.activity("step", &v, short()).await?;
+    }
+    Ok(v)
+}
+
+/// Runs `steps(5)` under a worker with `options` and returns how often its body began and the
+/// request ids of its activity starts.
+async fn run_steps(client: &Client, options: WorkerOptions, id: &str) -> (usize, Vec<String>) {
+    let tq = options.task_queue.clone();
+    let mut w = Worker::new(client.clone(), options);
+    w.register_workflow("steps", steps).register_activity("step", |_c, v: u32| async move { Ok(v + 1) });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(async move { w.run(async move { stop_rx.await.unwrap_or(()) }).await });
+    let h = client.start_workflow("steps", &5u32, StartOptions::new(id, tq)).await.expect("start");
+    let r = tokio::time::timeout(Duration::from_secs(60), h.result::<u32>()).await.expect("in time");
+    assert_eq!(r.expect("result"), 5);
+    let history = h.history().await.expect("history");
+    let starts: Vec<String> = history
+        .iter()
+        .filter_map(|e| match &e.attributes {
+            Some(norn_client::protos::temporal::api::history::v1::history_event::Attributes::ActivityTaskStartedEventAttributes(a)) => {
+                Some(a.request_id.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let _ = stop_tx.send(());
+    run.await.expect("join").expect("run");
+    let began = BODY_STARTS.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|w| *w == id).count();
+    (began, starts)
+}
+
+/// With its defaults the worker keeps each run's state between tasks (its sticky queue gets
+/// only new events, nothing is replayed) and has its activities started eagerly with the
+/// workflow task's completion; with the cache and eager activities off, every task replays
+/// the whole history and every activity goes through a poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_caches_runs_and_takes_activities_eagerly() {
+    let cluster = Cluster::start(3, 4, fast_raft()).await;
+    let client = client(&cluster).await;
+
+    let (began, starts) = run_steps(&client, WorkerOptions::new("cached"), "steps-cached").await;
+    assert_eq!(began, 1, "a cached run never replays");
+    assert_eq!(starts.len(), 5);
+    assert!(starts.iter().all(|r| r.starts_with("eager-")), "every activity started eagerly: {starts:?}");
+
+    let mut plain = WorkerOptions::new("uncached");
+    plain.max_cached_workflows = 0;
+    plain.disable_eager_activity_execution = true;
+    let (began, starts) = run_steps(&client, plain, "steps-uncached").await;
+    assert_eq!(began, 6, "without a cache, each of the six workflow tasks replays from the start");
+    assert!(starts.iter().all(|r| !r.starts_with("eager-")), "no activity started eagerly: {starts:?}");
+}

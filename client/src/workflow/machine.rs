@@ -146,6 +146,9 @@ pub struct WorkflowMachine {
     expected: VecDeque<Command>,
     /// Event id → activity id / child workflow id / external seq.
     by_event: HashMap<i64, String>,
+    /// The started event id of the live task this machine last ran (a worker's cache resumes
+    /// the machine with the events after it).
+    live_started_id: Option<i64>,
 }
 
 impl WorkflowMachine {
@@ -196,6 +199,7 @@ impl WorkflowMachine {
             finished: false,
             expected: VecDeque::new(),
             by_event: HashMap::new(),
+            live_started_id: None,
         }
     }
 
@@ -271,9 +275,12 @@ impl WorkflowMachine {
                                 .collect();
                             self.activate(e, std::mem::take(&mut pending), false, updates, true);
                             let mut st = self.state.borrow_mut();
-                            let commands = st.commands.drain(..).collect();
+                            let commands: Vec<Command> = st.commands.drain(..).collect();
                             let messages = st.messages.drain(..).collect();
                             drop(st);
+                            // What the next task's events must show first, if it resumes here.
+                            self.expected = commands.iter().cloned().collect();
+                            self.live_started_id = Some(e.event_id);
                             return Ok(RunOutcome { commands, messages, finished: self.finished });
                         }
                         None => {}
@@ -293,6 +300,37 @@ impl WorkflowMachine {
         }
         self.check_all_matched(0)?;
         Ok(RunOutcome { commands: Vec::new(), messages: Vec::new(), finished: self.finished })
+    }
+
+    /// The started event id of the live task this machine ran last, if it ran one.
+    pub fn live_started_id(&self) -> Option<i64> {
+        self.live_started_id
+    }
+
+    /// Whether the workflow function has returned.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Runs the next live task of a machine kept since its last live task, given only the
+    /// events after that task's started event (a sticky task's partial history). The events
+    /// must begin right after it; otherwise the caller replays the whole history on a new one.
+    pub fn resume(
+        &mut self,
+        events: &[HistoryEvent],
+        incoming: &[ProtocolMessage],
+    ) -> Result<RunOutcome, Nondeterminism> {
+        let first = events.first().map(|e| e.event_id);
+        match self.live_started_id {
+            Some(s) if first == Some(s + 1) && !self.finished => self.run_with_messages(events, true, incoming),
+            _ => Err(Nondeterminism {
+                event_id: first.unwrap_or(0),
+                message: format!(
+                    "cannot resume at event {first:?}: the machine last ran the task started at {:?}",
+                    self.live_started_id
+                ),
+            }),
+        }
     }
 
     /// Answers a query from the state the last run left.

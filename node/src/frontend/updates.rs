@@ -11,6 +11,7 @@ use norn_proto::protos::temporal::api::update::v1::{Meta, Outcome as UpdateOutco
 use norn_proto::protos::temporal::api::workflowservice::v1::*;
 use prost::Message;
 use tonic::Status;
+use tracing::Instrument;
 
 use super::workflows::new_uuid;
 use super::Frontend;
@@ -53,15 +54,20 @@ impl Frontend {
             return Err(Status::invalid_argument("Update name is not set on request."));
         }
         let (shard, run) = self.resolve(&ns, req.workflow_execution.as_ref()).await?;
+        // Instrumented, never entered across an await (a guard held over awaits corrupts the
+        // span stack of other tasks on the thread; tracing-subscriber then panics).
         let span = tracing::info_span!("update", namespace = %req.namespace, workflow_id = %run.workflow_id, shard, update_id = %update_id);
-        let _g = span.enter();
         let cmd = WorkflowCommand::AdmitUpdate {
             run: run.clone(),
             request: request.encode_to_vec(),
             limits: limits.engine(),
         };
-        self.apply(shard, cmd).await?;
-        let (stage, outcome) = self.wait_update(shard, &run, &update_id, wanted(req.wait_policy.as_ref())).await?;
+        let (stage, outcome) = async {
+            self.apply(shard, cmd).await?;
+            self.wait_update(shard, &run, &update_id, wanted(req.wait_policy.as_ref())).await
+        }
+        .instrument(span)
+        .await?;
         Ok(UpdateWorkflowExecutionResponse {
             update_ref: Some(update_ref(&run, &update_id)),
             outcome,

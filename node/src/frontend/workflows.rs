@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use norn_proto::protos::google::rpc::Status as RpcStatus;
+use norn_proto::protos::temporal::api::command::v1::command::Attributes as Attrs;
 use norn_proto::protos::temporal::api::common::v1::{ActivityType, Payloads, WorkflowExecution, WorkflowType};
 use norn_proto::protos::temporal::api::enums::v1::{HistoryEventFilterType, TaskQueueKind, WorkflowExecutionStatus};
 use norn_proto::protos::temporal::api::errordetails::v1::WorkflowExecutionAlreadyStartedFailure;
@@ -285,15 +286,22 @@ impl Frontend {
 
     /// Proposes and runs the effects; returns the applied run and last event id.
     pub(super) async fn apply(&self, shard: u32, cmd: WorkflowCommand) -> Result<(RunKey, i64), Status> {
+        self.apply_eager(shard, cmd).await.map(|(run, last, _)| (run, last))
+    }
+
+    /// As [`Self::apply`], and also returns the activities the command started eagerly.
+    async fn apply_eager(&self, shard: u32, cmd: WorkflowCommand) -> Result<(RunKey, i64, Vec<Effect>), Status> {
         match self.propose(shard, cmd).await? {
             WorkflowResult::Applied { run, effects, last_event_id, reply_error, next_run } => {
+                let eager: Vec<Effect> =
+                    effects.iter().filter(|e| matches!(e, Effect::ActivityStartedEagerly { .. })).cloned().collect();
                 self.run_effects(shard, &run, effects);
                 if let Some((next, next_effects)) = next_run {
                     self.run_effects(shard, &next, next_effects);
                 }
                 match reply_error {
                     Some(e) => Err(engine_status(e)),
-                    None => Ok((run, last_event_id)),
+                    None => Ok((run, last_event_id, eager)),
                 }
             }
             WorkflowResult::Rejected(e) => Err(engine_status(e)),
@@ -354,6 +362,8 @@ impl Frontend {
                 }
                 // The shard leader's duties fire it from the run's due index.
                 Effect::TimerArmed { .. } => {}
+                // The completion's answer carries it to the worker.
+                Effect::ActivityStartedEagerly { .. } => {}
                 Effect::RunClosed => {}
                 Effect::StartChild { initiated_id } => {
                     tokio::spawn(async move { this.start_child(shard, run, initiated_id).await });
@@ -785,15 +795,70 @@ impl Frontend {
     ) -> Result<RespondWorkflowTaskCompletedResponse, Status> {
         let limits = self.checked(&req).await?;
         let t = decode_token(&req.task_token, TaskKind::Workflow)?;
+        let mut req = req;
+        if self.router.config().raft.planted_bug == Some(norn_raft::PlantedBug::UncommittedActivityStart) {
+            // The planted bug lives in the activity poll: every activity must go through one.
+            for c in &mut req.commands {
+                if let Some(Attrs::ScheduleActivityTaskCommandAttributes(a)) = c.attributes.as_mut() {
+                    a.request_eager_execution = false;
+                }
+            }
+        }
         let cmd = WorkflowCommand::WorkflowTaskCompleted {
-            run: t.run,
+            run: t.run.clone(),
             scheduled_id: t.scheduled_id,
             started_id: t.started_or_attempt,
             request: req.encode_to_vec(),
             limits: limits.engine(),
         };
-        self.apply(t.shard, cmd).await?;
-        Ok(RespondWorkflowTaskCompletedResponse::default())
+        let (run, _, eager) = self.apply_eager(t.shard, cmd).await?;
+        let mut activity_tasks = Vec::with_capacity(eager.len());
+        for e in eager {
+            let Effect::ActivityStartedEagerly { scheduled_id, activity_id, workflow_type, at_ms } = e else {
+                continue;
+            };
+            let Some(a) = req.commands.iter().find_map(|c| match &c.attributes {
+                Some(Attrs::ScheduleActivityTaskCommandAttributes(a)) if a.activity_id == activity_id => Some(a),
+                _ => None,
+            }) else {
+                continue;
+            };
+            let token = TaskToken {
+                shard: t.shard,
+                run: run.clone(),
+                kind: TaskKind::Activity,
+                scheduled_id,
+                started_or_attempt: 1,
+                query: None,
+            };
+            activity_tasks.push(PollActivityTaskQueueResponse {
+                task_token: encode_token(&token)?,
+                workflow_namespace: req.namespace.clone(),
+                workflow_type: Some(WorkflowType { name: workflow_type }),
+                workflow_execution: Some(WorkflowExecution {
+                    workflow_id: run.workflow_id.clone(),
+                    run_id: run.run_id.clone(),
+                }),
+                activity_type: Some(a.activity_type.clone().unwrap_or_default()),
+                activity_id,
+                header: a.header.clone(),
+                input: a.input.clone(),
+                scheduled_time: Some(timestamp(at_ms)),
+                current_attempt_scheduled_time: Some(timestamp(at_ms)),
+                started_time: Some(timestamp(at_ms)),
+                attempt: 1,
+                schedule_to_close_timeout: a.schedule_to_close_timeout,
+                start_to_close_timeout: a.start_to_close_timeout,
+                heartbeat_timeout: a.heartbeat_timeout,
+                retry_policy: crate::history::engine::effective_retry_policy(&a.retry_policy).ok(),
+                priority: a.priority.clone(),
+                ..Default::default()
+            });
+        }
+        if !activity_tasks.is_empty() {
+            self.router.metrics().eager_activities(activity_tasks.len());
+        }
+        Ok(RespondWorkflowTaskCompletedResponse { activity_tasks, ..Default::default() })
     }
 
     pub(super) async fn respond_workflow_task_failed(

@@ -66,6 +66,11 @@ pub enum Effect {
     DeliverExternal { initiated_id: i64 },
     /// The run closed with this child open: apply the parent close policy to it.
     CloseChild { workflow_id: String, run_id: String, parent_close_policy: i32 },
+    /// The workflow task's completion asked for this activity eagerly and it was recorded
+    /// started with the completion (attempt 1): the frontend answers the completion with it.
+    /// Nothing offers it to a queue; if the worker never runs it, its start-to-close timeout
+    /// retries it as for any started activity.
+    ActivityStartedEagerly { scheduled_id: i64, activity_id: String, workflow_type: String, at_ms: u64 },
 }
 
 /// Why an input was rejected (nothing changed), or why the caller gets an error although
@@ -1287,7 +1292,26 @@ pub fn workflow_task_completed(
                         schedule_to_start_ms: duration_ms(&a.schedule_to_start_timeout)?.unwrap_or(0),
                     },
                 );
-                w.out.effects.push(Effect::ActivityTaskReady { task_queue: tq, scheduled_id: id, ready_at_ms: 0 });
+                // Eager dispatch, as Temporal offers it: an activity of the workflow's own task
+                // queue that the worker reserved a slot for starts with this very completion and
+                // goes back in its answer, sparing a poll and a proposal.
+                if a.request_eager_execution && tq == w.run.task_queue {
+                    let request_id = format!("eager-{completed_id}-{id}");
+                    if let Some(info) = w.run.activities.get_mut(&id) {
+                        info.request_id = request_id;
+                        info.identity = req.identity.clone();
+                        info.started_ms = now_ms;
+                        info.last_heartbeat_ms = now_ms;
+                    }
+                    w.out.effects.push(Effect::ActivityStartedEagerly {
+                        scheduled_id: id,
+                        activity_id: a.activity_id.clone(),
+                        workflow_type: w.run.workflow_type.clone(),
+                        at_ms: now_ms,
+                    });
+                } else {
+                    w.out.effects.push(Effect::ActivityTaskReady { task_queue: tq, scheduled_id: id, ready_at_ms: 0 });
+                }
             }
             Some(Cmd::StartTimerCommandAttributes(t)) => {
                 let fire_ms = duration_ms(&t.start_to_fire_timeout)?.unwrap_or(0);
@@ -1622,6 +1646,10 @@ pub fn workflow_task_completed(
         w.run.buffered_events = false;
         w.close(RunStatus::Terminated);
     }
+    // A run that closed with this completion runs no activity: nothing goes back eagerly.
+    if !w.run.is_open() {
+        w.out.effects.retain(|e| !matches!(e, Effect::ActivityStartedEagerly { .. }));
+    }
     Ok(w.out)
 }
 
@@ -1933,6 +1961,14 @@ pub fn activity_task_failed(
             now_ms,
         )),
     }
+}
+
+/// The retry policy an activity task carries to its worker: the given one with Temporal's
+/// defaults filled in (as its scheduled event records it).
+pub fn effective_retry_policy(
+    p: &Option<norn_proto::protos::temporal::api::common::v1::RetryPolicy>,
+) -> Result<norn_proto::protos::temporal::api::common::v1::RetryPolicy, EngineError> {
+    Ok(retry_policy(&retry_spec(p)?))
 }
 
 /// Temporal's retry defaults: 1 s initial interval, doubling, capped at 100 × the initial one.

@@ -139,6 +139,51 @@ fn a_workflow_task_is_started_once() {
 }
 
 #[test]
+fn an_activity_requested_eagerly_starts_with_the_completion_on_its_own_queue_only() {
+    let mut run = started();
+    let eager = |id: &str, tq: Option<&str>| {
+        schedule_activity_with(id, |a| {
+            a.request_eager_execution = true;
+            a.task_queue = tq.map(|n| TaskQueue { name: n.into(), ..Default::default() });
+        })
+    };
+    let cmds = vec![eager("a1", None), eager("a2", Some("other")), schedule_activity("a3")];
+    let out = workflow_task_completed(&mut run, 2, 3, &done(cmds), T0 + 2).unwrap();
+    assert_eq!(
+        out.effects,
+        vec![
+            Effect::ActivityStartedEagerly {
+                scheduled_id: 5,
+                activity_id: "a1".into(),
+                workflow_type: "Greet".into(),
+                at_ms: T0 + 2
+            },
+            Effect::ActivityTaskReady { task_queue: "other".into(), scheduled_id: 6, ready_at_ms: 0 },
+            Effect::ActivityTaskReady { task_queue: "q".into(), scheduled_id: 7, ready_at_ms: 0 },
+        ]
+    );
+    // Started already: no poll may take it, its start-to-close clock runs, and its worker
+    // completes it as attempt 1.
+    assert!(matches!(activity_task_started(&mut run, 5, "poll", "w", T0 + 3), Err(EngineError::NotFound(_))));
+    assert!(!super::index::ready_tasks(&run, 0, T0 + 3).iter().any(|(_, t)| t.scheduled_id == 5));
+    assert_eq!(run.activities[&5].identity, "worker");
+    let out = activity_task_completed(&mut run, 5, 1, vec![], "worker", T0 + 4).unwrap();
+    assert_eq!(
+        types(&out),
+        vec![
+            (8, EventType::ActivityTaskStarted),
+            (9, EventType::ActivityTaskCompleted),
+            (10, EventType::WorkflowTaskScheduled)
+        ]
+    );
+
+    // A completion that also closes the run hands out nothing.
+    let mut run = started();
+    let out = workflow_task_completed(&mut run, 2, 3, &done(vec![eager("a1", None), complete_workflow()]), T0 + 2);
+    assert!(!out.unwrap().effects.iter().any(|e| matches!(e, Effect::ActivityStartedEagerly { .. })));
+}
+
+#[test]
 fn activity_round_trip_then_completion() {
     let mut run = started();
     let out = workflow_task_completed(&mut run, 2, 3, &done(vec![schedule_activity("a1")]), T0 + 2).unwrap();
