@@ -319,6 +319,8 @@ impl WorkflowDescription {
 pub(crate) enum Route {
     /// The leader of this workflow's shard.
     Workflow(String),
+    /// The leader of a task queue's home shard (by its normal name), where its polls are served.
+    Queue { name: String, activity: bool },
     /// Any node.
     Any,
 }
@@ -508,15 +510,20 @@ impl Client {
     }
 
     fn pick(&self, route: &Route) -> String {
-        if let Route::Workflow(id) = route {
-            let r = lock(&self.inner.routing);
-            if r.shards > 0 {
-                let shard = norn_proto::placement::workflow_shard(&r.namespace_id, id, r.shards) as usize;
-                if let Some(Some(addr)) = r.leaders.get(shard) {
-                    return addr.clone();
+        let r = lock(&self.inner.routing);
+        if r.shards > 0 {
+            let shard = match route {
+                Route::Workflow(id) => Some(norn_proto::placement::workflow_shard(&r.namespace_id, id, r.shards)),
+                Route::Queue { name, activity } => {
+                    Some(norn_proto::placement::task_queue_shard(&r.namespace_id, name, *activity, r.shards))
                 }
+                Route::Any => None,
+            };
+            if let Some(Some(addr)) = shard.and_then(|s| r.leaders.get(s as usize)) {
+                return addr.clone();
             }
         }
+        drop(r);
         let mut n = lock(&self.inner.next);
         let addr = self.inner.endpoints[*n % self.inner.endpoints.len()].clone();
         *n = n.wrapping_add(1);

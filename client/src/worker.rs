@@ -228,7 +228,9 @@ impl ActivityContext {
         };
         let r = self
             .client
-            .call(Route::Any, false, req, |mut c, r| async move { c.record_activity_task_heartbeat(r).await })
+            .call(Route::Workflow(self.info.workflow_id.clone()), false, req, |mut c, r| async move {
+                c.record_activity_task_heartbeat(r).await
+            })
             .await;
         match r {
             Ok(resp) if resp.cancel_requested => {
@@ -476,6 +478,8 @@ async fn poll_workflows(
 ) {
     let kind =
         if queue.as_ref().is_some_and(|q| q.kind == TaskQueueKind::Sticky as i32) { "sticky" } else { "workflow" };
+    // Polls go straight to the node serving the queue (a sticky queue lives with its normal one).
+    let route = Route::Queue { name: shared.task_queue.clone(), activity: false };
     let poll = || {
         let req = ws::PollWorkflowTaskQueueRequest {
             namespace: shared.client.namespace().into(),
@@ -484,10 +488,10 @@ async fn poll_workflows(
             ..Default::default()
         };
         let client = shared.client.clone();
+        let route = route.clone();
         async move {
-            let t = client
-                .call(Route::Any, true, req, |mut c, r| async move { c.poll_workflow_task_queue(r).await })
-                .await?;
+            let t =
+                client.call(route, true, req, |mut c, r| async move { c.poll_workflow_task_queue(r).await }).await?;
             Ok((!t.task_token.is_empty()).then_some(t))
         }
     };
@@ -606,7 +610,9 @@ async fn run_workflow_task(
                 ..Default::default()
             };
             let r = client
-                .call(Route::Any, false, req, |mut c, r| async move { c.respond_workflow_task_completed(r).await })
+                .call(Route::Workflow(exec.workflow_id.clone()), false, req, |mut c, r| async move {
+                    c.respond_workflow_task_completed(r).await
+                })
                 .await;
             if let Ok(resp) = &r {
                 run_eager(shared, resp.activity_tasks.clone(), reserved);
@@ -624,7 +630,9 @@ async fn run_workflow_task(
                 ..Default::default()
             };
             client
-                .call(Route::Any, false, req, |mut c, r| async move { c.respond_workflow_task_failed(r).await })
+                .call(Route::Workflow(exec.workflow_id.clone()), false, req, |mut c, r| async move {
+                    c.respond_workflow_task_failed(r).await
+                })
                 .await
                 .map(|_| ())
         }
@@ -643,7 +651,9 @@ async fn run_workflow_task(
                 ..Default::default()
             };
             client
-                .call(Route::Any, false, req, |mut c, r| async move { c.respond_query_task_completed(r).await })
+                .call(Route::Workflow(exec.workflow_id.clone()), false, req, |mut c, r| async move {
+                    c.respond_query_task_completed(r).await
+                })
                 .await
                 .map(|_| ())
         }
@@ -715,10 +725,10 @@ async fn poll_activities(
             ..Default::default()
         };
         let client = client.clone();
+        let route = Route::Queue { name: task_queue.clone(), activity: true };
         async move {
-            let t = client
-                .call(Route::Any, true, req, |mut c, r| async move { c.poll_activity_task_queue(r).await })
-                .await?;
+            let t =
+                client.call(route, true, req, |mut c, r| async move { c.poll_activity_task_queue(r).await }).await?;
             Ok((!t.task_token.is_empty()).then_some(t))
         }
     };
@@ -792,7 +802,9 @@ async fn run_activity(
                 ..Default::default()
             };
             client
-                .call(Route::Any, false, req, |mut c, r| async move { c.respond_activity_task_completed(r).await })
+                .call(Route::Workflow(exec.workflow_id.clone()), false, req, |mut c, r| async move {
+                    c.respond_activity_task_completed(r).await
+                })
                 .await
                 .map(|_| ())
         }
@@ -809,7 +821,9 @@ async fn run_activity(
                 ..Default::default()
             };
             client
-                .call(Route::Any, false, req, |mut c, r| async move { c.respond_activity_task_canceled(r).await })
+                .call(Route::Workflow(exec.workflow_id.clone()), false, req, |mut c, r| async move {
+                    c.respond_activity_task_canceled(r).await
+                })
                 .await
                 .map(|_| ())
         }
@@ -822,7 +836,9 @@ async fn run_activity(
                 ..Default::default()
             };
             client
-                .call(Route::Any, false, req, |mut c, r| async move { c.respond_activity_task_failed(r).await })
+                .call(Route::Workflow(exec.workflow_id.clone()), false, req, |mut c, r| async move {
+                    c.respond_activity_task_failed(r).await
+                })
                 .await
                 .map(|_| ())
         }

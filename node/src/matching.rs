@@ -51,12 +51,9 @@ impl QueueKey {
     /// The shard whose leader holds this queue's matching (a sticky queue's is its normal
     /// queue's).
     pub fn home_shard(&self, shards: u32) -> u32 {
-        let kind: &[u8] = match self.kind {
-            TaskKind::Workflow => b"w",
-            TaskKind::Activity => b"a",
-        };
         let name = if self.normal.is_empty() { &self.name } else { &self.normal };
-        crate::placement::shard_of(&[self.namespace_id.as_bytes(), name.as_bytes(), kind], shards)
+        let activity = self.kind == TaskKind::Activity;
+        norn_proto::placement::task_queue_shard(&self.namespace_id, name, activity, shards) as norn_raft::GroupId
     }
 }
 

@@ -64,6 +64,14 @@ pub mod placement {
         stable_hash(parts) % u64::from(shards.max(1))
     }
 
+    /// The home shard of a task queue (where its matching runs, on that shard's leader): by
+    /// namespace id, the queue's normal name (a sticky queue lives with its normal queue) and
+    /// its kind.
+    pub fn task_queue_shard(namespace_id: &str, normal_queue: &str, activity: bool, shards: u32) -> u64 {
+        let kind: &[u8] = if activity { b"a" } else { b"w" };
+        shard_of(&[namespace_id.as_bytes(), normal_queue.as_bytes(), kind], shards)
+    }
+
     /// The shard of a workflow: by namespace id (not name) and workflow id.
     pub fn workflow_shard(namespace_id: &str, workflow_id: &str, shards: u32) -> u64 {
         shard_of(&[namespace_id.as_bytes(), workflow_id.as_bytes()], shards)
