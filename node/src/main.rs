@@ -11,6 +11,19 @@ use norn_node::pb::admin_client::AdminClient;
 use norn_node::pb::{GetRequest, PutRequest, ReadConsistency};
 use norn_raft::RaftOptions;
 
+/// Prints a line to stdout. A reader that went away (`norn cluster status | head`) ends the
+/// command quietly, as Unix tools do, where `println!` would panic on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(name = "norn", version, about = "Norn: a Temporal-compatible durable workflow server in one binary")]
 struct Cli {
@@ -398,7 +411,7 @@ async fn shutdown_signal() {
 }
 
 fn print_status(s: &norn_node::pb::ClusterStatusResponse) {
-    println!("{:<6} {:<22} {:<10} DETAIL", "NODE", "ADDRESS", "HEALTH");
+    out!("{:<6} {:<22} {:<10} DETAIL", "NODE", "ADDRESS", "HEALTH");
     for n in &s.nodes {
         let detail = match &n.status {
             Some(st) => format!(
@@ -409,10 +422,10 @@ fn print_status(s: &norn_node::pb::ClusterStatusResponse) {
             ),
             None => n.error.clone(),
         };
-        println!("{:<6} {:<22} {:<10} {}", n.node_id, n.client_addr, if n.reachable { "up" } else { "DOWN" }, detail);
+        out!("{:<6} {:<22} {:<10} {}", n.node_id, n.client_addr, if n.reachable { "up" } else { "DOWN" }, detail);
     }
-    println!();
-    println!("{:<6} {:<7} {:<6} PER NODE (role commit/applied)", "SHARD", "LEADER", "TERM");
+    out!();
+    out!("{:<6} {:<7} {:<6} PER NODE (role commit/applied)", "SHARD", "LEADER", "TERM");
     for shard in 0..s.shard_count {
         let mut leader = "-".to_string();
         let mut term = 0;
@@ -424,10 +437,16 @@ fn print_status(s: &norn_node::pb::ClusterStatusResponse) {
                     leader = n.node_id.to_string();
                 }
                 term = term.max(x.term);
-                per.push(format!("n{}:{} {}/{}", n.node_id, &x.role[..1], x.committed_index, x.applied_index));
+                per.push(format!(
+                    "n{}:{} {}/{}",
+                    n.node_id,
+                    x.role.get(..1).unwrap_or("?"),
+                    x.committed_index,
+                    x.applied_index
+                ));
             }
         }
-        println!("{:<6} {:<7} {:<6} {}", shard, leader, term, per.join("  "));
+        out!("{:<6} {:<7} {:<6} {}", shard, leader, term, per.join("  "));
     }
 }
 
@@ -485,7 +504,7 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
                     ..Default::default()
                 },
             };
-            println!("norn dev: data in {}, client port {client}", cfg.data_dir.display());
+            out!("norn dev: data in {}, client port {client}", cfg.data_dir.display());
             norn_node::server::run(cfg, shutdown_signal()).await
         }
         Cmd::Cluster(ClusterCmd::Up { nodes, data_dir, base_port, shards, enable_fault_injection }) => {
@@ -514,9 +533,9 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
             let started = local_cluster::up(&binary, &mut file, Duration::from_secs(60)).await;
             local_cluster::write_file(&data_dir, &file)?;
             let (_children, status) = started.context("norn cluster up failed; no node is left running")?;
-            println!("norn cluster of {nodes} nodes is up ({shards} shards, every shard has a leader)");
+            out!("norn cluster of {nodes} nodes is up ({shards} shards, every shard has a leader)");
             for n in &file.nodes {
-                println!(
+                out!(
                     "  node {}: client {}  peer {}  metrics http://{}/metrics  log {}",
                     n.id,
                     n.client_addr,
@@ -529,19 +548,19 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
                 let c = n.status.as_ref().map(|s| s.shards.iter().filter(|x| x.role == "leader").count()).unwrap_or(0);
                 format!("node {}: {c}", n.node_id)
             });
-            println!("  shard leaders per node: {}", leaders.collect::<Vec<_>>().join(", "));
-            println!("stop it with: norn cluster down --data-dir {}", data_dir.display());
+            out!("  shard leaders per node: {}", leaders.collect::<Vec<_>>().join(", "));
+            out!("stop it with: norn cluster down --data-dir {}", data_dir.display());
             Ok(())
         }
         Cmd::Cluster(ClusterCmd::Down { data_dir }) => {
             let n = local_cluster::down(&data_dir, Duration::from_secs(10)).await?;
-            println!("stopped {n} node(s)");
+            out!("stopped {n} node(s)");
             Ok(())
         }
         Cmd::Cluster(ClusterCmd::Status { address, output }) => {
             let s = local_cluster::status(&address).await?;
             match output.as_str() {
-                "json" => println!("{}", serde_json::to_string_pretty(&status_json(&s))?),
+                "json" => out!("{}", serde_json::to_string_pretty(&status_json(&s))?),
                 "table" => print_status(&s),
                 other => anyhow::bail!("unknown --output {other}: use table or json"),
             }
@@ -600,13 +619,18 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
             if write_seeds {
                 for t in targets {
                     let n = norn_node::fuzz::write_seeds(t, &corpus.join(t))?;
-                    println!("{t}: {n} seeds in {}", corpus.join(t).display());
+                    out!("{t}: {n} seeds in {}", corpus.join(t).display());
                 }
                 return Ok(());
             }
-            println!(
+            out!(
                 "{:<16} {:>8} {:>12} {:>10} {:>12} {:>8}",
-                "target", "corpus", "execs", "seconds", "execs/s", "crashes"
+                "target",
+                "corpus",
+                "execs",
+                "seconds",
+                "execs/s",
+                "crashes"
             );
             let mut found = Vec::new();
             for t in targets {
@@ -614,7 +638,7 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
                 let r = norn_node::fuzz::run(t, &corpus.join(t), &crashes.join(t), execs, seed)
                     .map_err(anyhow::Error::msg)?;
                 let secs = started.elapsed().as_secs_f64();
-                println!(
+                out!(
                     "{t:<16} {:>8} {:>12} {secs:>10.1} {:>12.0} {:>8}",
                     r.corpus,
                     r.execs,
@@ -625,14 +649,14 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
             }
             let steps = norn_node::fuzz::STEPS_APPLIED.load(std::sync::atomic::Ordering::Relaxed);
             if steps > 0 {
-                println!("history_engine: {steps} engine steps applied");
+                out!("history_engine: {steps} engine steps applied");
             }
             let (calls, ok) = norn_node::fuzz_node::calls();
             if calls > 0 {
-                println!("node: {calls} gRPC calls made, {ok} answered OK");
+                out!("node: {calls} gRPC calls made, {ok} answered OK");
             }
             for (path, why) in &found {
-                println!("crash: {}: {why}", path.display());
+                out!("crash: {}: {why}", path.display());
             }
             anyhow::ensure!(found.is_empty(), "{} inputs panicked", found.len());
             Ok(())
@@ -646,7 +670,7 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
                 .put(PutRequest { key: key.into_bytes(), value: value.into_bytes(), hops: 0 })
                 .await?
                 .into_inner();
-            println!("ok: shard {} index {} (leader node {})", r.shard, r.index, r.leader);
+            out!("ok: shard {} index {} (leader node {})", r.shard, r.index, r.leader);
             Ok(())
         }
         Cmd::Kv(KvCmd::Get { key, address, local }) => {
@@ -657,9 +681,9 @@ async fn run(command: Cmd) -> anyhow::Result<()> {
                 .await?
                 .into_inner();
             if r.found {
-                println!("{}", String::from_utf8_lossy(&r.value));
+                out!("{}", String::from_utf8_lossy(&r.value));
             } else {
-                println!("(not found)");
+                out!("(not found)");
             }
             Ok(())
         }
@@ -693,7 +717,7 @@ async fn debug_history(
             let e = HistoryEvent::decode(bytes.as_slice()).context("undecodable event")?;
             let digest = norn_node::placement::stable_hash(&[bytes.as_slice()]);
             let line = serde_json::json!({"event_id": e.event_id, "event_type": e.event_type().as_str_name(), "digest": format!("{digest:016x}")});
-            println!("{line}");
+            out!("{line}");
             after = e.event_id;
         }
         if !r.more || r.events.is_empty() {

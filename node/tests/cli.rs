@@ -38,6 +38,18 @@ fn cluster_up_status_kv_and_down_work_as_documented() {
     assert!(ok, "{out}");
     assert_eq!(out.lines().filter(|l| l.contains(" up ")).count(), 3, "three healthy nodes:\n{out}");
 
+    // A reader that goes away first (`norn cluster status | head`): a quiet end, no panic.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_norn"))
+        .args(["cluster", "status", "--address", &addr])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run norn");
+    drop(child.stdout.take());
+    let done = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success() && !err.contains("panicked"), "{:?}: {err}", done.status);
+
     let (ok, out) = norn(&["cluster", "status", "--address", &addr, "--output", "json"]);
     assert!(ok, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json output");
