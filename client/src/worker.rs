@@ -338,30 +338,21 @@ impl Worker {
             sticky_timeout: self.options.sticky_queue_schedule_to_start_timeout,
             eager: !self.options.disable_eager_activity_execution && !registry.activities.is_empty(),
             act_sem: act_sem.clone(),
-            cancel_all: cancel_all_rx.clone(),
+            cancel_all: cancel_all_rx,
             hook: self.options.on_activity_attempt.clone(),
         });
         let mut pollers = Vec::new();
         if !registry.workflows.is_empty() {
-            let normal = task_queue_of(&self.options.task_queue);
-            for _ in 0..normal_polls {
-                pollers.push(tokio::spawn(poll_workflows(
-                    shared.clone(),
-                    normal.clone(),
-                    wf_sem.clone(),
-                    stop_rx.clone(),
-                )));
-            }
-            if let Some(name) = &sticky_queue {
-                let sticky = Some(TaskQueue {
-                    name: name.clone(),
-                    kind: TaskQueueKind::Sticky as i32,
-                    normal_name: self.options.task_queue.clone(),
-                });
-                for _ in 0..sticky_polls {
+            let sticky = sticky_queue.as_ref().map(|name| TaskQueue {
+                name: name.clone(),
+                kind: TaskQueueKind::Sticky as i32,
+                normal_name: self.options.task_queue.clone(),
+            });
+            for (queue, n) in [(task_queue_of(&self.options.task_queue), normal_polls), (sticky, sticky_polls)] {
+                for _ in 0..n {
                     pollers.push(tokio::spawn(poll_workflows(
                         shared.clone(),
-                        sticky.clone(),
+                        queue.clone(),
                         wf_sem.clone(),
                         stop_rx.clone(),
                     )));
@@ -370,15 +361,7 @@ impl Worker {
         }
         if !registry.activities.is_empty() {
             for _ in 0..self.options.max_concurrent_activity_task_polls.max(1) {
-                pollers.push(tokio::spawn(poll_activities(
-                    self.client.clone(),
-                    self.options.task_queue.clone(),
-                    registry.clone(),
-                    act_sem.clone(),
-                    stop_rx.clone(),
-                    cancel_all_rx.clone(),
-                    self.options.on_activity_attempt.clone(),
-                )));
+                pollers.push(tokio::spawn(poll_activities(shared.clone(), stop_rx.clone())));
             }
         }
         drop(shared);
@@ -403,7 +386,7 @@ impl Worker {
     }
 }
 
-/// What every workflow poller and task of a running worker shares.
+/// What every poller and task of a running worker shares.
 struct Shared {
     client: Client,
     registry: Arc<Registry>,
@@ -520,10 +503,9 @@ async fn read_history(
     mut events: Vec<HistoryEvent>,
     mut token: Vec<u8>,
 ) -> Result<Vec<HistoryEvent>, Error> {
-    let from_start = events.is_empty() && token.is_empty();
-    let mut first = from_start;
-    while first || !token.is_empty() {
-        first = false;
+    // No events and no token: the whole history, from its first page.
+    let mut more = events.is_empty() || !token.is_empty();
+    while more {
         let req = ws::GetWorkflowExecutionHistoryRequest {
             namespace: client.namespace().into(),
             execution: Some(exec.clone()),
@@ -537,6 +519,7 @@ async fn read_history(
             .await?;
         events.extend(resp.history.map(|h| h.events).unwrap_or_default());
         token = resp.next_page_token;
+        more = !token.is_empty();
     }
     Ok(events)
 }
@@ -708,24 +691,16 @@ fn run_eager(
     }
 }
 
-async fn poll_activities(
-    client: Client,
-    task_queue: String,
-    registry: Arc<Registry>,
-    sem: Arc<Semaphore>,
-    stop: watch::Receiver<bool>,
-    cancel_all: watch::Receiver<bool>,
-    hook: AttemptHook,
-) {
+async fn poll_activities(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
     let poll = || {
         let req = ws::PollActivityTaskQueueRequest {
-            namespace: client.namespace().into(),
-            task_queue: task_queue_of(&task_queue),
-            identity: client.identity().into(),
+            namespace: shared.client.namespace().into(),
+            task_queue: task_queue_of(&shared.task_queue),
+            identity: shared.client.identity().into(),
             ..Default::default()
         };
-        let client = client.clone();
-        let route = Route::Queue { name: task_queue.clone(), activity: true };
+        let client = shared.client.clone();
+        let route = Route::Queue { name: shared.task_queue.clone(), activity: true };
         async move {
             let t =
                 client.call(route, true, req, |mut c, r| async move { c.poll_activity_task_queue(r).await }).await?;
@@ -733,10 +708,10 @@ async fn poll_activities(
         }
     };
     let handle = |task| {
-        let (client, registry, cancel_all, hook) = (client.clone(), registry.clone(), cancel_all.clone(), hook.clone());
-        async move { run_activity(&client, &registry, task, cancel_all, &hook).await }
+        let shared = shared.clone();
+        async move { run_activity(&shared.client, &shared.registry, task, shared.cancel_all.clone(), &shared.hook).await }
     };
-    poll_loop("activity", sem, stop, poll, handle).await;
+    poll_loop("activity", shared.act_sem.clone(), stop, poll, handle).await;
 }
 
 async fn run_activity(

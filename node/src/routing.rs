@@ -412,10 +412,16 @@ impl Router {
             return result;
         }
         // Activities started eagerly go back to the proposer, whose answer carries them.
-        let (eager, here): (Vec<_>, Vec<_>) = std::mem::take(effects)
-            .into_iter()
-            .partition(|e| matches!(e, crate::history::engine::Effect::ActivityStartedEagerly { .. }));
-        *effects = eager;
+        let eager = |e: &crate::history::engine::Effect| {
+            matches!(e, crate::history::engine::Effect::ActivityStartedEagerly { .. })
+        };
+        let here = if effects.iter().any(eager) {
+            let (eager, here): (Vec<_>, Vec<_>) = std::mem::take(effects).into_iter().partition(eager);
+            *effects = eager;
+            here
+        } else {
+            std::mem::take(effects)
+        };
         let mut sent = sink.send((shard, run.clone(), here)).is_ok();
         if let Some((next, next_effects)) = next_run {
             sent &= sink.send((shard, next.clone(), std::mem::take(next_effects))).is_ok();

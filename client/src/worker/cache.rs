@@ -183,7 +183,7 @@ fn activate(
         (WorkflowMachine::new(f, namespace, &exec.workflow_id, &exec.run_id), false)
     } else {
         match cached {
-            Some(m) if m.live_started_id().map(|s| s + 1) == Some(first) => (m, true),
+            Some(m) if m.can_resume_at(first) => (m, true),
             _ => return Activation::NeedFullHistory,
         }
     };

@@ -302,9 +302,10 @@ impl WorkflowMachine {
         Ok(RunOutcome { commands: Vec::new(), messages: Vec::new(), finished: self.finished })
     }
 
-    /// The started event id of the live task this machine ran last, if it ran one.
-    pub fn live_started_id(&self) -> Option<i64> {
-        self.live_started_id
+    /// Whether [`WorkflowMachine::resume`] can take a history that begins at `first_event_id`:
+    /// right after the started event of the live task this machine ran last, the code not done.
+    pub fn can_resume_at(&self, first_event_id: i64) -> bool {
+        !self.finished && self.live_started_id.is_some_and(|s| s.checked_add(1) == Some(first_event_id))
     }
 
     /// Whether the workflow function has returned.
@@ -320,17 +321,17 @@ impl WorkflowMachine {
         events: &[HistoryEvent],
         incoming: &[ProtocolMessage],
     ) -> Result<RunOutcome, Nondeterminism> {
-        let first = events.first().map(|e| e.event_id);
-        match self.live_started_id {
-            Some(s) if first == Some(s + 1) && !self.finished => self.run_with_messages(events, true, incoming),
-            _ => Err(Nondeterminism {
-                event_id: first.unwrap_or(0),
+        let first = events.first().map_or(0, |e| e.event_id);
+        if !self.can_resume_at(first) {
+            return Err(Nondeterminism {
+                event_id: first,
                 message: format!(
-                    "cannot resume at event {first:?}: the machine last ran the task started at {:?}",
+                    "cannot resume at event {first}: the machine last ran the task started at {:?}",
                     self.live_started_id
                 ),
-            }),
+            });
         }
+        self.run_with_messages(events, true, incoming)
     }
 
     /// Answers a query from the state the last run left.

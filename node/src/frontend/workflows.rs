@@ -791,11 +791,10 @@ impl Frontend {
 
     pub(super) async fn respond_workflow_task_completed(
         &self,
-        req: RespondWorkflowTaskCompletedRequest,
+        mut req: RespondWorkflowTaskCompletedRequest,
     ) -> Result<RespondWorkflowTaskCompletedResponse, Status> {
         let limits = self.checked(&req).await?;
         let t = decode_token(&req.task_token, TaskKind::Workflow)?;
-        let mut req = req;
         if self.router.config().raft.planted_bug == Some(norn_raft::PlantedBug::UncommittedActivityStart) {
             // The planted bug lives in the activity poll: every activity must go through one.
             for c in &mut req.commands {
